@@ -1,0 +1,380 @@
+//! The command line: clap definitions and the commands behind them.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config;
+use crate::embed::{DEFAULT_MAX_TOKENS, ModelSpec, OnnxEmbedder, PoolingKind};
+use crate::engine::{Engine, EngineOptions};
+use crate::index::{Index, IndexError, IndexParams};
+use crate::indexer;
+use crate::server::{self, AppState, ServerOptions};
+
+/// switchyard: a semantic LLM router. Declare routes in YAML, build an index offline, and ask
+/// which model each prompt should go to.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SWITCHYARD_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// switchyard's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate route files without loading a model; reports every problem at once.
+    Check {
+        /// A route file, or a directory whose *.yaml files form one route table.
+        routes: PathBuf,
+    },
+    /// Embed every utterance and write the index artifact (offline).
+    Build(BuildArgs),
+    /// Serve the HTTP API over a built index.
+    Serve(ServeArgs),
+    /// Route one prompt and print the decision as JSON (the same JSON as `POST /v1/route`).
+    Route {
+        /// Index directory written by `switchyard build`.
+        #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+        index: PathBuf,
+        /// The prompt to route.
+        prompt: String,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+/// Where the embedding model and ONNX Runtime are.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Directory holding model.onnx, tokenizer.json, tokenizer_config.json,
+    /// special_tokens_map.json and config.json.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MODEL_DIR",
+        default_value = ".cache/switchyard/models/all-MiniLM-L6-v2"
+    )]
+    pub model_dir: PathBuf,
+    /// Path of the ONNX Runtime shared library (libonnxruntime.so.1.x).
+    #[arg(
+        long,
+        env = "SWITCHYARD_ORT_LIB",
+        default_value = ".cache/switchyard/onnxruntime/libonnxruntime.so.1.31.1"
+    )]
+    pub ort_lib: PathBuf,
+    /// Pooling of the model's token vectors (recorded in the index).
+    #[arg(long, value_enum, default_value_t = PoolingKind::Mean, env = "SWITCHYARD_POOLING")]
+    pub pooling: PoolingKind,
+    /// Token window; longer prompts are cut to their first N tokens (recorded in the index).
+    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS, env = "SWITCHYARD_MAX_TOKENS")]
+    pub max_tokens: usize,
+    /// ONNX Runtime intra-op threads per model session.
+    #[arg(long, default_value_t = 1, env = "SWITCHYARD_INTRA_THREADS")]
+    pub intra_threads: usize,
+}
+
+impl ModelArgs {
+    fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            model_dir: self.model_dir.clone(),
+            ort_library: self.ort_lib.clone(),
+            pooling: self.pooling,
+            max_tokens: self.max_tokens,
+            intra_threads: self.intra_threads,
+        }
+    }
+}
+
+/// Arguments of `build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// A route file, or a directory whose *.yaml files form one route table.
+    pub routes: PathBuf,
+    /// Index directory to write (the previous index in it stays live if the build fails).
+    #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+    pub out: PathBuf,
+    /// From this many utterances on, build an HNSW graph instead of relying on an exact scan.
+    #[arg(long, default_value_t = IndexParams::default().hnsw_min_vectors)]
+    pub hnsw_min_vectors: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Index directory written by `switchyard build`.
+    #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+    pub index: PathBuf,
+    /// Route files the index must have been built from; serving refuses a stale index.
+    #[arg(long, env = "SWITCHYARD_ROUTES")]
+    pub routes: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "SWITCHYARD_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Model sessions (worker threads) embedding prompts.
+    #[arg(long, env = "SWITCHYARD_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Prompts that may wait for a worker; beyond it requests get 429.
+    #[arg(long, env = "SWITCHYARD_QUEUE_CAPACITY", default_value_t = EngineOptions::default().queue_capacity)]
+    pub queue_capacity: usize,
+    /// Most prompts embedded in one forward pass.
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH", default_value_t = EngineOptions::default().max_batch)]
+    pub max_batch: usize,
+    /// Most padded tokens in one forward pass.
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH_TOKENS", default_value_t = EngineOptions::default().max_batch_tokens)]
+    pub max_batch_tokens: usize,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, env = "SWITCHYARD_BODY_LIMIT_BYTES", default_value_t = ServerOptions::default().body_limit_bytes)]
+    pub body_limit_bytes: usize,
+    /// Most prompts in one /v1/route/batch request.
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH_PROMPTS", default_value_t = ServerOptions::default().max_batch_prompts)]
+    pub max_batch_prompts: usize,
+    /// Longest a route request may take, in milliseconds, before it is answered with 503.
+    #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT_MS", default_value_t = ServerOptions::default().request_timeout_ms)]
+    pub request_timeout_ms: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// How a command ended, for the exit code.
+pub enum Outcome {
+    /// Everything went well (exit 0).
+    Success,
+    /// A check ran and failed (exit 1).
+    CheckFailed,
+}
+
+/// Sets up logging on stderr.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn,hnsw_rs=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Check { routes } => check(&routes),
+        Command::Build(args) => build(args),
+        Command::Serve(args) => serve(args),
+        Command::Route {
+            index,
+            prompt,
+            model,
+        } => route(&index, &prompt, &model),
+    }
+}
+
+fn check(routes: &Path) -> anyhow::Result<Outcome> {
+    match config::load(routes) {
+        Ok(table) => {
+            println!(
+                "{}: ok ({} routes, {} utterances, default model `{}`)",
+                routes.display(),
+                table.routes.len(),
+                table.utterance_count(),
+                table.default_model
+            );
+            Ok(Outcome::Success)
+        }
+        Err(config::ConfigError::Invalid { issues }) => {
+            for issue in &issues {
+                eprintln!("{issue}");
+            }
+            eprintln!("{}: {} problem(s)", routes.display(), issues.len());
+            Ok(Outcome::CheckFailed)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
+    let table = config::load(&args.routes)?;
+    let mut embedder =
+        OnnxEmbedder::load(&args.model.spec()).context("cannot load the embedding model")?;
+    let total = table.utterance_count();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "embedding {bar:40} {pos}/{len} utterances ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let params = IndexParams {
+        hnsw_min_vectors: args.hnsw_min_vectors,
+        ..IndexParams::default()
+    };
+    let report = indexer::build(&table, &mut embedder, &args.out, params, &mut |done, _| {
+        bar.set_position(done as u64)
+    })
+    .with_context(|| format!("building the index in {}", args.out.display()))?;
+    bar.finish_and_clear();
+    println!(
+        "built {} ({} routes, {} utterances, {} search{}) in {:.2}s ({:.2}s embedding)",
+        report.generation.display(),
+        report.routes,
+        report.utterances,
+        if report.hnsw { "HNSW" } else { "exact" },
+        if report.truncated > 0 {
+            format!(", {} utterances truncated", report.truncated)
+        } else {
+            String::new()
+        },
+        report.total_seconds,
+        report.embed_seconds
+    );
+    Ok(Outcome::Success)
+}
+
+fn open_engine(
+    index_dir: &Path,
+    routes: Option<&Path>,
+    model: &ModelArgs,
+    workers: usize,
+    options: EngineOptions,
+) -> anyhow::Result<Engine> {
+    let index = Index::open(index_dir)?;
+    if let Some(routes) = routes {
+        let table = config::load(routes)?;
+        let current = table.canonical_hash();
+        let built = &index.manifest().route_table_sha256;
+        if &current != built {
+            return Err(IndexError::RoutesMismatch {
+                path: index.generation().to_path_buf(),
+                routes: routes.to_path_buf(),
+                built: built[..12].to_string(),
+                current: current[..12].to_string(),
+            }
+            .into());
+        }
+    }
+    let embedders = OnnxEmbedder::load_many(&model.spec(), workers)
+        .context("cannot load the embedding model")?;
+    Ok(Engine::with_index(index, embedders, options)?)
+}
+
+fn route(index: &Path, prompt: &str, model: &ModelArgs) -> anyhow::Result<Outcome> {
+    let engine = open_engine(index, None, model, 1, EngineOptions::default())?;
+    let routed = engine.route(prompt)?;
+    println!("{}", serde_json::to_string_pretty(&routed)?);
+    Ok(Outcome::Success)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve_async(args))
+}
+
+async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
+    let options = ServerOptions {
+        body_limit_bytes: args.body_limit_bytes,
+        max_batch_prompts: args.max_batch_prompts,
+        request_timeout_ms: args.request_timeout_ms,
+        ..ServerOptions::default()
+    };
+    let engine_options = EngineOptions {
+        queue_capacity: args.queue_capacity,
+        max_batch: args.max_batch.max(1),
+        max_batch_tokens: args.max_batch_tokens,
+    };
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(options);
+    let app = server::app(state.clone());
+
+    // The index opens while the server already answers /healthz (and 503 on /readyz).
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let loader_state = state.clone();
+    let index_dir = args.index.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        match open_engine(
+            &args.index,
+            args.routes.as_deref(),
+            &args.model,
+            args.workers,
+            engine_options,
+        ) {
+            Ok(engine) => {
+                let index = engine.index();
+                tracing::info!(
+                    vectors = index.len(),
+                    routes = index.table().routes.len(),
+                    hnsw = index.uses_graph(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "index open; ready"
+                );
+                loader_state.set_engine(Arc::new(engine));
+            }
+            Err(e) => {
+                let _ = failed_tx.send(e);
+            }
+        }
+    });
+
+    println!("switchyard listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let load_failure = tokio::spawn(async move {
+        match failed_rx.await {
+            Ok(e) => {
+                let _ = stop_tx.send(());
+                Some(e)
+            }
+            Err(_) => None,
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = server::shutdown_signal() => {},
+                _ = stop_rx => {},
+            }
+        })
+        .await
+        .context("server error")?;
+    if load_failure.is_finished() {
+        if let Ok(Some(e)) = load_failure.await {
+            return Err(e.context(format!("cannot serve the index in {}", index_dir.display())));
+        }
+    }
+    tracing::info!("stopped");
+    Ok(Outcome::Success)
+}

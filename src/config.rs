@@ -1,0 +1,797 @@
+//! Route files: the raw serde mirror of the YAML, and the validated [`RouteTable`] built from it.
+//!
+//! Parsing reports syntax and type errors with their location; validation then reports *every*
+//! semantic problem at once (duplicate names, empty utterances, thresholds out of range, ...),
+//! each with `file:line:col` and the route it belongs to.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+
+/// The only route-file format version this build understands.
+pub const ROUTE_FILE_VERSION: u32 = 1;
+
+/// Route files larger than this are refused before parsing: a route table is hand-written text.
+pub const MAX_ROUTE_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How the similarities of a route's neighbours among the top-k combine into the route's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// The best similarity among the route's neighbours.
+    #[default]
+    Max,
+    /// The mean similarity of the route's neighbours.
+    Mean,
+    /// The route's share of the top-k similarity mass: the sum of its neighbours' similarities
+    /// divided by `top_k`, so the score stays in [-1, 1] and thresholds keep their meaning.
+    Sum,
+}
+
+impl fmt::Display for Aggregation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Aggregation::Max => "max",
+            Aggregation::Mean => "mean",
+            Aggregation::Sum => "sum",
+        })
+    }
+}
+
+/// Defaults applied to every route unless the route overrides them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Defaults {
+    /// Minimum route score for a match; `None` means the best-scoring route always matches.
+    pub threshold: Option<f32>,
+    /// How many nearest utterances are looked at for one decision.
+    pub top_k: usize,
+    /// How neighbour similarities are combined into a route score.
+    pub aggregation: Aggregation,
+}
+
+/// Default `top_k` when the route file does not set one.
+pub const DEFAULT_TOP_K: usize = 5;
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            threshold: None,
+            top_k: DEFAULT_TOP_K,
+            aggregation: Aggregation::Max,
+        }
+    }
+}
+
+/// One validated route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    /// Unique route name.
+    pub name: String,
+    /// Target model for prompts that match this route.
+    pub model: String,
+    /// Per-route threshold; overrides `defaults.threshold` when set.
+    pub threshold: Option<f32>,
+    /// Free text for people reading the table.
+    pub description: Option<String>,
+    /// Example utterances, as written (trimmed).
+    pub utterances: Vec<String>,
+}
+
+impl Route {
+    /// The threshold in force for this route.
+    pub fn effective_threshold(&self, defaults: &Defaults) -> Option<f32> {
+        self.threshold.or(defaults.threshold)
+    }
+}
+
+/// A validated route table: what `build` embeds and what the index carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteTable {
+    /// Policy defaults.
+    pub defaults: Defaults,
+    /// The model that receives prompts no route matched.
+    pub default_model: String,
+    /// Routes in file order (files of a directory in name order).
+    pub routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// A stable hash of the canonical table (its JSON form): the index records it, so a served
+    /// index can be checked against the route files it claims to come from.
+    pub fn canonical_hash(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a route table always serialises");
+        hex(&Sha256::digest(&json))
+    }
+
+    /// Total number of utterances across routes.
+    pub fn utterance_count(&self) -> usize {
+        self.routes.iter().map(|r| r.utterances.len()).sum()
+    }
+
+    /// Finds a route by name.
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+/// Lower-case hex of a byte string.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// One problem found in a route file, with its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigIssue {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// The route the problem belongs to, when it belongs to one.
+    pub route: Option<String>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if let Some(route) = &self.route {
+            write!(f, "route `{route}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a route table could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file or directory could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path that failed.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The path holds no route files.
+    #[error("no route files (*.yaml, *.yml) found in {0}")]
+    NoFiles(PathBuf),
+    /// One or more problems, every one reported.
+    #[error("{} problem(s) in the route files:\n{}", issues.len(), render_issues(issues))]
+    Invalid {
+        /// All problems found, in file order.
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+fn render_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw mirror of the YAML.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    version: Spanned<u32>,
+    #[serde(default)]
+    defaults: Option<Spanned<RawDefaults>>,
+    #[serde(default)]
+    default_route: Option<Spanned<RawDefaultRoute>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    #[serde(default)]
+    threshold: Option<Spanned<f32>>,
+    #[serde(default)]
+    top_k: Option<Spanned<usize>>,
+    #[serde(default)]
+    aggregation: Option<Aggregation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaultRoute {
+    model: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    model: Spanned<String>,
+    #[serde(default)]
+    threshold: Option<Spanned<f32>>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    utterances: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+/// Loads one route file, or every `*.yaml`/`*.yml` file of a directory (in name order) as one
+/// table. `defaults` and `default_route` may each be set in only one of the files.
+pub fn load(path: &Path) -> Result<RouteTable, ConfigError> {
+    let files = route_files(path)?;
+    let mut sources = Vec::with_capacity(files.len());
+    for file in files {
+        let meta = std::fs::metadata(&file).map_err(|source| ConfigError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        if meta.len() > MAX_ROUTE_FILE_BYTES {
+            return Err(ConfigError::Invalid {
+                issues: vec![ConfigIssue {
+                    file,
+                    line: 0,
+                    column: 0,
+                    route: None,
+                    message: format!(
+                        "file is {} bytes; route files are limited to {MAX_ROUTE_FILE_BYTES} bytes",
+                        meta.len()
+                    ),
+                }],
+            });
+        }
+        let bytes = std::fs::read(&file).map_err(|source| ConfigError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        sources.push((file, bytes));
+    }
+    parse_sources(&sources)
+}
+
+/// The route files a path stands for: the file itself, or a directory's YAML files sorted by name.
+pub fn route_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let io = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let p = entry.path();
+        let is_yaml = matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml") | Some("yml")
+        );
+        if is_yaml && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(ConfigError::NoFiles(path.to_path_buf()));
+    }
+    Ok(files)
+}
+
+/// Parses and validates route files given as `(path, contents)`; the paths only label errors.
+pub fn parse_sources(sources: &[(PathBuf, Vec<u8>)]) -> Result<RouteTable, ConfigError> {
+    let mut issues = Vec::new();
+    let mut parsed = Vec::new();
+    for (file, bytes) in sources {
+        match std::str::from_utf8(bytes) {
+            Err(e) => issues.push(ConfigIssue {
+                file: file.clone(),
+                line: line_of_offset(bytes, e.valid_up_to()),
+                column: 0,
+                route: None,
+                message: format!(
+                    "not valid UTF-8 (at byte {}); save the file as UTF-8",
+                    e.valid_up_to()
+                ),
+            }),
+            Ok(text) => match serde_saphyr::from_str::<RawFile>(text) {
+                Ok(raw) => parsed.push((file.clone(), raw)),
+                Err(e) => {
+                    let (line, column) = e
+                        .location()
+                        .map(|l| (l.line() as usize, l.column() as usize))
+                        .unwrap_or((0, 0));
+                    issues.push(ConfigIssue {
+                        file: file.clone(),
+                        line,
+                        column,
+                        route: None,
+                        message: first_line(&e.to_string()),
+                    });
+                }
+            },
+        }
+    }
+    if !issues.is_empty() {
+        // a file that does not parse may hold the missing defaults or routes: report only the
+        // parse errors rather than guess
+        return Err(ConfigError::Invalid { issues });
+    }
+    let table = validate(&parsed, &mut issues);
+    match table {
+        Some(table) if issues.is_empty() => Ok(table),
+        _ => Err(ConfigError::Invalid { issues }),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).trim().to_string()
+}
+
+fn line_of_offset(bytes: &[u8], offset: usize) -> usize {
+    1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count()
+}
+
+/// Normalises an utterance for duplicate detection: case-folded, whitespace collapsed.
+pub fn normalise_utterance(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+struct Place<'a> {
+    file: &'a Path,
+    line: usize,
+    column: usize,
+}
+
+impl Place<'_> {
+    fn issue(&self, route: Option<&str>, message: impl Into<String>) -> ConfigIssue {
+        ConfigIssue {
+            file: self.file.to_path_buf(),
+            line: self.line,
+            column: self.column,
+            route: route.map(str::to_string),
+            message: message.into(),
+        }
+    }
+}
+
+fn place<'a, T>(file: &'a Path, s: &Spanned<T>) -> Place<'a> {
+    Place {
+        file,
+        line: s.referenced.line() as usize,
+        column: s.referenced.column() as usize,
+    }
+}
+
+fn check_threshold(p: &Place<'_>, route: Option<&str>, t: f32, issues: &mut Vec<ConfigIssue>) {
+    if !(-1.0..=1.0).contains(&t) {
+        issues.push(p.issue(
+            route,
+            format!("threshold {t} is outside [-1, 1]; similarities are cosines, so use a value such as 0.5"),
+        ));
+    }
+}
+
+fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Option<RouteTable> {
+    let mut defaults = Defaults::default();
+    let mut defaults_seen: Option<(PathBuf, usize)> = None;
+    let mut default_model: Option<String> = None;
+    let mut default_seen: Option<(PathBuf, usize)> = None;
+    let mut routes = Vec::new();
+    // name -> where first declared
+    let mut names: HashMap<String, (PathBuf, usize)> = HashMap::new();
+    // normalised utterance -> (route, file, line)
+    let mut utterances: HashMap<String, (String, PathBuf, usize)> = HashMap::new();
+
+    for (file, raw) in files {
+        let file = file.as_path();
+        if raw.version.value != ROUTE_FILE_VERSION {
+            issues.push(place(file, &raw.version).issue(
+                None,
+                format!(
+                    "unsupported version {}; this switchyard reads `version: {ROUTE_FILE_VERSION}`",
+                    raw.version.value
+                ),
+            ));
+        }
+        if let Some(d) = &raw.defaults {
+            let p = place(file, d);
+            if let Some((other, line)) = &defaults_seen {
+                issues.push(p.issue(
+                    None,
+                    format!(
+                        "`defaults` is already set in {}:{line}; set it in one file only",
+                        other.display()
+                    ),
+                ));
+            }
+            defaults_seen = Some((file.to_path_buf(), p.line));
+            if let Some(t) = &d.value.threshold {
+                check_threshold(&place(file, t), None, t.value, issues);
+                defaults.threshold = Some(t.value);
+            }
+            if let Some(k) = &d.value.top_k {
+                if k.value == 0 {
+                    issues.push(
+                        place(file, k).issue(None, "top_k is 0; it must be at least 1 (default 5)"),
+                    );
+                }
+                defaults.top_k = k.value;
+            }
+            if let Some(a) = d.value.aggregation {
+                defaults.aggregation = a;
+            }
+        }
+        if let Some(d) = &raw.default_route {
+            let p = place(file, d);
+            if let Some((other, line)) = &default_seen {
+                issues.push(p.issue(
+                    None,
+                    format!(
+                        "`default_route` is already set in {}:{line}; set it in one file only",
+                        other.display()
+                    ),
+                ));
+            }
+            default_seen = Some((file.to_path_buf(), p.line));
+            let model = d.value.model.value.trim();
+            if model.is_empty() {
+                issues.push(place(file, &d.value.model).issue(
+                    None,
+                    "default_route.model is empty; name the model that gets unmatched prompts",
+                ));
+            }
+            default_model = Some(model.to_string());
+        }
+        for r in &raw.routes {
+            let rp = place(file, r);
+            let r = &r.value;
+            let name = r.name.value.trim().to_string();
+            let label = (!name.is_empty()).then_some(name.as_str());
+            if name.is_empty() {
+                issues.push(place(file, &r.name).issue(None, "route name is empty"));
+            } else if let Some((other, line)) = names.get(&name) {
+                issues.push(place(file, &r.name).issue(
+                    label,
+                    format!(
+                        "duplicate route name; it is already declared at {}:{line}",
+                        other.display()
+                    ),
+                ));
+            } else {
+                names.insert(
+                    name.clone(),
+                    (file.to_path_buf(), place(file, &r.name).line),
+                );
+            }
+            let model = r.model.value.trim().to_string();
+            if model.is_empty() {
+                issues.push(place(file, &r.model).issue(label, "model is empty"));
+            }
+            if let Some(t) = &r.threshold {
+                check_threshold(&place(file, t), label, t.value, issues);
+            }
+            let mut texts = Vec::new();
+            match &r.utterances {
+                None => issues.push(rp.issue(
+                    label,
+                    "route has no `utterances`; add a few example prompts",
+                )),
+                Some(list) if list.value.is_empty() => issues.push(
+                    place(file, list)
+                        .issue(label, "route has no utterances; add a few example prompts"),
+                ),
+                Some(list) => {
+                    for u in &list.value {
+                        let up = place(file, u);
+                        let text = u.value.trim();
+                        if text.is_empty() {
+                            issues.push(up.issue(label, "empty utterance"));
+                            continue;
+                        }
+                        let key = normalise_utterance(text);
+                        match utterances.get(&key) {
+                            Some((other_route, other_file, line)) if *other_route == name => {
+                                issues.push(up.issue(
+                                    label,
+                                    format!(
+                                        "utterance {text:?} is listed twice in this route (first at {}:{line})",
+                                        other_file.display()
+                                    ),
+                                ));
+                            }
+                            Some((other_route, other_file, line)) => {
+                                issues.push(up.issue(
+                                    label,
+                                    format!(
+                                        "utterance {text:?} also belongs to route `{other_route}` ({}:{line}); an utterance can teach only one route",
+                                        other_file.display()
+                                    ),
+                                ));
+                            }
+                            None => {
+                                utterances.insert(key, (name.clone(), file.to_path_buf(), up.line));
+                            }
+                        }
+                        texts.push(text.to_string());
+                    }
+                }
+            }
+            routes.push(Route {
+                name,
+                model,
+                threshold: r.threshold.as_ref().map(|t| t.value),
+                description: r.description.clone(),
+                utterances: texts,
+            });
+        }
+    }
+
+    let default_model = match default_model {
+        Some(m) => m,
+        None => {
+            let file = files
+                .first()
+                .map(|(f, _)| f.clone())
+                .unwrap_or_else(|| PathBuf::from("<none>"));
+            issues.push(ConfigIssue {
+                file,
+                line: 1,
+                column: 1,
+                route: None,
+                message: "no `default_route` is set; add `default_route: {model: ...}` so unmatched prompts have a target".into(),
+            });
+            return None;
+        }
+    };
+    if routes.is_empty() {
+        let file = files.first().map(|(f, _)| f.clone())?;
+        issues.push(ConfigIssue {
+            file,
+            line: 1,
+            column: 1,
+            route: None,
+            message: "no routes are declared; add at least one entry under `routes:`".into(),
+        });
+    }
+    Some(RouteTable {
+        defaults,
+        default_model,
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<RouteTable, ConfigError> {
+        parse_sources(&[(PathBuf::from("r.yaml"), yaml.as_bytes().to_vec())])
+    }
+
+    fn issues(yaml: &str) -> Vec<ConfigIssue> {
+        match parse(yaml) {
+            Err(ConfigError::Invalid { issues }) => issues,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    const GOOD: &str = "\
+version: 1
+defaults:
+  threshold: 0.4
+  top_k: 3
+  aggregation: mean
+default_route:
+  model: general
+routes:
+  - name: orders
+    model: small
+    utterances:
+      - where is my order
+      - track my package
+  - name: refunds
+    model: premium
+    threshold: 0.6
+    utterances:
+      - I want a refund
+";
+
+    #[test]
+    fn parses_a_good_file() {
+        let t = parse(GOOD).unwrap();
+        assert_eq!(t.default_model, "general");
+        assert_eq!(t.defaults.top_k, 3);
+        assert_eq!(t.defaults.aggregation, Aggregation::Mean);
+        assert_eq!(t.routes.len(), 2);
+        assert_eq!(t.routes[1].effective_threshold(&t.defaults), Some(0.6));
+        assert_eq!(t.routes[0].effective_threshold(&t.defaults), Some(0.4));
+        assert_eq!(t.utterance_count(), 3);
+    }
+
+    #[test]
+    fn canonical_hash_changes_with_content() {
+        let a = parse(GOOD).unwrap();
+        let b = parse(&GOOD.replace("I want a refund", "refund me")).unwrap();
+        assert_eq!(a.canonical_hash(), parse(GOOD).unwrap().canonical_hash());
+        assert_ne!(a.canonical_hash(), b.canonical_hash());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_line() {
+        let is = issues(&GOOD.replace("    threshold: 0.6\n", "    treshold: 0.6\n"));
+        assert_eq!(is.len(), 1);
+        assert_eq!(is[0].line, 16, "{:?}", is[0]);
+        assert!(is[0].message.contains("treshold"), "{}", is[0].message);
+    }
+
+    #[test]
+    fn syntax_error_carries_line() {
+        let is = issues("version: 1\nroutes:\n  - name: [unclosed\n");
+        assert_eq!(is.len(), 1);
+        assert!(is[0].line >= 3, "{:?}", is[0]);
+    }
+
+    #[test]
+    fn wrong_type_carries_line() {
+        let is = issues(&GOOD.replace("top_k: 3", "top_k: lots"));
+        assert_eq!(is[0].line, 4, "{:?}", is[0]);
+    }
+
+    #[test]
+    fn unknown_aggregation_is_rejected() {
+        let is = issues(&GOOD.replace("aggregation: mean", "aggregation: median"));
+        assert!(is[0].message.contains("median"), "{}", is[0].message);
+        assert_eq!(is[0].line, 5);
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let yaml = "\
+version: 1
+defaults:
+  threshold: 1.5
+  top_k: 0
+default_route:
+  model: general
+routes:
+  - name: orders
+    model: small
+    utterances:
+      - where is my order
+      - '  '
+  - name: orders
+    model: small
+    threshold: -2
+    utterances:
+      - Where is  my ORDER
+  - name: empty
+    model: small
+    utterances: []
+  - name: missing
+    model: ''
+";
+        let is = issues(yaml);
+        let find = |needle: &str| {
+            is.iter()
+                .find(|i| i.message.contains(needle))
+                .unwrap_or_else(|| panic!("no issue containing {needle:?} in {is:#?}"))
+        };
+        let t = find("threshold 1.5");
+        assert_eq!((t.line, t.column, t.route.as_deref()), (3, 14, None));
+        let k = find("top_k is 0");
+        assert_eq!((k.line, k.column), (4, 10));
+        let e = find("empty utterance");
+        assert_eq!((e.line, e.route.as_deref()), (12, Some("orders")));
+        let d = find("duplicate route name");
+        assert_eq!(
+            (d.line, d.column, d.route.as_deref()),
+            (13, 11, Some("orders"))
+        );
+        assert!(d.message.contains("r.yaml:8"), "{}", d.message);
+        let neg = find("threshold -2");
+        assert_eq!((neg.line, neg.route.as_deref()), (15, Some("orders")));
+        let dup = find("listed twice");
+        assert_eq!(dup.line, 17);
+        let none = find("route has no utterances");
+        assert_eq!((none.line, none.route.as_deref()), (20, Some("empty")));
+        let no_key = find("route has no `utterances`");
+        assert_eq!(
+            (no_key.line, no_key.route.as_deref()),
+            (21, Some("missing"))
+        );
+        let m = find("model is empty");
+        assert_eq!((m.line, m.route.as_deref()), (22, Some("missing")));
+        assert_eq!(is.len(), 9, "{is:#?}");
+    }
+
+    #[test]
+    fn utterance_under_two_routes_is_reported_with_both_places() {
+        let is = issues(&GOOD.replace("I want a refund", "Track my   package"));
+        assert_eq!(is.len(), 1, "{is:#?}");
+        assert_eq!(is[0].line, 18);
+        assert_eq!(is[0].route.as_deref(), Some("refunds"));
+        assert!(
+            is[0].message.contains("route `orders`") && is[0].message.contains("r.yaml:13"),
+            "{}",
+            is[0].message
+        );
+    }
+
+    #[test]
+    fn missing_default_route_and_wrong_version() {
+        let is = issues("version: 2\nroutes:\n  - name: a\n    model: m\n    utterances: [hi]\n");
+        assert!(
+            is.iter()
+                .any(|i| i.message.contains("unsupported version 2") && i.line == 1)
+        );
+        assert!(is.iter().any(|i| i.message.contains("no `default_route`")));
+    }
+
+    #[test]
+    fn missing_version_is_an_error() {
+        let is = issues("default_route: {model: m}\nroutes: []\n");
+        assert!(is[0].message.contains("version"), "{:?}", is[0]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_reported() {
+        let err = parse_sources(&[(
+            PathBuf::from("bad.yaml"),
+            b"version: 1\n\xff\xfe\n".to_vec(),
+        )])
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("bad.yaml:2:0") && text.contains("UTF-8"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn defaults_set_twice_across_files() {
+        let a = (PathBuf::from("a.yaml"), GOOD.as_bytes().to_vec());
+        let b = (
+            PathBuf::from("b.yaml"),
+            b"version: 1\ndefault_route: {model: x}\nroutes:\n  - {name: other, model: m, utterances: [hello there]}\n".to_vec(),
+        );
+        let Err(ConfigError::Invalid { issues }) = parse_sources(&[a.clone(), b]) else {
+            panic!("expected invalid")
+        };
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        assert!(
+            issues[0].message.contains("already set in a.yaml:7"),
+            "{}",
+            issues[0].message
+        );
+        assert_eq!(issues[0].file, PathBuf::from("b.yaml"));
+    }
+
+    #[test]
+    fn display_has_file_line_col_and_route() {
+        let is = issues(&GOOD.replace("threshold: 0.6", "threshold: 7"));
+        assert_eq!(
+            is[0].to_string(),
+            "r.yaml:16:16: route `refunds`: threshold 7 is outside [-1, 1]; similarities are cosines, so use a value such as 0.5"
+        );
+    }
+}

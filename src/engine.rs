@@ -1,0 +1,411 @@
+//! The engine: opens an index, checks it against the embedding model, and answers `route(text)`.
+//!
+//! All CPU work (tokenising, the forward pass, search, the decision) runs on dedicated worker
+//! threads, each owning one model session, fed by one bounded queue. A worker takes every job
+//! waiting in the queue (up to a count and a token budget) and embeds them as one batch, so
+//! concurrent requests share forward passes. A full queue refuses at once
+//! ([`RouteError::Overloaded`]) instead of queueing without bound, and jobs whose caller has gone
+//! away are dropped before they cost a forward pass.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::embed::{EmbedError, Embedded, Embedder, ModelInfo};
+use crate::index::{Index, IndexError};
+use crate::policy::{self, Decision, Vote};
+
+/// How the engine runs its workers.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Queued prompts beyond which new ones are refused with [`RouteError::Overloaded`].
+    pub queue_capacity: usize,
+    /// Most prompts embedded in one forward pass.
+    pub max_batch: usize,
+    /// Most padded tokens (longest prompt × prompts) in one forward pass.
+    pub max_batch_tokens: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            queue_capacity: 256,
+            max_batch: 32,
+            max_batch_tokens: 4096,
+        }
+    }
+}
+
+/// Errors of the engine layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The queue is full; try again shortly.
+    #[error("the router is overloaded ({capacity} prompts queued); retry shortly")]
+    Overloaded {
+        /// Queue capacity.
+        capacity: usize,
+    },
+    /// The prompt is empty or only whitespace.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// The engine is shutting down.
+    #[error("the router is shutting down")]
+    ShuttingDown,
+    /// Embedding failed.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    /// The index could not be opened or searched.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// A nearest utterance behind a decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NeighbourOut {
+    /// Its route.
+    pub route: String,
+    /// The utterance.
+    pub utterance: String,
+    /// Cosine similarity to the prompt.
+    pub similarity: f32,
+}
+
+/// Where the time of one decision went, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct Timings {
+    /// Waiting in the queue for a worker.
+    pub queue_ms: f64,
+    /// The forward pass (shared with the rest of the batch).
+    pub embed_ms: f64,
+    /// Nearest-neighbour search and decision.
+    pub search_ms: f64,
+    /// Submission to answer.
+    pub total_ms: f64,
+    /// How many prompts shared the forward pass.
+    pub batch_size: usize,
+}
+
+/// One routed prompt: the decision and what it rests on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Routed {
+    /// The decision.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// The nearest utterances, best first.
+    pub neighbours: Vec<NeighbourOut>,
+    /// Tokens the model saw.
+    pub tokens: usize,
+    /// Whether the prompt was cut to the model's window (its first `max_tokens` tokens are used).
+    pub truncated: bool,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+struct Job {
+    text: String,
+    submitted: Instant,
+    reply: oneshot::Sender<Result<Routed, RouteError>>,
+}
+
+/// State shared by the engine's handle and its workers.
+struct Shared {
+    index: RwLock<Arc<Index>>,
+    model: ModelInfo,
+}
+
+/// Opens indexes and routes prompts.
+pub struct Engine {
+    shared: Arc<Shared>,
+    jobs: Sender<Job>,
+    options: EngineOptions,
+    workers: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.shared.model.id)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+/// Refuses an index built with another model than `model`.
+pub fn check_compatible(index: &Index, model: &ModelInfo) -> Result<(), IndexError> {
+    let built = &index.manifest().model;
+    let same = built.model_sha256 == model.model_sha256
+        && built.tokenizer_sha256 == model.tokenizer_sha256
+        && built.dimension == model.dimension
+        && built.pooling == model.pooling
+        && built.normalized == model.normalized
+        && built.max_tokens == model.max_tokens;
+    if same {
+        return Ok(());
+    }
+    let detail = |m: &ModelInfo| {
+        format!(
+            "model sha256 {}…, tokenizer sha256 {}…, dimension {}, {:?} pooling, max {} tokens",
+            &m.model_sha256[..m.model_sha256.len().min(12)],
+            &m.tokenizer_sha256[..m.tokenizer_sha256.len().min(12)],
+            m.dimension,
+            m.pooling,
+            m.max_tokens
+        )
+    };
+    Err(IndexError::ModelMismatch {
+        path: index.generation().to_path_buf(),
+        built_id: built.id.clone(),
+        built_detail: detail(built),
+        loaded_id: model.id.clone(),
+        loaded_detail: detail(model),
+    })
+}
+
+impl Engine {
+    /// Starts one worker per embedder over the index in `dir`, after checking that the index was
+    /// built with the same model.
+    pub fn open<E: Embedder + 'static>(
+        dir: &Path,
+        embedders: Vec<E>,
+        options: EngineOptions,
+    ) -> Result<Self, RouteError> {
+        let index = Index::open(dir)?;
+        Self::with_index(index, embedders, options)
+    }
+
+    /// Like [`Engine::open`], with an index already opened.
+    pub fn with_index<E: Embedder + 'static>(
+        index: Index,
+        embedders: Vec<E>,
+        options: EngineOptions,
+    ) -> Result<Self, RouteError> {
+        let model = embedders
+            .first()
+            .map(|e| e.info().clone())
+            .ok_or_else(|| EmbedError::Inference("no embedder given".into()))?;
+        check_compatible(&index, &model)?;
+        let shared = Arc::new(Shared {
+            index: RwLock::new(Arc::new(index)),
+            model,
+        });
+        let (jobs, rx) = crossbeam_channel::bounded::<Job>(options.queue_capacity.max(1));
+        let workers = embedders.len();
+        for (i, embedder) in embedders.into_iter().enumerate() {
+            let shared = Arc::clone(&shared);
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("switchyard-embed-{i}"))
+                .spawn(move || worker(embedder, shared, rx, options))
+                .map_err(|e| EmbedError::Inference(format!("cannot start a worker: {e}")))?;
+        }
+        Ok(Engine {
+            shared,
+            jobs,
+            options,
+            workers,
+        })
+    }
+
+    /// The live index.
+    pub fn index(&self) -> Arc<Index> {
+        Arc::clone(&self.shared.index.read().expect("index lock poisoned"))
+    }
+
+    /// The embedding model in use.
+    pub fn model(&self) -> &ModelInfo {
+        &self.shared.model
+    }
+
+    /// Prompts waiting for a worker.
+    pub fn queue_len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Queue capacity.
+    pub fn queue_capacity(&self) -> usize {
+        self.options.queue_capacity
+    }
+
+    fn submit(
+        &self,
+        text: &str,
+    ) -> Result<oneshot::Receiver<Result<Routed, RouteError>>, RouteError> {
+        if text.trim().is_empty() {
+            return Err(RouteError::EmptyPrompt);
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            text: text.to_string(),
+            submitted: Instant::now(),
+            reply,
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(RouteError::Overloaded {
+                capacity: self.options.queue_capacity,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(RouteError::ShuttingDown),
+        }
+    }
+
+    /// Routes one prompt, blocking the calling thread (for the CLI and benches; servers use
+    /// [`Engine::route_async`]).
+    pub fn route(&self, text: &str) -> Result<Routed, RouteError> {
+        self.submit(text)?
+            .blocking_recv()
+            .map_err(|_| RouteError::ShuttingDown)?
+    }
+
+    /// Routes one prompt without blocking the async runtime.
+    pub async fn route_async(&self, text: &str) -> Result<Routed, RouteError> {
+        self.submit(text)?
+            .await
+            .map_err(|_| RouteError::ShuttingDown)?
+    }
+
+    /// Routes several prompts; they are queued together, so they share forward passes. Fails as
+    /// a whole if the queue cannot take them all.
+    pub async fn route_many(&self, texts: &[String]) -> Result<Vec<Routed>, RouteError> {
+        if texts.iter().any(|t| t.trim().is_empty()) {
+            return Err(RouteError::EmptyPrompt);
+        }
+        let free = self.options.queue_capacity.saturating_sub(self.jobs.len());
+        if texts.len() > free {
+            return Err(RouteError::Overloaded {
+                capacity: self.options.queue_capacity,
+            });
+        }
+        let receivers = texts
+            .iter()
+            .map(|t| self.submit(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            out.push(rx.await.map_err(|_| RouteError::ShuttingDown)??);
+        }
+        Ok(out)
+    }
+
+    /// Routes a prompt whose vector is already known (evaluation and benches).
+    pub fn route_vector(&self, embedded: &Embedded) -> Result<Routed, RouteError> {
+        let index = self.index();
+        let start = Instant::now();
+        let mut routed = decide(&index, embedded)?;
+        routed.timings.search_ms = ms(start.elapsed());
+        Ok(routed)
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Search and decision for one embedded prompt.
+fn decide(index: &Index, embedded: &Embedded) -> Result<Routed, RouteError> {
+    let table = index.table();
+    let hits = index.search(&embedded.vector, table.defaults.top_k)?;
+    let votes: Vec<Vote> = hits
+        .iter()
+        .map(|h| Vote {
+            route: index.utterance(h.id).route as usize,
+            similarity: h.similarity,
+        })
+        .collect();
+    let decision = policy::decide(table, &votes);
+    let neighbours = hits
+        .iter()
+        .map(|h| {
+            let u = index.utterance(h.id);
+            NeighbourOut {
+                route: table.routes[u.route as usize].name.clone(),
+                utterance: u.text.clone(),
+                similarity: h.similarity,
+            }
+        })
+        .collect();
+    Ok(Routed {
+        decision,
+        neighbours,
+        tokens: embedded.tokens,
+        truncated: embedded.truncated,
+        timings: Timings::default(),
+    })
+}
+
+/// A rough token count for batching decisions (about four bytes a token for English text),
+/// capped at the model's window.
+fn estimate_tokens(text: &str, max_tokens: usize) -> usize {
+    (text.len() / 4 + 2).min(max_tokens)
+}
+
+fn worker<E: Embedder>(
+    mut embedder: E,
+    shared: Arc<Shared>,
+    jobs: Receiver<Job>,
+    options: EngineOptions,
+) {
+    let max_tokens = shared.model.max_tokens;
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let mut longest = estimate_tokens(&first.text, max_tokens);
+        let mut batch = vec![first];
+        while batch.len() < options.max_batch {
+            let Ok(job) = jobs.try_recv() else { break };
+            let t = estimate_tokens(&job.text, max_tokens);
+            if longest.max(t) * (batch.len() + 1) > options.max_batch_tokens {
+                held = Some(job);
+                break;
+            }
+            longest = longest.max(t);
+            batch.push(job);
+        }
+        // callers that went away (timed out, disconnected) cost nothing more
+        batch.retain(|job| !job.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let texts: Vec<&str> = batch.iter().map(|j| j.text.as_str()).collect();
+        let embedded = embedder.embed(&texts);
+        let embed_ms = ms(started.elapsed());
+        let size = batch.len();
+        match embedded {
+            Err(e) => {
+                let reason = e.to_string();
+                for job in batch {
+                    let _ = job
+                        .reply
+                        .send(Err(EmbedError::Inference(reason.clone()).into()));
+                }
+            }
+            Ok(vectors) => {
+                let index = Arc::clone(&shared.index.read().expect("index lock poisoned"));
+                for (job, e) in batch.into_iter().zip(vectors) {
+                    let search_start = Instant::now();
+                    let result = decide(&index, &e).map(|mut routed| {
+                        routed.timings = Timings {
+                            queue_ms: ms(started.duration_since(job.submitted)),
+                            embed_ms,
+                            search_ms: ms(search_start.elapsed()),
+                            total_ms: ms(job.submitted.elapsed()),
+                            batch_size: size,
+                        };
+                        routed
+                    });
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1018 @@
+//! The on-disk index artifact and nearest-neighbour search over it.
+//!
+//! An index directory holds generations and a `CURRENT` file naming the live one (the layout
+//! LevelDB uses): `build` writes a complete generation, fsyncs it, then atomically replaces
+//! `CURRENT`. A failed build leaves the previous generation live and untouched, and a reader never
+//! sees a half-written artifact. Each generation holds:
+//!
+//! - `manifest.json`: format version, model identity, route-table hash, search parameters, and the
+//!   size and xxh3 checksum of every other file (a truncated or corrupted file is refused);
+//! - `routes.json`: the validated route table the vectors were built from;
+//! - `utterances.json`: for each vector, its route and text;
+//! - `vectors.f32`: the L2-normalised vectors, little-endian `f32`, row-major;
+//! - for large indexes, the HNSW graph dumped by hnsw_rs (`graph.hnsw.graph`, `graph.hnsw.data`).
+//!
+//! Search is an exact SIMD scan below [`IndexParams::hnsw_min_vectors`] and HNSW above it, with
+//! HNSW candidates re-scored exactly against the stored vectors. No hnsw_rs type leaves this
+//! module: the reloaded graph borrows its loader, so it lives on a dedicated thread that owns both
+//! and answers searches over a channel (no `unsafe`, no leaks).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hnsw_rs::api::AnnT;
+use hnsw_rs::hnsw::Hnsw;
+use hnsw_rs::hnswio::HnswIo;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RouteTable;
+use crate::embed::ModelInfo;
+use crate::similarity::{self, UnitDot};
+
+/// Artifact format written by this build; opening any other is refused.
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the file that points at the live generation.
+pub const CURRENT_FILE: &str = "CURRENT";
+const MANIFEST_FILE: &str = "manifest.json";
+const ROUTES_FILE: &str = "routes.json";
+const UTTERANCES_FILE: &str = "utterances.json";
+const VECTORS_FILE: &str = "vectors.f32";
+const GRAPH_BASENAME: &str = "graph";
+const GENERATION_PREFIX: &str = "gen-";
+
+/// Parameters of the search structure, recorded in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexParams {
+    /// From this many vectors on, an HNSW graph is built; below it, search is an exact scan.
+    /// Chosen from `benches/search.rs`: the exact scan costs about 80 ns a vector, HNSW about
+    /// 0.3 ms flat, so they cross near 4k vectors.
+    pub hnsw_min_vectors: usize,
+    /// HNSW: links per node.
+    pub m: usize,
+    /// HNSW: candidate list size while building.
+    pub ef_construction: usize,
+    /// HNSW: candidate list size while searching (at least `k`).
+    pub ef_search: usize,
+}
+
+impl Default for IndexParams {
+    fn default() -> Self {
+        IndexParams {
+            hnsw_min_vectors: 4096,
+            m: 16,
+            ef_construction: 200,
+            ef_search: 128,
+        }
+    }
+}
+
+/// Which search structure an artifact carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SearchKind {
+    /// Exact scan over all vectors.
+    Exact,
+    /// An HNSW graph dumped by hnsw_rs under `basename`.
+    Hnsw {
+        /// Dump basename inside the generation directory.
+        basename: String,
+    },
+}
+
+/// Size and checksum of one artifact file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Length in bytes.
+    pub bytes: u64,
+    /// xxh3-64 of the contents, hex.
+    pub xxh3: String,
+}
+
+/// The artifact's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Artifact format version.
+    pub format_version: u32,
+    /// switchyard version that wrote it.
+    pub switchyard_version: String,
+    /// Build time, seconds since the Unix epoch.
+    pub built_at_unix: u64,
+    /// The embedding model the vectors come from.
+    pub model: ModelInfo,
+    /// Canonical hash of the route table (see [`RouteTable::canonical_hash`]).
+    pub route_table_sha256: String,
+    /// Number of vectors.
+    pub vectors: usize,
+    /// Search parameters in force at build time.
+    pub params: IndexParams,
+    /// Search structure present.
+    pub search: SearchKind,
+    /// Every other file of the generation, with size and checksum.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// One stored utterance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Utterance {
+    /// Index of its route in the route table.
+    pub route: u32,
+    /// The utterance text.
+    pub text: String,
+}
+
+/// One search hit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    /// Row of the vector (and utterance).
+    pub id: u32,
+    /// Cosine similarity to the query.
+    pub similarity: f32,
+}
+
+/// Errors of the index layer.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// No index has been built in this directory.
+    #[error(
+        "no index found in {0} (no {CURRENT_FILE} file); build one with `switchyard build ROUTES --out {0}`"
+    )]
+    NotBuilt(PathBuf),
+    /// A file is damaged or does not match the manifest.
+    #[error("index at {path} is corrupted: {reason}; rebuild it with `switchyard build`")]
+    Corrupted {
+        /// The generation directory or file.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// The artifact was written in another format.
+    #[error(
+        "index at {path} has format version {found}, this switchyard reads {FORMAT_VERSION}; rebuild it with `switchyard build`"
+    )]
+    Format {
+        /// The generation directory.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+    },
+    /// The artifact was built with a different embedding model.
+    #[error(
+        "index at {path} was built with model `{built_id}` ({built_detail}) but the loaded model is `{loaded_id}` ({loaded_detail}); rebuild it with `switchyard build` using this model, or serve with the model it was built with"
+    )]
+    ModelMismatch {
+        /// The generation directory.
+        path: PathBuf,
+        /// Model id in the manifest.
+        built_id: String,
+        /// What differs, as recorded.
+        built_detail: String,
+        /// Model id loaded now.
+        loaded_id: String,
+        /// What differs, as loaded.
+        loaded_detail: String,
+    },
+    /// The artifact's routes are not the route files given.
+    #[error(
+        "index at {path} was built from other routes than {routes} (route table hash {built} vs {current}); rebuild it with `switchyard build {routes}`"
+    )]
+    RoutesMismatch {
+        /// The generation directory.
+        path: PathBuf,
+        /// The route files compared against.
+        routes: PathBuf,
+        /// Hash in the manifest.
+        built: String,
+        /// Hash of the route files now.
+        current: String,
+    },
+    /// Vectors do not agree with the model or each other.
+    #[error("dimension mismatch: expected {expected}, got {got}")]
+    DimMismatch {
+        /// Expected dimension.
+        expected: usize,
+        /// Dimension found.
+        got: usize,
+    },
+    /// Nothing to index.
+    #[error("no vectors to index")]
+    Empty,
+    /// The HNSW graph could not be built, written or loaded.
+    #[error("HNSW graph: {0}")]
+    Graph(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
+    move |source| IndexError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+/// What `build` needs to write an artifact.
+pub struct ArtifactInput<'a> {
+    /// The validated routes.
+    pub table: &'a RouteTable,
+    /// The model the vectors come from.
+    pub model: &'a ModelInfo,
+    /// One row per utterance, in route-table order.
+    pub utterances: Vec<Utterance>,
+    /// Row-major vectors, `utterances.len() * model.dimension` values.
+    pub vectors: Vec<f32>,
+    /// Search parameters.
+    pub params: IndexParams,
+}
+
+/// Writes a new generation into `dir` and makes it current. Returns the generation's path.
+///
+/// The previous generation stays on disk until the next build, so a server that is reading it
+/// while it is replaced still finds its files.
+pub fn write_artifact(dir: &Path, input: ArtifactInput<'_>) -> Result<PathBuf, IndexError> {
+    let dim = input.model.dimension;
+    let n = input.utterances.len();
+    if n == 0 {
+        return Err(IndexError::Empty);
+    }
+    if input.vectors.len() != n * dim {
+        return Err(IndexError::DimMismatch {
+            expected: n * dim,
+            got: input.vectors.len(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let gen_name = format!(
+        "{GENERATION_PREFIX}{}-{:09}-{}",
+        now.as_secs(),
+        now.subsec_nanos(),
+        std::process::id()
+    );
+    let staging = dir.join(format!(".{gen_name}.partial"));
+    let result = write_generation(&staging, &input, now.as_secs());
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    let generation = dir.join(&gen_name);
+    std::fs::rename(&staging, &generation).map_err(io_err(&generation))?;
+    sync_dir(dir)?;
+
+    let tmp = dir.join(format!(".{CURRENT_FILE}.{}.tmp", std::process::id()));
+    let publish = (|| {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(format!("{gen_name}\n").as_bytes())
+            .map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        let current = dir.join(CURRENT_FILE);
+        std::fs::rename(&tmp, &current).map_err(io_err(&current))?;
+        sync_dir(dir)
+    })();
+    if let Err(e) = publish {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_dir_all(&generation);
+        return Err(e);
+    }
+    remove_stale_generations(dir, &gen_name);
+    Ok(generation)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), IndexError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Keeps the new generation and the one before it (a server may still be opening it); removes
+/// older ones and leftovers of failed builds.
+fn remove_stale_generations(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut generations: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(GENERATION_PREFIX) && name.as_str() != keep)
+        .collect();
+    generations.sort();
+    // generation names sort by build time; the last one is the previous live generation
+    generations.pop();
+    for name in generations {
+        let _ = std::fs::remove_dir_all(dir.join(name));
+    }
+}
+
+fn write_file(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    files: &mut BTreeMap<String, FileEntry>,
+) -> Result<(), IndexError> {
+    let path = dir.join(name);
+    let mut f = File::create(&path).map_err(io_err(&path))?;
+    f.write_all(bytes).map_err(io_err(&path))?;
+    f.sync_all().map_err(io_err(&path))?;
+    files.insert(
+        name.to_string(),
+        FileEntry {
+            bytes: bytes.len() as u64,
+            xxh3: checksum(bytes),
+        },
+    );
+    Ok(())
+}
+
+fn write_generation(
+    staging: &Path,
+    input: &ArtifactInput<'_>,
+    built_at_unix: u64,
+) -> Result<(), IndexError> {
+    std::fs::create_dir_all(staging).map_err(io_err(staging))?;
+    let mut files = BTreeMap::new();
+    write_file(staging, ROUTES_FILE, &to_json(input.table), &mut files)?;
+    write_file(
+        staging,
+        UTTERANCES_FILE,
+        &to_json(&input.utterances),
+        &mut files,
+    )?;
+    let raw: Vec<u8> = input.vectors.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write_file(staging, VECTORS_FILE, &raw, &mut files)?;
+
+    let n = input.utterances.len();
+    let search = if n >= input.params.hnsw_min_vectors {
+        let basename = build_graph(
+            staging,
+            &input.vectors,
+            input.model.dimension,
+            &input.params,
+        )?;
+        for suffix in ["hnsw.graph", "hnsw.data"] {
+            let name = format!("{basename}.{suffix}");
+            let path = staging.join(&name);
+            let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&path))?;
+            files.insert(
+                name,
+                FileEntry {
+                    bytes: bytes.len() as u64,
+                    xxh3: checksum(&bytes),
+                },
+            );
+        }
+        SearchKind::Hnsw { basename }
+    } else {
+        SearchKind::Exact
+    };
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        switchyard_version: env!("CARGO_PKG_VERSION").to_string(),
+        built_at_unix,
+        model: input.model.clone(),
+        route_table_sha256: input.table.canonical_hash(),
+        vectors: n,
+        params: input.params,
+        search,
+        files,
+    };
+    let path = staging.join(MANIFEST_FILE);
+    let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    let mut f = File::create(&path).map_err(io_err(&path))?;
+    f.write_all(&bytes).map_err(io_err(&path))?;
+    f.sync_all().map_err(io_err(&path))?;
+    Ok(())
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("artifact data serialises")
+}
+
+fn build_graph(
+    dir: &Path,
+    vectors: &[f32],
+    dim: usize,
+    params: &IndexParams,
+) -> Result<String, IndexError> {
+    let n = vectors.len() / dim;
+    // hnsw_rs can only dump graphs created with the full layer count.
+    let hnsw: Hnsw<'_, f32, UnitDot> = Hnsw::new(params.m, n, 16, params.ef_construction, UnitDot);
+    let rows: Vec<(&[f32], usize)> = vectors.chunks_exact(dim).zip(0..n).collect();
+    hnsw.parallel_insert_slice(&rows);
+    hnsw.file_dump(dir, GRAPH_BASENAME)
+        .map_err(|e| IndexError::Graph(format!("dump failed: {e:#}")))
+}
+
+/// An opened, verified index held in memory.
+pub struct Index {
+    generation: PathBuf,
+    manifest: Manifest,
+    table: RouteTable,
+    utterances: Vec<Utterance>,
+    vectors: Vec<f32>,
+    graph: Option<GraphHandle>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("generation", &self.generation)
+            .field("vectors", &self.manifest.vectors)
+            .field("search", &self.manifest.search)
+            .finish()
+    }
+}
+
+/// Resolves the live generation of an index directory.
+pub fn current_generation(dir: &Path) -> Result<PathBuf, IndexError> {
+    let current = dir.join(CURRENT_FILE);
+    let name = match std::fs::read_to_string(&current) {
+        Ok(s) => s.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(IndexError::NotBuilt(dir.to_path_buf()));
+        }
+        Err(e) => return Err(io_err(&current)(e)),
+    };
+    let valid = name.starts_with(GENERATION_PREFIX)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Err(IndexError::Corrupted {
+            path: current,
+            reason: format!("{CURRENT_FILE} names {name:?}, which is not a generation"),
+        });
+    }
+    Ok(dir.join(name))
+}
+
+fn read_verified(
+    generation: &Path,
+    name: &str,
+    files: &BTreeMap<String, FileEntry>,
+) -> Result<Vec<u8>, IndexError> {
+    let path = generation.join(name);
+    let entry = files.get(name).ok_or_else(|| IndexError::Corrupted {
+        path: generation.to_path_buf(),
+        reason: format!("the manifest does not list {name}"),
+    })?;
+    let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => IndexError::Corrupted {
+            path: path.clone(),
+            reason: "file is missing".into(),
+        },
+        _ => io_err(&path)(e),
+    })?;
+    if bytes.len() as u64 != entry.bytes {
+        return Err(IndexError::Corrupted {
+            path,
+            reason: format!(
+                "{} bytes on disk, {} in the manifest (truncated?)",
+                bytes.len(),
+                entry.bytes
+            ),
+        });
+    }
+    let sum = checksum(&bytes);
+    if sum != entry.xxh3 {
+        return Err(IndexError::Corrupted {
+            path,
+            reason: format!(
+                "checksum {sum} does not match the manifest's {}",
+                entry.xxh3
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, IndexError> {
+    serde_json::from_slice(bytes).map_err(|e| IndexError::Corrupted {
+        path: path.to_path_buf(),
+        reason: format!("unreadable JSON: {e}"),
+    })
+}
+
+impl Index {
+    /// Opens the live generation of `dir`, verifying every file against the manifest.
+    pub fn open(dir: &Path) -> Result<Self, IndexError> {
+        let generation = current_generation(dir)?;
+        Self::open_generation(&generation)
+    }
+
+    /// Opens one generation directory.
+    pub fn open_generation(generation: &Path) -> Result<Self, IndexError> {
+        let manifest_path = generation.join(MANIFEST_FILE);
+        let bytes = std::fs::read(&manifest_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => IndexError::Corrupted {
+                path: manifest_path.clone(),
+                reason: "manifest is missing".into(),
+            },
+            _ => io_err(&manifest_path)(e),
+        })?;
+        // read the format version alone first, so an old or future manifest gets the right error
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let version: Version = parse_json(&manifest_path, &bytes)?;
+        if version.format_version != FORMAT_VERSION {
+            return Err(IndexError::Format {
+                path: generation.to_path_buf(),
+                found: version.format_version,
+            });
+        }
+        let manifest: Manifest = parse_json(&manifest_path, &bytes)?;
+        let files = &manifest.files;
+        let table: RouteTable = parse_json(
+            &generation.join(ROUTES_FILE),
+            &read_verified(generation, ROUTES_FILE, files)?,
+        )?;
+        if table.canonical_hash() != manifest.route_table_sha256 {
+            return Err(IndexError::Corrupted {
+                path: generation.join(ROUTES_FILE),
+                reason: "route table hash does not match the manifest".into(),
+            });
+        }
+        let utterances: Vec<Utterance> = parse_json(
+            &generation.join(UTTERANCES_FILE),
+            &read_verified(generation, UTTERANCES_FILE, files)?,
+        )?;
+        let raw = read_verified(generation, VECTORS_FILE, files)?;
+        let dim = manifest.model.dimension;
+        let n = manifest.vectors;
+        let corrupted = |reason: String| IndexError::Corrupted {
+            path: generation.to_path_buf(),
+            reason,
+        };
+        if raw.len() != n * dim * 4 || utterances.len() != n || dim == 0 {
+            return Err(corrupted(format!(
+                "{} vector bytes and {} utterances for {n} vectors of dimension {dim}",
+                raw.len(),
+                utterances.len()
+            )));
+        }
+        if let Some(bad) = utterances
+            .iter()
+            .find(|u| u.route as usize >= table.routes.len())
+        {
+            return Err(corrupted(format!(
+                "utterance {:?} points at route {} of {}",
+                bad.text,
+                bad.route,
+                table.routes.len()
+            )));
+        }
+        let vectors: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let graph = match &manifest.search {
+            SearchKind::Exact => None,
+            SearchKind::Hnsw { basename } => {
+                for suffix in ["hnsw.graph", "hnsw.data"] {
+                    // verified before hnsw_rs reads them: its loader asserts on bad input
+                    read_verified(generation, &format!("{basename}.{suffix}"), files)?;
+                }
+                Some(GraphHandle::load(generation, basename, dim)?)
+            }
+        };
+        Ok(Index {
+            generation: generation.to_path_buf(),
+            manifest,
+            table,
+            utterances,
+            vectors,
+            graph,
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The route table the index was built from.
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// The generation directory this index was read from.
+    pub fn generation(&self) -> &Path {
+        &self.generation
+    }
+
+    /// Stored utterance `id`.
+    pub fn utterance(&self, id: u32) -> &Utterance {
+        &self.utterances[id as usize]
+    }
+
+    /// Stored vector `id`.
+    pub fn vector(&self, id: u32) -> &[f32] {
+        let dim = self.manifest.model.dimension;
+        &self.vectors[id as usize * dim..(id as usize + 1) * dim]
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.utterances.len()
+    }
+
+    /// Whether the index holds no vectors (never true for an opened index).
+    pub fn is_empty(&self) -> bool {
+        self.utterances.is_empty()
+    }
+
+    /// Whether searches go through the HNSW graph.
+    pub fn uses_graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// The `k` nearest stored vectors to `query`, best first, ties broken by id.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, IndexError> {
+        let dim = self.manifest.model.dimension;
+        if query.len() != dim {
+            return Err(IndexError::DimMismatch {
+                expected: dim,
+                got: query.len(),
+            });
+        }
+        match &self.graph {
+            None => Ok(exact_search(&self.vectors, dim, query, k)),
+            Some(graph) => {
+                let ef = self.manifest.params.ef_search.max(k);
+                let ids = graph.search(query.to_vec(), k, ef)?;
+                let mut hits: Vec<Hit> = ids
+                    .into_iter()
+                    .map(|id| Hit {
+                        id,
+                        similarity: similarity::similarity(query, self.vector(id)),
+                    })
+                    .collect();
+                sort_hits(&mut hits);
+                hits.truncate(k);
+                Ok(hits)
+            }
+        }
+    }
+}
+
+fn sort_hits(hits: &mut [Hit]) {
+    hits.sort_by(|a, b| {
+        b.similarity
+            .total_cmp(&a.similarity)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+}
+
+/// Exact top-k by scanning every vector; the oracle the HNSW path is tested against.
+pub fn exact_search(vectors: &[f32], dim: usize, query: &[f32], k: usize) -> Vec<Hit> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut hits: Vec<Hit> = vectors
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, v)| Hit {
+            id: i as u32,
+            similarity: similarity::similarity(query, v),
+        })
+        .collect();
+    if hits.len() > k {
+        hits.select_nth_unstable_by(k - 1, |a, b| {
+            b.similarity
+                .total_cmp(&a.similarity)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        hits.truncate(k);
+    }
+    sort_hits(&mut hits);
+    hits
+}
+
+struct GraphJob {
+    query: Vec<f32>,
+    k: usize,
+    ef: usize,
+    reply: mpsc::SyncSender<Vec<u32>>,
+}
+
+/// A reloaded HNSW graph living on its own thread (it borrows its loader, so the thread owns
+/// both); dropping the handle closes the channel and ends the thread.
+struct GraphHandle {
+    jobs: mpsc::Sender<GraphJob>,
+}
+
+impl GraphHandle {
+    fn load(generation: &Path, basename: &str, dim: usize) -> Result<Self, IndexError> {
+        let (jobs, rx) = mpsc::channel::<GraphJob>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+        let dir = generation.to_path_buf();
+        let basename = basename.to_string();
+        std::thread::Builder::new()
+            .name("switchyard-hnsw".into())
+            .spawn(move || {
+                let io = HnswIo::new(&dir, &basename);
+                let hnsw = match io.load_hnsw_with_dist::<f32, UnitDot>(UnitDot) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        return;
+                    }
+                };
+                if hnsw.get_point_indexation().get_data_dimension() != dim {
+                    let _ = ready_tx.send(Err(format!(
+                        "graph dimension {} differs from the manifest's {dim}",
+                        hnsw.get_point_indexation().get_data_dimension()
+                    )));
+                    return;
+                }
+                let _ = ready_tx.send(Ok(()));
+                for job in rx {
+                    let ids = hnsw
+                        .search(&job.query, job.k.max(job.ef.min(job.k * 4)), job.ef)
+                        .into_iter()
+                        .map(|n| n.d_id as u32)
+                        .collect();
+                    let _ = job.reply.send(ids);
+                }
+            })
+            .map_err(|e| IndexError::Graph(format!("cannot start the search thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(GraphHandle { jobs }),
+            Ok(Err(reason)) => Err(IndexError::Corrupted {
+                path: generation.to_path_buf(),
+                reason: format!("HNSW graph does not load: {reason}"),
+            }),
+            Err(_) => Err(IndexError::Corrupted {
+                path: generation.to_path_buf(),
+                reason: "HNSW graph loader crashed".into(),
+            }),
+        }
+    }
+
+    fn search(&self, query: Vec<f32>, k: usize, ef: usize) -> Result<Vec<u32>, IndexError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.jobs
+            .send(GraphJob {
+                query,
+                k,
+                ef,
+                reply,
+            })
+            .map_err(|_| IndexError::Graph("search thread has stopped".into()))?;
+        rx.recv()
+            .map_err(|_| IndexError::Graph("search thread has stopped".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Defaults, Route};
+    use crate::embed::PoolingKind;
+
+    /// Small deterministic PRNG (SplitMix64) for seeded test data.
+    pub(crate) struct Rng(u64);
+    impl Rng {
+        pub(crate) fn next_f32(&mut self) -> f32 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    /// Clustered unit vectors: `clusters` random centres, points spread around them.
+    pub(crate) fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng(seed);
+        let centres: Vec<Vec<f32>> = (0..clusters)
+            .map(|_| (0..dim).map(|_| rng.next_f32()).collect())
+            .collect();
+        let mut out = Vec::with_capacity(n * dim);
+        for i in 0..n {
+            let c = &centres[i % clusters];
+            let mut v: Vec<f32> = c.iter().map(|x| x + 0.5 * rng.next_f32()).collect();
+            similarity::normalise(&mut v);
+            out.extend(v);
+        }
+        out
+    }
+
+    fn model(dim: usize) -> ModelInfo {
+        ModelInfo {
+            id: "test-model".into(),
+            model_sha256: "m".into(),
+            tokenizer_sha256: "t".into(),
+            dimension: dim,
+            pooling: PoolingKind::Mean,
+            normalized: true,
+            max_tokens: 256,
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable {
+            defaults: Defaults::default(),
+            default_model: "d".into(),
+            routes: vec![Route {
+                name: "r".into(),
+                model: "m".into(),
+                threshold: None,
+                description: None,
+                utterances: vec![],
+            }],
+        }
+    }
+
+    fn build(dir: &Path, n: usize, dim: usize, params: IndexParams) -> Vec<f32> {
+        let vectors = clustered(n, dim, 20, 7);
+        let utterances = (0..n)
+            .map(|i| Utterance {
+                route: 0,
+                text: format!("u{i}"),
+            })
+            .collect();
+        write_artifact(
+            dir,
+            ArtifactInput {
+                table: &table(),
+                model: &model(dim),
+                utterances,
+                vectors: vectors.clone(),
+                params,
+            },
+        )
+        .unwrap();
+        vectors
+    }
+
+    #[test]
+    fn exact_index_roundtrips_and_finds_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = build(dir.path(), 50, 16, IndexParams::default());
+        let index = Index::open(dir.path()).unwrap();
+        assert!(!index.uses_graph());
+        assert_eq!(index.len(), 50);
+        let hits = index.search(&vectors[16 * 7..16 * 8], 3).unwrap();
+        assert_eq!(hits[0].id, 7);
+        assert!((hits[0].similarity - 1.0).abs() < 1e-5);
+        assert!(hits[0].similarity >= hits[1].similarity);
+    }
+
+    #[test]
+    fn exact_search_breaks_ties_by_id() {
+        let v = vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0];
+        let hits = exact_search(&v, 2, &[1.0, 0.0], 3);
+        let ids: Vec<u32> = hits.iter().map(|h| h.id).collect();
+        assert_eq!(ids, vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn hnsw_agrees_with_exact_scan_on_seeded_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 32;
+        let n = 3000;
+        let params = IndexParams {
+            hnsw_min_vectors: 1000,
+            ..IndexParams::default()
+        };
+        let vectors = build(dir.path(), n, dim, params);
+        let index = Index::open(dir.path()).unwrap();
+        assert!(index.uses_graph());
+        let queries = clustered(100, dim, 20, 99);
+        let k = 10;
+        let mut found = 0;
+        for q in queries.chunks_exact(dim) {
+            let truth: Vec<u32> = exact_search(&vectors, dim, q, k)
+                .iter()
+                .map(|h| h.id)
+                .collect();
+            let got = index.search(q, k).unwrap();
+            for w in got.windows(2) {
+                assert!(w[0].similarity >= w[1].similarity);
+            }
+            found += got.iter().filter(|h| truth.contains(&h.id)).count();
+        }
+        let recall = found as f64 / (100 * k) as f64;
+        assert!(recall >= 0.98, "recall@10 {recall}");
+        // a stored vector as the query (DistDot would panic here)
+        let hits = index.search(&vectors[..dim], 1).unwrap();
+        assert_eq!(hits[0].id, 0);
+    }
+
+    #[test]
+    fn corrupted_and_truncated_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 20, 8, IndexParams::default());
+        let generation = current_generation(dir.path()).unwrap();
+        let vectors = generation.join(VECTORS_FILE);
+        let mut bytes = std::fs::read(&vectors).unwrap();
+        bytes[5] ^= 0x40;
+        std::fs::write(&vectors, &bytes).unwrap();
+        let err = Index::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("corrupted") && err.contains("checksum"),
+            "{err}"
+        );
+        bytes.truncate(bytes.len() - 4);
+        std::fs::write(&vectors, &bytes).unwrap();
+        let err = Index::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+        std::fs::remove_file(generation.join(MANIFEST_FILE)).unwrap();
+        let err = Index::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("manifest is missing"), "{err}");
+    }
+
+    #[test]
+    fn other_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 5, 4, IndexParams::default());
+        let generation = current_generation(dir.path()).unwrap();
+        let path = generation.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("\"format_version\": 1", "\"format_version\": 9"),
+        )
+        .unwrap();
+        let err = Index::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("format version 9"), "{err}");
+        assert!(err.contains("switchyard build"), "{err}");
+    }
+
+    #[test]
+    fn missing_index_says_how_to_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Index::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("switchyard build"), "{err}");
+    }
+
+    #[test]
+    fn rebuild_replaces_current_and_keeps_one_previous_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 5, 4, IndexParams::default());
+        let first = current_generation(dir.path()).unwrap();
+        build(dir.path(), 6, 4, IndexParams::default());
+        build(dir.path(), 7, 4, IndexParams::default());
+        let current = current_generation(dir.path()).unwrap();
+        assert_ne!(first, current);
+        assert_eq!(Index::open(dir.path()).unwrap().len(), 7);
+        let generations = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(GENERATION_PREFIX)
+            })
+            .count();
+        assert_eq!(generations, 2);
+        assert!(!first.exists());
+    }
+
+    #[test]
+    fn failed_build_leaves_the_previous_index_live() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 5, 4, IndexParams::default());
+        let before = current_generation(dir.path()).unwrap();
+        let err = write_artifact(
+            dir.path(),
+            ArtifactInput {
+                table: &table(),
+                model: &model(4),
+                utterances: vec![Utterance {
+                    route: 0,
+                    text: "x".into(),
+                }],
+                vectors: vec![0.0; 3],
+                params: IndexParams::default(),
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, IndexError::DimMismatch { .. }));
+        assert_eq!(current_generation(dir.path()).unwrap(), before);
+        assert_eq!(Index::open(dir.path()).unwrap().len(), 5);
+    }
+}

@@ -1,0 +1,107 @@
+//! Offline index building: embeds every utterance of a route table and writes the artifact.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::RouteTable;
+use crate::embed::{EmbedError, Embedder};
+use crate::index::{self, ArtifactInput, IndexError, IndexParams, Utterance};
+
+/// Utterances embedded per forward pass while building.
+pub const BUILD_BATCH: usize = 32;
+
+/// Errors of `build`.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Embedding failed.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    /// Writing the artifact failed (the previous index, if any, is still live).
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// What a build did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildReport {
+    /// The generation written.
+    pub generation: PathBuf,
+    /// Routes indexed.
+    pub routes: usize,
+    /// Utterances embedded.
+    pub utterances: usize,
+    /// Whether an HNSW graph was built.
+    pub hnsw: bool,
+    /// Utterances cut to the model's window.
+    pub truncated: usize,
+    /// Time spent embedding.
+    pub embed_seconds: f64,
+    /// Wall time of the whole build.
+    pub total_seconds: f64,
+}
+
+/// Embeds `table` with `embedder` and writes the artifact into `out`. `progress` is called with
+/// (utterances done, total) after every batch.
+pub fn build(
+    table: &RouteTable,
+    embedder: &mut dyn Embedder,
+    out: &Path,
+    params: IndexParams,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<BuildReport, BuildError> {
+    let start = Instant::now();
+    let utterances: Vec<Utterance> = table
+        .routes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.utterances.iter().map(move |u| Utterance {
+                route: i as u32,
+                text: u.clone(),
+            })
+        })
+        .collect();
+    let total = utterances.len();
+    let dim = embedder.info().dimension;
+    let mut vectors = Vec::with_capacity(total * dim);
+    let mut truncated = 0;
+    let mut embed_time = Duration::ZERO;
+    for chunk in utterances.chunks(BUILD_BATCH) {
+        let texts: Vec<&str> = chunk.iter().map(|u| u.text.as_str()).collect();
+        let t = Instant::now();
+        let embedded = embedder.embed(&texts)?;
+        embed_time += t.elapsed();
+        for e in embedded {
+            if e.vector.len() != dim {
+                return Err(IndexError::DimMismatch {
+                    expected: dim,
+                    got: e.vector.len(),
+                }
+                .into());
+            }
+            truncated += usize::from(e.truncated);
+            vectors.extend(e.vector);
+        }
+        progress(vectors.len() / dim, total);
+    }
+    let hnsw = total >= params.hnsw_min_vectors;
+    let generation = index::write_artifact(
+        out,
+        ArtifactInput {
+            table,
+            model: embedder.info(),
+            utterances,
+            vectors,
+            params,
+        },
+    )?;
+    Ok(BuildReport {
+        generation,
+        routes: table.routes.len(),
+        utterances: total,
+        hnsw,
+        truncated,
+        embed_seconds: embed_time.as_secs_f64(),
+        total_seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,20 @@
+//! The `switchyard` binary: parses the command line, runs the command, maps the result to an
+//! exit code (0 success, 1 a check that ran and failed, 2 an error).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchyard::cli::{self, Cli, Outcome};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging(cli.log_format);
+    match cli::run(cli) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::CheckFailed) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

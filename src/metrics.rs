@@ -1,0 +1,218 @@
+//! Prometheus metrics, rendered by hand in the text exposition format (one small dependency-free
+//! registry instead of a metrics stack that pulls a TLS library). Every name starts with
+//! `switchyard_`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A cumulative latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation in seconds.
+    pub fn observe(&self, seconds: f64) {
+        for (bound, bucket) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, bucket) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// The server's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests by (endpoint, status).
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Decisions by (route, model); fallbacks have route `""`.
+    decisions: Mutex<BTreeMap<(String, String), u64>>,
+    fallbacks: AtomicU64,
+    truncated: AtomicU64,
+    overloaded: AtomicU64,
+    /// End-to-end latency of route requests.
+    pub request_latency: Histogram,
+    /// Time spent embedding (per prompt, shared batch time).
+    pub embed_latency: Histogram,
+    /// Time spent waiting in the queue.
+    pub queue_latency: Histogram,
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Counts a finished request.
+    pub fn request(&self, endpoint: &str, status: u16) {
+        *self
+            .requests
+            .lock()
+            .expect("metrics lock")
+            .entry((endpoint.to_string(), status))
+            .or_default() += 1;
+        if status == 429 {
+            self.overloaded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a decision.
+    pub fn decision(&self, route: Option<&str>, model: &str, truncated: bool) {
+        *self
+            .decisions
+            .lock()
+            .expect("metrics lock")
+            .entry((route.unwrap_or("").to_string(), model.to_string()))
+            .or_default() += 1;
+        if route.is_none() {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        if truncated {
+            self.truncated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Renders everything in the Prometheus text format.
+    pub fn render(&self, queue_len: usize, index_vectors: Option<usize>) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP switchyard_requests_total HTTP requests by endpoint and status.\n# TYPE switchyard_requests_total counter\n");
+        for ((endpoint, status), n) in self.requests.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
+                escape(endpoint)
+            );
+        }
+        out.push_str("# HELP switchyard_decisions_total Routing decisions by route and model (route=\"\" is a fallback).\n# TYPE switchyard_decisions_total counter\n");
+        for ((route, model), n) in self.decisions.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_decisions_total{{route=\"{}\",model=\"{}\"}} {n}",
+                escape(route),
+                escape(model)
+            );
+        }
+        let counters = [
+            (
+                "switchyard_fallbacks_total",
+                "Decisions that fell back to the default model.",
+                &self.fallbacks,
+            ),
+            (
+                "switchyard_truncated_prompts_total",
+                "Prompts cut to the model's token window.",
+                &self.truncated,
+            ),
+            (
+                "switchyard_overloaded_total",
+                "Requests refused with 429 because the queue was full.",
+                &self.overloaded,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let histograms = [
+            (
+                "switchyard_request_duration_seconds",
+                "Route request latency, submission to answer.",
+                &self.request_latency,
+            ),
+            (
+                "switchyard_embed_duration_seconds",
+                "Forward-pass time of the batch each prompt rode in.",
+                &self.embed_latency,
+            ),
+            (
+                "switchyard_queue_duration_seconds",
+                "Time prompts waited for a worker.",
+                &self.queue_latency,
+            ),
+        ];
+        for (name, help, h) in histograms {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            h.render(&mut out, name, "");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_queue_length Prompts waiting for a worker.\n# TYPE switchyard_queue_length gauge\nswitchyard_queue_length {queue_len}"
+        );
+        if let Some(n) = index_vectors {
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_index_vectors Vectors in the live index.\n# TYPE switchyard_index_vectors gauge\nswitchyard_index_vectors {n}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.request("/v1/route", 200);
+        m.request("/v1/route", 429);
+        m.decision(Some("orders"), "small", false);
+        m.decision(None, "default", true);
+        m.request_latency.observe(0.004);
+        let text = m.render(3, Some(10));
+        assert!(
+            text.contains("switchyard_requests_total{endpoint=\"/v1/route\",status=\"200\"} 1")
+        );
+        assert!(text.contains("switchyard_decisions_total{route=\"orders\",model=\"small\"} 1"));
+        assert!(text.contains("switchyard_fallbacks_total 1"));
+        assert!(text.contains("switchyard_overloaded_total 1"));
+        assert!(text.contains("switchyard_request_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("switchyard_request_duration_seconds_bucket{le=\"0.003\"} 0"));
+        assert!(text.contains("switchyard_request_duration_seconds_count 1"));
+        assert!(text.contains("switchyard_queue_length 3"));
+    }
+}

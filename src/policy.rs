@@ -1,0 +1,316 @@
+//! The routing decision: a pure function from a prompt's nearest neighbours to a [`Decision`].
+//!
+//! The neighbours (the `top_k` nearest utterances) are grouped by route; each route's
+//! similarities are aggregated (max, mean or sum) into its score; a route *passes* when it has no
+//! threshold or its score reaches its threshold; the best passing route wins (ties go to the
+//! route declared first). When none passes, the prompt falls back to the default model, and the
+//! decision says why. No I/O, no async.
+
+use serde::Serialize;
+
+use crate::config::{Aggregation, RouteTable};
+
+/// One neighbour as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Vote {
+    /// Index of the neighbour's route in the route table.
+    pub route: usize,
+    /// Cosine similarity of the neighbour to the prompt.
+    pub similarity: f32,
+}
+
+/// A route's standing in one decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteScore {
+    /// Route name.
+    pub route: String,
+    /// Target model.
+    pub model: String,
+    /// Aggregated score of the route's neighbours among the top-k.
+    pub score: f32,
+    /// Threshold in force, if any.
+    pub threshold: Option<f32>,
+    /// Whether the score reaches the threshold (always true without one).
+    pub passed: bool,
+    /// How many of the top-k neighbours belong to the route.
+    pub neighbours: usize,
+}
+
+/// Why a prompt went to the default model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackReason {
+    /// Some routes were near, but none reached its threshold.
+    BelowThreshold,
+    /// No neighbour was found at all.
+    NoNeighbours,
+}
+
+/// What the decision did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A route matched.
+    Matched {
+        /// The winning route.
+        route: String,
+        /// Its score.
+        score: f32,
+    },
+    /// No route matched; the default model gets the prompt.
+    Fallback {
+        /// Why.
+        reason: FallbackReason,
+    },
+}
+
+/// The routing decision for one prompt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// Matched or fell back, and why.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The model the prompt should go to.
+    pub model: String,
+    /// Every route with at least one neighbour in the top-k, best first (winner included).
+    pub routes: Vec<RouteScore>,
+}
+
+impl Decision {
+    /// The matched route's name, if any.
+    pub fn route(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Matched { route, .. } => Some(route),
+            Outcome::Fallback { .. } => None,
+        }
+    }
+}
+
+/// Decides from the top-k neighbours. `votes` may come in any order.
+pub fn decide(table: &RouteTable, votes: &[Vote]) -> Decision {
+    let n = table.routes.len();
+    let mut sums = vec![0.0f32; n];
+    let mut maxes = vec![f32::NEG_INFINITY; n];
+    let mut counts = vec![0usize; n];
+    for v in votes.iter().filter(|v| v.route < n) {
+        sums[v.route] += v.similarity;
+        maxes[v.route] = maxes[v.route].max(v.similarity);
+        counts[v.route] += 1;
+    }
+    let top_k = table.defaults.top_k.max(1) as f32;
+    let mut scores: Vec<(usize, RouteScore)> = (0..n)
+        .filter(|&i| counts[i] > 0)
+        .map(|i| {
+            let route = &table.routes[i];
+            let score = match table.defaults.aggregation {
+                Aggregation::Max => maxes[i],
+                Aggregation::Mean => sums[i] / counts[i] as f32,
+                Aggregation::Sum => sums[i] / top_k,
+            };
+            let threshold = route.effective_threshold(&table.defaults);
+            let passed = threshold.is_none_or(|t| score >= t);
+            (
+                i,
+                RouteScore {
+                    route: route.name.clone(),
+                    model: route.model.clone(),
+                    score,
+                    threshold,
+                    passed,
+                    neighbours: counts[i],
+                },
+            )
+        })
+        .collect();
+    scores.sort_by(|(ia, a), (ib, b)| b.score.total_cmp(&a.score).then_with(|| ia.cmp(ib)));
+    let winner = scores.iter().find(|(_, s)| s.passed).map(|(_, s)| s);
+    let (outcome, model) = match winner {
+        Some(w) => (
+            Outcome::Matched {
+                route: w.route.clone(),
+                score: w.score,
+            },
+            w.model.clone(),
+        ),
+        None => (
+            Outcome::Fallback {
+                reason: if scores.is_empty() {
+                    FallbackReason::NoNeighbours
+                } else {
+                    FallbackReason::BelowThreshold
+                },
+            },
+            table.default_model.clone(),
+        ),
+    };
+    Decision {
+        outcome,
+        model,
+        routes: scores.into_iter().map(|(_, s)| s).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Defaults, Route};
+    use proptest::prelude::*;
+
+    fn table(thresholds: &[Option<f32>], default: Option<f32>, agg: Aggregation) -> RouteTable {
+        RouteTable {
+            defaults: Defaults {
+                threshold: default,
+                top_k: 5,
+                aggregation: agg,
+            },
+            default_model: "default-model".into(),
+            routes: thresholds
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Route {
+                    name: format!("r{i}"),
+                    model: format!("m{i}"),
+                    threshold: *t,
+                    description: None,
+                    utterances: vec![format!("u{i}")],
+                })
+                .collect(),
+        }
+    }
+
+    fn vote(route: usize, similarity: f32) -> Vote {
+        Vote { route, similarity }
+    }
+
+    #[test]
+    fn aggregations() {
+        let votes = [vote(0, 0.9), vote(0, 0.5), vote(1, 0.8)];
+        let max = decide(&table(&[None, None], None, Aggregation::Max), &votes);
+        assert_eq!(max.route(), Some("r0"));
+        assert_eq!(max.routes[0].score, 0.9);
+        let mean = decide(&table(&[None, None], None, Aggregation::Mean), &votes);
+        assert_eq!(mean.route(), Some("r1"));
+        assert!((mean.routes[1].score - 0.7).abs() < 1e-6);
+        let sum = decide(&table(&[None, None], None, Aggregation::Sum), &votes);
+        assert_eq!(sum.route(), Some("r0"));
+        assert!((sum.routes[0].score - 1.4 / 5.0).abs() < 1e-6);
+        assert_eq!(sum.model, "m0");
+    }
+
+    #[test]
+    fn per_route_threshold_overrides_default() {
+        let votes = [vote(0, 0.7), vote(1, 0.6)];
+        let d = decide(
+            &table(&[Some(0.8), None], Some(0.5), Aggregation::Max),
+            &votes,
+        );
+        assert_eq!(d.route(), Some("r1"));
+        assert!(!d.routes[0].passed);
+        assert_eq!(d.routes[0].threshold, Some(0.8));
+    }
+
+    #[test]
+    fn falls_back_with_reason() {
+        let t = table(&[Some(0.8)], None, Aggregation::Max);
+        let d = decide(&t, &[vote(0, 0.3)]);
+        assert_eq!(
+            d.outcome,
+            Outcome::Fallback {
+                reason: FallbackReason::BelowThreshold
+            }
+        );
+        assert_eq!(d.model, "default-model");
+        let d = decide(&t, &[]);
+        assert_eq!(
+            d.outcome,
+            Outcome::Fallback {
+                reason: FallbackReason::NoNeighbours
+            }
+        );
+    }
+
+    #[test]
+    fn zero_threshold_is_a_real_threshold() {
+        let d = decide(
+            &table(&[Some(0.0)], None, Aggregation::Max),
+            &[vote(0, -0.1)],
+        );
+        assert_eq!(d.route(), None);
+    }
+
+    #[test]
+    fn ties_go_to_the_route_declared_first() {
+        let d = decide(
+            &table(&[None, None], None, Aggregation::Max),
+            &[vote(1, 0.5), vote(0, 0.5)],
+        );
+        assert_eq!(d.route(), Some("r0"));
+    }
+
+    #[test]
+    fn serialises_flat() {
+        let d = decide(&table(&[None], None, Aggregation::Max), &[vote(0, 0.5)]);
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["outcome"], "matched");
+        assert_eq!(json["route"], "r0");
+        assert_eq!(json["model"], "m0");
+        let d = decide(
+            &table(&[Some(0.9)], None, Aggregation::Max),
+            &[vote(0, 0.5)],
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["outcome"], "fallback");
+        assert_eq!(json["reason"], "below_threshold");
+        assert_eq!(json["model"], "default-model");
+    }
+
+    fn arb_case() -> impl Strategy<Value = (Vec<Option<f32>>, Vec<(usize, f32)>, usize)> {
+        (1usize..6).prop_flat_map(|n| {
+            (
+                prop::collection::vec(prop::option::of(-1.0f32..1.0), n),
+                prop::collection::vec((0..n, -1.0f32..1.0), 0..10),
+                0..3usize,
+            )
+        })
+    }
+
+    fn agg(i: usize) -> Aggregation {
+        [Aggregation::Max, Aggregation::Mean, Aggregation::Sum][i]
+    }
+
+    proptest! {
+        #[test]
+        fn never_matches_a_route_below_its_threshold((ts, votes, a) in arb_case()) {
+            let t = table(&ts, None, agg(a));
+            let votes: Vec<Vote> = votes.into_iter().map(|(r, s)| vote(r, s)).collect();
+            let d = decide(&t, &votes);
+            if let Outcome::Matched { route, score } = &d.outcome {
+                let r = t.route(route).unwrap();
+                if let Some(th) = r.effective_threshold(&t.defaults) {
+                    prop_assert!(*score >= th);
+                }
+                // and no passing route scored higher
+                for s in &d.routes {
+                    prop_assert!(!s.passed || s.score <= *score);
+                }
+            }
+        }
+
+        #[test]
+        fn raising_a_threshold_never_adds_a_match((ts, votes, a) in arb_case(), which in 0usize..6, raise in 0.0f32..1.0) {
+            let votes: Vec<Vote> = votes.into_iter().map(|(r, s)| vote(r, s)).collect();
+            let before = decide(&table(&ts, None, agg(a)), &votes);
+            let mut raised = ts.clone();
+            let i = which % raised.len();
+            raised[i] = Some(raised[i].unwrap_or(-1.0) + raise);
+            let after = decide(&table(&raised, None, agg(a)), &votes);
+            let passed = |d: &Decision| d.routes.iter().filter(|s| s.passed).map(|s| s.route.clone()).collect::<Vec<_>>();
+            for r in passed(&after) {
+                prop_assert!(passed(&before).contains(&r));
+            }
+            if before.route().is_none() {
+                prop_assert!(after.route().is_none());
+            }
+        }
+    }
+}
