@@ -1,1 +1,117 @@
-fn main() {}
+//! The cost of one decision beside its floor, measured side by side in one run:
+//! - `embed_bare`: one forward pass of the model over the prompt (the physical floor);
+//! - `engine_route`: `Engine::route` on the same prompt (queue, embed, search, decide);
+//! - `http_route`: `POST /v1/route` over loopback to an in-process server;
+//! - `policy_decide`: the decision alone, from precomputed neighbours.
+//!
+//! Needs the model: run `scripts/setup.sh` first (the bench fails loudly without it).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use switchyard::config;
+use switchyard::embed::{DEFAULT_MAX_TOKENS, Embedder, ModelSpec, OnnxEmbedder, PoolingKind};
+use switchyard::engine::{Engine, EngineOptions};
+use switchyard::index::IndexParams;
+use switchyard::indexer;
+use switchyard::policy::{self, Vote};
+use switchyard::server::{AppState, ServerOptions, app};
+
+const PROMPT: &str = "Where is my order #12345? It was supposed to arrive last Tuesday.";
+
+fn spec() -> ModelSpec {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let path = |var: &str, default: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join(default))
+    };
+    ModelSpec {
+        model_dir: path(
+            "SWITCHYARD_MODEL_DIR",
+            ".cache/switchyard/models/all-MiniLM-L6-v2",
+        ),
+        ort_library: path(
+            "SWITCHYARD_ORT_LIB",
+            ".cache/switchyard/onnxruntime/libonnxruntime.so.1.31.1",
+        ),
+        pooling: PoolingKind::Mean,
+        max_tokens: DEFAULT_MAX_TOKENS,
+        intra_threads: 1,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let spec = spec();
+    let routes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("routes");
+    let table = config::load(&routes).expect("example routes");
+    let dir = tempfile::tempdir().unwrap();
+    let mut bare = OnnxEmbedder::load(&spec).expect("model (run scripts/setup.sh)");
+    indexer::build(
+        &table,
+        &mut bare,
+        dir.path(),
+        IndexParams::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let engine = Arc::new(
+        Engine::open(
+            dir.path(),
+            OnnxEmbedder::load_many(&spec, 1).unwrap(),
+            EngineOptions::default(),
+        )
+        .unwrap(),
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}/v1/route", listener.local_addr().unwrap());
+    let state = AppState::with_engine(engine.clone(), ServerOptions::default());
+    rt.spawn(async move { axum::serve(listener, app(state)).await });
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({ "prompt": PROMPT });
+
+    let mut g = c.benchmark_group("decision_vs_floor");
+    g.bench_function("embed_bare", |b| {
+        b.iter(|| black_box(bare.embed(&[black_box(PROMPT)]).unwrap()))
+    });
+    g.bench_function("engine_route", |b| {
+        b.iter(|| black_box(engine.route(black_box(PROMPT)).unwrap()))
+    });
+    g.bench_function("http_route", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let r = client.post(&url).json(&body).send().await.unwrap();
+                assert!(r.status().is_success());
+                black_box(r.bytes().await.unwrap())
+            })
+        })
+    });
+    g.finish();
+
+    let votes: Vec<Vote> = (0..table.defaults.top_k)
+        .map(|i| Vote {
+            route: i % table.routes.len(),
+            similarity: 0.9 - i as f32 * 0.05,
+        })
+        .collect();
+    c.bench_function("policy_decide", |b| {
+        b.iter(|| black_box(policy::decide(&table, black_box(&votes))))
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(200);
+    targets = bench
+}
+criterion_main!(benches);

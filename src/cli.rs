@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config;
-use crate::embed::{DEFAULT_MAX_TOKENS, ModelSpec, OnnxEmbedder, PoolingKind};
+use crate::embed::{DEFAULT_MAX_TOKENS, ModelFiles, ModelSpec, OnnxEmbedder, PoolingKind};
 use crate::engine::{Engine, EngineOptions};
 use crate::index::{Index, IndexError, IndexParams};
 use crate::indexer;
@@ -113,6 +113,10 @@ pub struct BuildArgs {
     /// From this many utterances on, build an HNSW graph instead of relying on an exact scan.
     #[arg(long, default_value_t = IndexParams::default().hnsw_min_vectors)]
     pub hnsw_min_vectors: usize,
+    /// Skip the build when the current index already comes from these routes, this model and
+    /// these parameters.
+    #[arg(long)]
+    pub if_changed: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -214,6 +218,18 @@ fn check(routes: &Path) -> anyhow::Result<Outcome> {
 
 fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
     let table = config::load(&args.routes)?;
+    let params = IndexParams {
+        hnsw_min_vectors: args.hnsw_min_vectors,
+        ..IndexParams::default()
+    };
+    if args.if_changed && index_is_current(&args, &table, &params) {
+        println!(
+            "{} is up to date with {}",
+            args.out.display(),
+            args.routes.display()
+        );
+        return Ok(Outcome::Success);
+    }
     let mut embedder =
         OnnxEmbedder::load(&args.model.spec()).context("cannot load the embedding model")?;
     let total = table.utterance_count();
@@ -228,10 +244,6 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let params = IndexParams {
-        hnsw_min_vectors: args.hnsw_min_vectors,
-        ..IndexParams::default()
-    };
     let report = indexer::build(&table, &mut embedder, &args.out, params, &mut |done, _| {
         bar.set_position(done as u64)
     })
@@ -252,6 +264,24 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
         report.embed_seconds
     );
     Ok(Outcome::Success)
+}
+
+/// Whether the current index in `args.out` was built from `table` with the model files and
+/// parameters given (reads the model's files to hash them, without loading the model).
+fn index_is_current(args: &BuildArgs, table: &config::RouteTable, params: &IndexParams) -> bool {
+    let (Ok(index), Ok(files)) = (
+        Index::open(&args.out),
+        ModelFiles::read(&args.model.model_dir),
+    ) else {
+        return false;
+    };
+    let m = index.manifest();
+    m.route_table_sha256 == table.canonical_hash()
+        && m.model.model_sha256 == files.model_sha256
+        && m.model.tokenizer_sha256 == files.tokenizer_sha256
+        && m.model.pooling == args.model.pooling
+        && m.model.max_tokens == args.model.max_tokens
+        && m.params == *params
 }
 
 fn open_engine(
@@ -319,10 +349,13 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
     let state = AppState::new(options);
     let app = server::app(state.clone());
 
-    // The index opens while the server already answers /healthz (and 503 on /readyz).
-    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    // The index opens while the server already answers /healthz (and 503 on /readyz); if it
+    // cannot be opened, the server stops and the error is the command's.
+    let failure: Arc<std::sync::Mutex<Option<anyhow::Error>>> = Arc::default();
+    let stop = Arc::new(tokio::sync::Notify::new());
     let loader_state = state.clone();
     let index_dir = args.index.clone();
+    let (loader_failure, loader_stop) = (Arc::clone(&failure), Arc::clone(&stop));
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         match open_engine(
@@ -344,36 +377,25 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
                 loader_state.set_engine(Arc::new(engine));
             }
             Err(e) => {
-                let _ = failed_tx.send(e);
+                *loader_failure.lock().expect("failure lock") = Some(e);
+                loader_stop.notify_one();
             }
         }
     });
 
     println!("switchyard listening on http://{addr}");
     tracing::info!(%addr, "listening");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let load_failure = tokio::spawn(async move {
-        match failed_rx.await {
-            Ok(e) => {
-                let _ = stop_tx.send(());
-                Some(e)
-            }
-            Err(_) => None,
-        }
-    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = server::shutdown_signal() => {},
-                _ = stop_rx => {},
+                _ = stop.notified() => {},
             }
         })
         .await
         .context("server error")?;
-    if load_failure.is_finished() {
-        if let Ok(Some(e)) = load_failure.await {
-            return Err(e.context(format!("cannot serve the index in {}", index_dir.display())));
-        }
+    if let Some(e) = failure.lock().expect("failure lock").take() {
+        return Err(e.context(format!("cannot serve the index in {}", index_dir.display())));
     }
     tracing::info!("stopped");
     Ok(Outcome::Success)

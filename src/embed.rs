@@ -339,7 +339,8 @@ impl Embedder for OnnxEmbedder {
                 crate::similarity::normalise(&mut vector);
                 Embedded {
                     vector,
-                    tokens: enc.get_ids().len(),
+                    // the batch is padded to its longest text: count real tokens only
+                    tokens: enc.get_attention_mask().iter().filter(|&&m| m == 1).count(),
                     truncated: !enc.get_overflowing().is_empty(),
                 }
             })

@@ -1,0 +1,363 @@
+//! The HTTP API through `app(state).oneshot(..)`, without a socket.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use switchyard::engine::EngineOptions;
+use switchyard::server::{AppState, ServerOptions, app};
+use tower::ServiceExt;
+
+use crate::common::*;
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+
+    /// Asserts the one error shape and returns its message.
+    fn error(&self, status: StatusCode, kind: &str) -> String {
+        assert_eq!(self.status, status, "{}", self.text);
+        let v = self.json();
+        assert_eq!(v["type"], kind, "{}", self.text);
+        assert_eq!(v.as_object().unwrap().len(), 2, "{}", self.text);
+        v["error"].as_str().unwrap().to_string()
+    }
+}
+
+async fn send(state: &AppState, req: Request<Body>) -> Reply {
+    let res = app(state.clone()).oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+async fn post(state: &AppState, uri: &str, body: &str) -> Reply {
+    let req = Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    send(state, req).await
+}
+
+async fn get(state: &AppState, uri: &str) -> Reply {
+    send(state, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+fn real_state() -> AppState {
+    AppState::with_engine(example_engine(), ServerOptions::default())
+}
+
+#[tokio::test]
+async fn route_returns_decision_scores_neighbours_and_timings() {
+    let state = real_state();
+    let r = post(
+        &state,
+        "/v1/route",
+        r#"{"prompt": "Where is my order #12345?"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["outcome"], "matched");
+    assert_eq!(v["route"], "order_status");
+    assert_eq!(v["model"], "llama-3.1-8b-instruct");
+    assert!(v["score"].as_f64().unwrap() > 0.8);
+    assert!(!v["routes"].as_array().unwrap().is_empty());
+    assert_eq!(v["neighbours"].as_array().unwrap().len(), 5);
+    assert!(v["neighbours"][0]["similarity"].as_f64().unwrap() > 0.9);
+    assert_eq!(v["truncated"], false);
+    for key in ["queue_ms", "embed_ms", "search_ms", "total_ms"] {
+        assert!(v["timings"][key].as_f64().unwrap() >= 0.0, "{key}");
+    }
+    for h in [
+        "x-switchyard-embed-ms",
+        "x-switchyard-total-ms",
+        "x-switchyard-model",
+    ] {
+        assert!(r.headers.contains_key(h), "{h} missing");
+    }
+}
+
+#[tokio::test]
+async fn route_accepts_openai_messages_and_uses_the_last_user_message() {
+    let state = real_state();
+    let body = json!({
+        "model": "auto",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Write a Python function that sorts a list"},
+            {"role": "assistant", "content": "Sure, here it is."},
+            {"role": "user", "content": [{"type": "text", "text": "Where is my order #12345?"}]}
+        ]
+    });
+    let r = post(&state, "/v1/route", &body.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["route"], "order_status");
+
+    let r = post(
+        &state,
+        "/v1/route",
+        r#"{"messages": [{"role": "system", "content": "x"}]}"#,
+    )
+    .await;
+    let msg = r.error(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+    assert!(msg.contains("role `user`"), "{msg}");
+}
+
+#[tokio::test]
+async fn fallback_is_reported_with_reason() {
+    let state = real_state();
+    let r = post(
+        &state,
+        "/v1/route",
+        r#"{"prompt": "What is the best season to plant tomatoes in my garden?"}"#,
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["outcome"], "fallback");
+    assert_eq!(v["reason"], "below_threshold");
+    assert_eq!(v["model"], "gpt-4o-mini");
+    assert!(v.get("route").is_none());
+}
+
+#[tokio::test]
+async fn validation_errors_share_one_shape() {
+    let state = real_state();
+    let cases = [
+        (r#"{"prompt": ""}"#, "empty"),
+        (r#"{"prompt": "   \n\t "}"#, "empty"),
+        (r#"{}"#, "missing `prompt`"),
+        (r#"{"prompt": "a", "messages": []}"#, "not both"),
+        (r#"{"prompt": 42}"#, "prompt"),
+    ];
+    for (body, needle) in cases {
+        let r = post(&state, "/v1/route", body).await;
+        let msg = r.error(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_wrong_content_type_415() {
+    let state = real_state();
+    let r = post(&state, "/v1/route", r#"{"prompt": "unterminated"#).await;
+    r.error(StatusCode::BAD_REQUEST, "malformed_json");
+    let r = post(&state, "/v1/route", "\u{feff}not json").await;
+    r.error(StatusCode::BAD_REQUEST, "malformed_json");
+    let req = Request::post("/v1/route")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(r#"{"prompt": "hi"}"#))
+        .unwrap();
+    send(&state, req)
+        .await
+        .error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let state = AppState::with_engine(
+        example_engine(),
+        ServerOptions {
+            body_limit_bytes: 1024,
+            ..ServerOptions::default()
+        },
+    );
+    let body = json!({"prompt": "x".repeat(4096)}).to_string();
+    post(&state, "/v1/route", &body)
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+}
+
+#[tokio::test]
+async fn batch_routes_many_prompts_in_order_and_bounds_the_size() {
+    let state = AppState::with_engine(
+        example_engine(),
+        ServerOptions {
+            max_batch_prompts: 3,
+            ..ServerOptions::default()
+        },
+    );
+    let r = post(
+        &state,
+        "/v1/route/batch",
+        r#"{"prompts": ["Where is my order #12345?", "Translate this sentence into French", "How do I reset my password?"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    let routes: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["route"].as_str().unwrap())
+        .collect();
+    assert_eq!(routes, ["order_status", "translation", "account_basics"]);
+
+    let r = post(
+        &state,
+        "/v1/route/batch",
+        r#"{"prompts": ["a", "b", "c", "d"]}"#,
+    )
+    .await;
+    let msg = r.error(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+    assert!(msg.contains("limit is 3"), "{msg}");
+    let r = post(&state, "/v1/route/batch", r#"{"prompts": []}"#).await;
+    r.error(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+    let r = post(&state, "/v1/route/batch", r#"{"prompts": ["ok", " "]}"#).await;
+    let msg = r.error(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+    assert!(msg.contains("prompt 1"), "{msg}");
+}
+
+#[tokio::test]
+async fn info_endpoints() {
+    let state = real_state();
+    let r = get(&state, "/v1/routes").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["default_model"], "gpt-4o-mini");
+    let names: Vec<&str> = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"order_status") && names.contains(&"code"),
+        "{names:?}"
+    );
+
+    let v = get(&state, "/v1/index").await.json();
+    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["model"]["dimension"], 384);
+    assert_eq!(v["model"]["pooling"], "mean");
+    assert_eq!(v["search"]["kind"], "exact");
+
+    assert_eq!(get(&state, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(&state, "/readyz").await.status, StatusCode::OK);
+    get(&state, "/nope")
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_decisions_and_latency() {
+    let state = real_state();
+    post(
+        &state,
+        "/v1/route",
+        r#"{"prompt": "Where is my order #12345?"}"#,
+    )
+    .await;
+    post(
+        &state,
+        "/v1/route",
+        r#"{"prompt": "Can you recommend a good fantasy novel?"}"#,
+    )
+    .await;
+    post(&state, "/v1/route", r#"{"prompt": ""}"#).await;
+    let r = get(&state, "/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let m = r.text;
+    assert!(
+        m.contains("switchyard_requests_total{endpoint=\"/v1/route\",status=\"200\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("switchyard_requests_total{endpoint=\"/v1/route\",status=\"422\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "switchyard_decisions_total{route=\"order_status\",model=\"llama-3.1-8b-instruct\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("switchyard_fallbacks_total 1"), "{m}");
+    assert!(
+        m.contains("switchyard_request_duration_seconds_count 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn not_ready_until_the_engine_is_set() {
+    let state = AppState::new(ServerOptions::default());
+    get(&state, "/readyz")
+        .await
+        .error(StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+    post(&state, "/v1/route", r#"{"prompt": "hi"}"#)
+        .await
+        .error(StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+    assert_eq!(get(&state, "/healthz").await.status, StatusCode::OK);
+    state.set_engine(example_engine());
+    assert_eq!(get(&state, "/readyz").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn overload_answers_429_with_retry_after_at_once() {
+    let mut fake = FakeEmbedder::new("fake");
+    let dir = fake_index(&mut fake);
+    let engine = fake_engine(
+        &fake,
+        dir.path(),
+        EngineOptions {
+            queue_capacity: 2,
+            max_batch: 1,
+            ..EngineOptions::default()
+        },
+    );
+    let state = AppState::with_engine(engine.clone(), ServerOptions::default());
+    fake.set_open(false);
+    // one request held by the worker, two queued: the queue is full
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let s = state.clone();
+        held.push(tokio::spawn(async move {
+            post(&s, "/v1/route", r#"{"prompt": "hello there"}"#).await
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = post(&state, "/v1/route", r#"{"prompt": "hello there"}"#).await;
+    let msg = r.error(StatusCode::TOO_MANY_REQUESTS, "overloaded");
+    assert!(msg.contains("overloaded"), "{msg}");
+    assert_eq!(r.headers[header::RETRY_AFTER], "1");
+    fake.set_open(true);
+    for h in held {
+        let r = h.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.json()["route"], "greet");
+    }
+}
+
+#[tokio::test]
+async fn request_timeout_answers_503() {
+    let mut fake = FakeEmbedder::new("fake");
+    let dir = fake_index(&mut fake);
+    let engine = fake_engine(&fake, dir.path(), EngineOptions::default());
+    let state = AppState::with_engine(
+        engine,
+        ServerOptions {
+            request_timeout_ms: 100,
+            ..ServerOptions::default()
+        },
+    );
+    fake.set_open(false);
+    let r = post(&state, "/v1/route", r#"{"prompt": "hello there"}"#).await;
+    fake.set_open(true);
+    let msg = r.error(StatusCode::SERVICE_UNAVAILABLE, "timeout");
+    assert!(msg.contains("100 ms"), "{msg}");
+}

@@ -1,0 +1,189 @@
+//! Shared fixtures: the real model, an index of the example routes built once, a fake embedder.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use switchyard::config::{self, RouteTable};
+use switchyard::embed::{
+    DEFAULT_MAX_TOKENS, EmbedError, Embedded, Embedder, ModelInfo, ModelSpec, OnnxEmbedder,
+    PoolingKind,
+};
+use switchyard::engine::{Engine, EngineOptions};
+use switchyard::index::IndexParams;
+use switchyard::indexer;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn env_or(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(default))
+}
+
+/// The default model, where `scripts/setup.sh` puts it. Panics (never skips) when it is missing.
+pub fn model_spec() -> ModelSpec {
+    let spec = ModelSpec {
+        model_dir: env_or(
+            "SWITCHYARD_MODEL_DIR",
+            ".cache/switchyard/models/all-MiniLM-L6-v2",
+        ),
+        ort_library: env_or(
+            "SWITCHYARD_ORT_LIB",
+            ".cache/switchyard/onnxruntime/libonnxruntime.so.1.31.1",
+        ),
+        pooling: PoolingKind::Mean,
+        max_tokens: DEFAULT_MAX_TOKENS,
+        intra_threads: 1,
+    };
+    assert!(
+        spec.model_dir.join("model.onnx").is_file() && spec.ort_library.is_file(),
+        "the embedding model or ONNX Runtime is missing ({} / {}): run scripts/setup.sh",
+        spec.model_dir.display(),
+        spec.ort_library.display()
+    );
+    spec
+}
+
+pub fn example_routes() -> PathBuf {
+    repo().join("routes")
+}
+
+pub struct Built {
+    pub dir: tempfile::TempDir,
+    pub table: RouteTable,
+}
+
+/// The example routes built once with the real model.
+pub fn example_index() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let table = config::load(&example_routes()).expect("example routes are valid");
+        let mut embedder = OnnxEmbedder::load(&model_spec()).expect("model loads");
+        let dir = tempfile::tempdir().unwrap();
+        indexer::build(
+            &table,
+            &mut embedder,
+            dir.path(),
+            IndexParams::default(),
+            &mut |_, _| {},
+        )
+        .expect("example routes build");
+        Built { dir, table }
+    })
+}
+
+/// One engine over the example index, shared by the tests of this binary.
+pub fn example_engine() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let built = example_index();
+            let embedders = OnnxEmbedder::load_many(&model_spec(), 1).expect("model loads");
+            Arc::new(
+                Engine::open(built.dir.path(), embedders, EngineOptions::default())
+                    .expect("engine opens"),
+            )
+        })
+        .clone()
+}
+
+/// An embedder for tests of the machinery around the model: it hashes words into a small
+/// vector, and can be paused to hold its worker busy.
+#[derive(Clone)]
+pub struct FakeEmbedder {
+    info: ModelInfo,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl FakeEmbedder {
+    pub fn new(id: &str) -> Self {
+        FakeEmbedder {
+            info: ModelInfo {
+                id: id.into(),
+                model_sha256: format!("{id}-model"),
+                tokenizer_sha256: format!("{id}-tokenizer"),
+                dimension: 16,
+                pooling: PoolingKind::Mean,
+                normalized: true,
+                max_tokens: 8,
+            },
+            gate: Arc::new((Mutex::new(true), Condvar::new())),
+        }
+    }
+
+    /// While closed, `embed` blocks.
+    pub fn set_open(&self, open: bool) {
+        let (lock, cv) = &*self.gate;
+        *lock.lock().unwrap() = open;
+        cv.notify_all();
+    }
+}
+
+impl Embedder for FakeEmbedder {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn embed(&mut self, texts: &[&str]) -> Result<Vec<Embedded>, EmbedError> {
+        let (lock, cv) = &*self.gate;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0.0f32; 16];
+                let words: Vec<&str> = t.split_whitespace().collect();
+                for w in &words {
+                    let h = w
+                        .to_lowercase()
+                        .bytes()
+                        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+                    v[(h % 16) as usize] += 1.0;
+                }
+                switchyard::similarity::normalise(&mut v);
+                Embedded {
+                    vector: v,
+                    tokens: words.len().min(8) + 2,
+                    truncated: words.len() > 6,
+                }
+            })
+            .collect())
+    }
+}
+
+pub const FAKE_ROUTES: &str = "\
+version: 1
+defaults: {threshold: 0.9, top_k: 3}
+default_route: {model: fallback-model}
+routes:
+  - name: greet
+    model: small-model
+    utterances: [hello there, good morning friend]
+  - name: bye
+    model: other-model
+    utterances: [goodbye for now, see you later]
+";
+
+/// An index of [`FAKE_ROUTES`] built with `embedder`.
+pub fn fake_index(embedder: &mut FakeEmbedder) -> tempfile::TempDir {
+    let table = config::parse_sources(&[(PathBuf::from("fake.yaml"), FAKE_ROUTES.into())])
+        .expect("fake routes are valid");
+    let dir = tempfile::tempdir().unwrap();
+    indexer::build(
+        &table,
+        embedder,
+        dir.path(),
+        IndexParams::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    dir
+}
+
+pub fn fake_engine(embedder: &FakeEmbedder, dir: &Path, options: EngineOptions) -> Arc<Engine> {
+    Arc::new(Engine::open(dir, vec![embedder.clone()], options).unwrap())
+}

@@ -1,0 +1,187 @@
+//! The real binary: build, serve on port 0, query over loopback, shut down with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn switchyard() -> Command {
+    let spec = model_spec();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.env("SWITCHYARD_MODEL_DIR", &spec.model_dir)
+        .env("SWITCHYARD_ORT_LIB", &spec.ort_library)
+        .env("SWITCHYARD_LOG", "warn");
+    cmd
+}
+
+fn build(routes: &Path, out: &Path) {
+    let status = switchyard()
+        .arg("build")
+        .arg(routes)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn build_serve_query_and_shut_down() {
+    let dir = tempfile::tempdir().unwrap();
+    build(&example_routes(), dir.path());
+    let mut child = switchyard()
+        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
+        .arg(dir.path())
+        .arg("--routes")
+        .arg(example_routes())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("switchyard listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+            if r.status() == 200 {
+                break;
+            }
+            assert_eq!(r.status(), 503);
+            assert!(Instant::now() < deadline, "not ready after 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = client
+            .post(format!("{base}/v1/route"))
+            .json(&serde_json::json!({"prompt": "Where is my order #12345?"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["route"], "order_status");
+    });
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = child.wait().unwrap();
+    assert!(code.success(), "serve exited with {code:?} after SIGTERM");
+}
+
+#[test]
+fn route_command_prints_the_api_json() {
+    let out = switchyard()
+        .args(["route", "--index"])
+        .arg(example_index().dir.path())
+        .arg("How do I reset my password?")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["route"], "account_basics");
+    assert!(v["neighbours"].is_array() && v["timings"].is_object());
+}
+
+#[test]
+fn check_command_exit_codes() {
+    let ok = switchyard()
+        .arg("check")
+        .arg(example_routes())
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "version: 1\ndefault_route: {model: m}\nroutes:\n  - name: a\n    model: m\n    utterances: []\n").unwrap();
+    let out = switchyard().arg("check").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:6:17: route `a`: route has no utterances"),
+        "{err}"
+    );
+    let out = switchyard()
+        .arg("check")
+        .arg(dir.path().join("missing.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+}
+
+#[test]
+fn serve_refuses_stale_corrupted_or_foreign_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    build(&example_routes(), dir.path());
+
+    // routes changed since the build
+    let routes = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(example_routes()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, routes.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let cs = routes.path().join("customer-support.yaml");
+    let text = std::fs::read_to_string(&cs).unwrap();
+    std::fs::write(&cs, text.replace("Track order 98765", "Track order 55555")).unwrap();
+    let out = switchyard()
+        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
+        .arg(dir.path())
+        .arg("--routes")
+        .arg(routes.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("built from other routes") && err.contains("switchyard build"),
+        "{err}"
+    );
+
+    // a different token window is a different model identity
+    let out = switchyard()
+        .args(["route", "--max-tokens", "128", "--index"])
+        .arg(dir.path())
+        .arg("hello")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rebuild it with `switchyard build`"));
+
+    // a damaged vectors file
+    let generation = switchyard::index::current_generation(dir.path()).unwrap();
+    let vectors = generation.join("vectors.f32");
+    let mut bytes = std::fs::read(&vectors).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&vectors, bytes).unwrap();
+    let out = switchyard()
+        .args(["route", "--index"])
+        .arg(dir.path())
+        .arg("hello")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("corrupted") && err.contains("vectors.f32"),
+        "{err}"
+    );
+}

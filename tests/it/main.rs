@@ -1,0 +1,7 @@
+//! Integration tests, built as one binary. Tests that need the real embedding model fail loudly
+//! when it is missing (run `scripts/setup.sh`, or `scripts/test.sh` which does it for you).
+
+mod api;
+mod common;
+mod e2e;
+mod model;

@@ -1,0 +1,174 @@
+//! Routing on the real embedding model.
+
+use switchyard::config;
+use switchyard::embed::{Embedder, OnnxEmbedder};
+use switchyard::engine::{Engine, EngineOptions};
+use switchyard::index::{Index, IndexError};
+use switchyard::policy::{FallbackReason, Outcome};
+
+use crate::common::*;
+
+const SMALL_MODEL: &str = "llama-3.1-8b-instruct";
+const PREMIUM_MODEL: &str = "claude-3.5-sonnet";
+
+#[test]
+fn seed_order_status_goes_to_the_small_model() {
+    let routed = example_engine().route("Where is my order #12345?").unwrap();
+    assert_eq!(routed.decision.route(), Some("order_status"));
+    assert_eq!(routed.decision.model, SMALL_MODEL);
+    assert!(!routed.truncated);
+}
+
+#[test]
+fn seed_complex_refund_goes_to_the_premium_model() {
+    let routed = example_engine()
+        .route(
+            "My package arrived damaged, but my warranty expired yesterday, and I paid using \
+             three different gift cards. How do I get a refund?",
+        )
+        .unwrap();
+    assert_eq!(routed.decision.route(), Some("complex_support"));
+    assert_eq!(routed.decision.model, PREMIUM_MODEL);
+}
+
+#[test]
+fn seed_unrelated_prompt_falls_back_to_the_default() {
+    let engine = example_engine();
+    let built = example_index();
+    for prompt in [
+        "What is the best season to plant tomatoes in my garden?",
+        "Can you recommend a good fantasy novel?",
+    ] {
+        let routed = engine.route(prompt).unwrap();
+        assert_eq!(
+            routed.decision.outcome,
+            Outcome::Fallback {
+                reason: FallbackReason::BelowThreshold
+            },
+            "{prompt}: {:?}",
+            routed.decision.routes
+        );
+        assert_eq!(routed.decision.model, built.table.default_model);
+        // the scores behind the fallback are still reported
+        assert!(!routed.decision.routes.is_empty());
+        assert!(routed.decision.routes.iter().all(|r| !r.passed));
+    }
+}
+
+#[test]
+fn assistant_routes_match_their_tasks() {
+    let engine = example_engine();
+    for (prompt, route) in [
+        (
+            "Can you write a Java method that checks whether a string is a palindrome?",
+            "code",
+        ),
+        ("How do you say thank you in Korean?", "translation"),
+        ("Solve the equation 2x - 5 = 11", "math"),
+    ] {
+        let routed = engine.route(prompt).unwrap();
+        assert_eq!(routed.decision.route(), Some(route), "{prompt}");
+    }
+}
+
+#[test]
+fn a_prompt_equal_to_an_utterance_scores_one() {
+    let routed = example_engine().route("Track order 98765").unwrap();
+    assert_eq!(routed.decision.route(), Some("order_status"));
+    assert!((routed.neighbours[0].similarity - 1.0).abs() < 1e-4);
+    assert_eq!(routed.neighbours[0].utterance, "Track order 98765");
+}
+
+#[test]
+fn long_prompts_are_truncated_and_say_so() {
+    let long = "Where is my order? ".repeat(200);
+    let routed = example_engine().route(&long).unwrap();
+    assert!(routed.truncated);
+    assert_eq!(routed.tokens, 256);
+    let short = example_engine().route("Where is my order?").unwrap();
+    assert!(!short.truncated);
+    assert_eq!(short.tokens, 7);
+}
+
+#[test]
+fn every_example_route_file_validates_and_the_set_builds() {
+    let files = config::route_files(&example_routes()).unwrap();
+    assert!(files.len() >= 2, "{files:?}");
+    let table = config::load(&example_routes()).unwrap();
+    assert!(table.routes.len() >= 5);
+    // built once for all tests; open it again from disk
+    let index = Index::open(example_index().dir.path()).unwrap();
+    assert_eq!(index.len(), table.utterance_count());
+    assert_eq!(index.table(), &table);
+    assert_eq!(index.manifest().route_table_sha256, table.canonical_hash());
+}
+
+#[test]
+fn batch_embedding_matches_single_embedding() {
+    let mut embedder = OnnxEmbedder::load(&model_spec()).unwrap();
+    let texts = [
+        "Where is my order?",
+        "a much longer sentence about refunds and warranties",
+    ];
+    let batch = embedder.embed(&texts).unwrap();
+    for (text, b) in texts.iter().zip(&batch) {
+        let single = &embedder.embed(&[text]).unwrap()[0];
+        let sim = switchyard::similarity::similarity(&single.vector, &b.vector);
+        assert!(sim > 0.9999, "{text}: {sim}");
+        assert_eq!(single.tokens, b.tokens);
+    }
+    let norm: f32 = batch[0].vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4);
+    assert_eq!(embedder.info().dimension, 384);
+}
+
+#[test]
+fn an_index_built_with_another_model_is_refused() {
+    let mut fake = FakeEmbedder::new("other-model");
+    let dir = fake_index(&mut fake);
+    let real = OnnxEmbedder::load_many(&model_spec(), 1).unwrap();
+    let err = Engine::open(dir.path(), real, EngineOptions::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            switchyard::engine::RouteError::Index(IndexError::ModelMismatch { .. })
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("other-model") && text.contains("rebuild it with `switchyard build`"),
+        "{text}"
+    );
+
+    // and the other way round: the real index refused by the fake model
+    let err = Engine::open(
+        example_index().dir.path(),
+        vec![FakeEmbedder::new("fake")],
+        EngineOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("was built with model `all-MiniLM-L6-v2`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_runtime_library_is_an_error_not_a_panic() {
+    let mut spec = model_spec();
+    spec.ort_library = "/nonexistent/libonnxruntime.so".into();
+    let err = OnnxEmbedder::load(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("/nonexistent/libonnxruntime.so") && err.contains("scripts/setup.sh"),
+        "{err}"
+    );
+    let mut spec = model_spec();
+    spec.model_dir = "/nonexistent/model".into();
+    let err = OnnxEmbedder::load(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("/nonexistent/model/model.onnx") && err.contains("scripts/setup.sh"),
+        "{err}"
+    );
+}
