@@ -16,7 +16,7 @@ use switchyard::embed::{DEFAULT_MAX_TOKENS, Embedder, ModelSpec, OnnxEmbedder, P
 use switchyard::engine::{Engine, EngineOptions};
 use switchyard::index::IndexParams;
 use switchyard::indexer;
-use switchyard::policy::{self, Vote};
+use switchyard::policy::{self, Evidence};
 use switchyard::server::{AppState, ServerOptions, app};
 
 const PROMPT: &str = "Where is my order #12345? It was supposed to arrive last Tuesday.";
@@ -98,14 +98,15 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let votes: Vec<Vote> = (0..table.defaults.top_k)
-        .map(|i| Vote {
-            route: i % table.routes.len(),
-            similarity: 0.9 - i as f32 * 0.05,
+    // one score per route, as the classifier gives
+    let evidence: Vec<Evidence> = (0..table.routes.len())
+        .map(|route| Evidence {
+            route,
+            score: 0.9 - route as f32 * 0.05,
         })
         .collect();
     c.bench_function("policy_decide", |b| {
-        b.iter(|| black_box(policy::decide(&table, black_box(&votes))))
+        b.iter(|| black_box(policy::decide(&table, black_box(&evidence))))
     });
 }
 

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use switchyard::config::{Defaults, Route, RouteTable};
+use switchyard::config::{Defaults, Method, Route, RouteTable};
 use switchyard::embed::{ModelInfo, PoolingKind};
 use switchyard::index::{
     ArtifactInput, Index, IndexParams, Utterance, exact_search, write_artifact,
@@ -67,7 +67,10 @@ fn bench(c: &mut Criterion) {
         max_tokens: 256,
     };
     let table = RouteTable {
-        defaults: Defaults::default(),
+        defaults: Defaults {
+            method: Method::Neighbours,
+            ..Defaults::default()
+        },
         default_model: "d".into(),
         routes: vec![Route {
             name: "r".into(),
@@ -98,6 +101,7 @@ fn bench(c: &mut Criterion) {
                     hnsw_min_vectors: 1,
                     ..IndexParams::default()
                 },
+                classifier: None,
             },
         )
         .unwrap();

@@ -49,6 +49,8 @@ pub enum Command {
     Build(BuildArgs),
     /// Serve the HTTP API over a built index.
     Serve(ServeArgs),
+    /// Evaluate the router on labelled prompts; exit 1 below --min-accuracy.
+    Eval(EvalArgs),
     /// Route one prompt and print the decision as JSON (the same JSON as `POST /v1/route`).
     Route {
         /// Index directory written by `switchyard build`.
@@ -121,6 +123,26 @@ pub struct BuildArgs {
     pub model: ModelArgs,
 }
 
+/// Arguments of `eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Index directory written by `switchyard build`.
+    #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+    pub index: PathBuf,
+    /// Labelled prompts: JSON lines `{"text": ..., "route": name or null}`, or a `.csv` file
+    /// with a `text,route` header (empty route = should fall back).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when in-scope accuracy is below this.
+    #[arg(long)]
+    pub min_accuracy: Option<f64>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -185,6 +207,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Check { routes } => check(&routes),
         Command::Build(args) => build(args),
         Command::Serve(args) => serve(args),
+        Command::Eval(args) => eval(args),
         Command::Route {
             index,
             prompt,
@@ -232,18 +255,7 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
     }
     let mut embedder =
         OnnxEmbedder::load(&args.model.spec()).context("cannot load the embedding model")?;
-    let total = table.utterance_count();
-    let bar = indicatif::ProgressBar::new(total as u64);
-    if std::io::stderr().is_terminal() {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "embedding {bar:40} {pos}/{len} utterances ({per_sec}, eta {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = progress_bar(table.utterance_count(), "embedding utterances");
     let report = indexer::build(&table, &mut embedder, &args.out, params, &mut |done, _| {
         bar.set_position(done as u64)
     })
@@ -309,6 +321,73 @@ fn open_engine(
     let embedders = OnnxEmbedder::load_many(&model.spec(), workers)
         .context("cannot load the embedding model")?;
     Ok(Engine::with_index(index, embedders, options)?)
+}
+
+/// A progress bar on stderr when it is a terminal, hidden otherwise.
+fn progress_bar(total: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{what} {{bar:40}} {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+/// Embeds texts in batches, with a progress bar.
+fn embed_all(
+    embedder: &mut OnnxEmbedder,
+    texts: &[&str],
+) -> anyhow::Result<Vec<crate::embed::Embedded>> {
+    use crate::embed::Embedder;
+    let bar = progress_bar(texts.len(), "embedding");
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(indexer::BUILD_BATCH) {
+        out.extend(embedder.embed(chunk)?);
+        bar.set_position(out.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
+    let index = Index::open(&args.index)?;
+    let mut embedder =
+        OnnxEmbedder::load(&args.model.spec()).context("cannot load the embedding model")?;
+    crate::engine::check_compatible(&index, crate::embed::Embedder::info(&embedder))?;
+    let table = index.table();
+    let examples = crate::eval::read_examples(&args.data, table)?;
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let vectors = embed_all(&mut embedder, &texts)?;
+    let position = |name: &str| table.routes.iter().position(|r| r.name == name);
+    let mut chosen = Vec::with_capacity(vectors.len());
+    let mut nearest = Vec::with_capacity(vectors.len());
+    for (v, e) in vectors.iter().zip(&examples) {
+        let routed = crate::engine::decide(&index, &e.text, v)?;
+        chosen.push(routed.decision.route().and_then(position));
+        nearest.push(routed.neighbours.first().and_then(|n| position(&n.route)));
+    }
+    let report = crate::eval::report(table, &examples, &chosen, &nearest);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::eval::render(&report));
+    }
+    match args.min_accuracy {
+        Some(min) if report.figures.in_scope_accuracy < min => {
+            eprintln!(
+                "in-scope accuracy {:.4} is below --min-accuracy {min}",
+                report.figures.in_scope_accuracy
+            );
+            Ok(Outcome::CheckFailed)
+        }
+        _ => Ok(Outcome::Success),
+    }
 }
 
 fn route(index: &Path, prompt: &str, model: &ModelArgs) -> anyhow::Result<Outcome> {

@@ -42,16 +42,49 @@ impl fmt::Display for Aggregation {
     }
 }
 
+/// How a prompt's route scores are computed (see the `scoring` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// The `top_k` nearest utterances vote, combined by `aggregation`; scores are cosines.
+    Neighbours,
+    /// Cosine similarity to each route's mean utterance vector.
+    Centroid,
+    /// A logistic-regression classifier trained at build time, plus BM25 weighted by
+    /// `lexical_weight`; scores are probabilities.
+    #[default]
+    Classifier,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Neighbours => "neighbours",
+            Method::Centroid => "centroid",
+            Method::Classifier => "classifier",
+        })
+    }
+}
+
 /// Defaults applied to every route unless the route overrides them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Defaults {
+    /// How route scores are computed.
+    pub method: Method,
     /// Minimum route score for a match; `None` means the best-scoring route always matches.
     pub threshold: Option<f32>,
-    /// How many nearest utterances are looked at for one decision.
+    /// How many nearest utterances are looked at (and reported) for one decision.
     pub top_k: usize,
-    /// How neighbour similarities are combined into a route score.
+    /// How neighbour similarities are combined into a route score (`neighbours` method).
     pub aggregation: Aggregation,
+    /// Weight of the BM25 lexical score added to the classifier's logits (`classifier` method).
+    pub lexical_weight: f32,
+    /// Fall back when the best and second-best route scores are closer than this.
+    pub margin: Option<f32>,
 }
+
+/// Default `lexical_weight`, chosen on CLINC150 validation data.
+pub const DEFAULT_LEXICAL_WEIGHT: f32 = 0.1;
 
 /// Default `top_k` when the route file does not set one.
 pub const DEFAULT_TOP_K: usize = 5;
@@ -59,9 +92,12 @@ pub const DEFAULT_TOP_K: usize = 5;
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
+            method: Method::default(),
             threshold: None,
             top_k: DEFAULT_TOP_K,
             aggregation: Aggregation::Max,
+            lexical_weight: DEFAULT_LEXICAL_WEIGHT,
+            margin: None,
         }
     }
 }
@@ -202,6 +238,12 @@ struct RawFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
+    #[serde(default)]
+    method: Option<Method>,
+    #[serde(default)]
+    lexical_weight: Option<Spanned<f32>>,
+    #[serde(default)]
+    margin: Option<Spanned<f32>>,
     #[serde(default)]
     threshold: Option<Spanned<f32>>,
     #[serde(default)]
@@ -440,6 +482,27 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
             if let Some(a) = d.value.aggregation {
                 defaults.aggregation = a;
             }
+            if let Some(m) = d.value.method {
+                defaults.method = m;
+            }
+            if let Some(w) = &d.value.lexical_weight {
+                if !(0.0..=10.0).contains(&w.value) {
+                    issues.push(place(file, w).issue(
+                        None,
+                        format!("lexical_weight {} is outside [0, 10] (default {DEFAULT_LEXICAL_WEIGHT}; 0 turns BM25 off)", w.value),
+                    ));
+                }
+                defaults.lexical_weight = w.value;
+            }
+            if let Some(m) = &d.value.margin {
+                if !(0.0..=1.0).contains(&m.value) {
+                    issues.push(place(file, m).issue(
+                        None,
+                        format!("margin {} is outside [0, 1]", m.value),
+                    ));
+                }
+                defaults.margin = Some(m.value);
+            }
         }
         if let Some(d) = &raw.default_route {
             let p = place(file, d);
@@ -563,14 +626,22 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
             return None;
         }
     };
+    let first_file = files.first().map(|(f, _)| f.clone())?;
     if routes.is_empty() {
-        let file = files.first().map(|(f, _)| f.clone())?;
         issues.push(ConfigIssue {
-            file,
+            file: first_file,
             line: 1,
             column: 1,
             route: None,
             message: "no routes are declared; add at least one entry under `routes:`".into(),
+        });
+    } else if routes.len() == 1 && defaults.method == Method::Classifier {
+        issues.push(ConfigIssue {
+            file: first_file,
+            line: 1,
+            column: 1,
+            route: None,
+            message: "the classifier needs at least two routes to tell apart; add a route or set `defaults.method: centroid`".into(),
         });
     }
     Some(RouteTable {

@@ -15,9 +15,11 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::config::Method;
 use crate::embed::{EmbedError, Embedded, Embedder, ModelInfo};
-use crate::index::{Index, IndexError};
-use crate::policy::{self, Decision, Vote};
+use crate::index::{Hit, Index, IndexError};
+use crate::policy::{self, Decision, Evidence, Vote};
+use crate::{scoring, similarity};
 
 /// How the engine runs its workers.
 #[derive(Debug, Clone, Copy)]
@@ -290,32 +292,64 @@ impl Engine {
         Ok(out)
     }
 
-    /// Routes a prompt whose vector is already known (evaluation and benches).
-    pub fn route_vector(&self, embedded: &Embedded) -> Result<Routed, RouteError> {
-        let index = self.index();
-        let start = Instant::now();
-        let mut routed = decide(&index, embedded)?;
-        routed.timings.search_ms = ms(start.elapsed());
-        Ok(routed)
-    }
 }
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Search and decision for one embedded prompt.
-fn decide(index: &Index, embedded: &Embedded) -> Result<Routed, RouteError> {
+/// Most routes listed in a decision (all of them still count).
+pub const REPORTED_ROUTES: usize = 10;
+
+/// Every route's score for one prompt, by the table's method.
+pub fn route_scores(index: &Index, text: &str, vector: &[f32], hits: &[Hit]) -> Vec<Evidence> {
+    let table = index.table();
+    let dim = vector.len();
+    match table.defaults.method {
+        Method::Neighbours => {
+            let votes: Vec<Vote> = hits
+                .iter()
+                .map(|h| Vote {
+                    route: index.utterance(h.id).route as usize,
+                    similarity: h.similarity,
+                })
+                .collect();
+            policy::neighbour_scores(table, &votes)
+        }
+        Method::Centroid => index
+            .centroids()
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(route, c)| Evidence {
+                route,
+                score: similarity::similarity(vector, c),
+            })
+            .collect(),
+        Method::Classifier => {
+            let Some(classifier) = index.classifier() else {
+                return Vec::new();
+            };
+            let lexical = index.lexical().scores(text);
+            scoring::hybrid_probabilities(
+                classifier.logits(vector),
+                &lexical,
+                table.defaults.lexical_weight,
+            )
+            .into_iter()
+            .enumerate()
+            .map(|(route, score)| Evidence { route, score })
+            .collect()
+        }
+    }
+}
+
+/// Search and decision for one embedded prompt (timings left at zero).
+pub fn decide(index: &Index, text: &str, embedded: &Embedded) -> Result<Routed, RouteError> {
     let table = index.table();
     let hits = index.search(&embedded.vector, table.defaults.top_k)?;
-    let votes: Vec<Vote> = hits
-        .iter()
-        .map(|h| Vote {
-            route: index.utterance(h.id).route as usize,
-            similarity: h.similarity,
-        })
-        .collect();
-    let decision = policy::decide(table, &votes);
+    let evidence = route_scores(index, text, &embedded.vector, &hits);
+    let mut decision = policy::decide(table, &evidence);
+    decision.routes.truncate(REPORTED_ROUTES);
     let neighbours = hits
         .iter()
         .map(|h| {
@@ -393,7 +427,7 @@ fn worker<E: Embedder>(
                 let index = Arc::clone(&shared.index.read().expect("index lock poisoned"));
                 for (job, e) in batch.into_iter().zip(vectors) {
                     let search_start = Instant::now();
-                    let result = decide(&index, &e).map(|mut routed| {
+                    let result = decide(&index, &job.text, &e).map(|mut routed| {
                         routed.timings = Timings {
                             queue_ms: ms(started.duration_since(job.submitted)),
                             embed_ms,

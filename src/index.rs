@@ -29,8 +29,9 @@ use hnsw_rs::hnsw::Hnsw;
 use hnsw_rs::hnswio::HnswIo;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RouteTable;
+use crate::config::{Method, RouteTable};
 use crate::embed::ModelInfo;
+use crate::scoring::{self, Classifier, Lexical};
 use crate::similarity::{self, UnitDot};
 
 /// Artifact format written by this build; opening any other is refused.
@@ -41,6 +42,7 @@ const MANIFEST_FILE: &str = "manifest.json";
 const ROUTES_FILE: &str = "routes.json";
 const UTTERANCES_FILE: &str = "utterances.json";
 const VECTORS_FILE: &str = "vectors.f32";
+const CLASSIFIER_FILE: &str = "classifier.json";
 const GRAPH_BASENAME: &str = "graph";
 const GENERATION_PREFIX: &str = "gen-";
 
@@ -236,6 +238,8 @@ pub struct ArtifactInput<'a> {
     pub vectors: Vec<f32>,
     /// Search parameters.
     pub params: IndexParams,
+    /// The trained classifier, for the `classifier` method.
+    pub classifier: Option<Classifier>,
 }
 
 /// Writes a new generation into `dir` and makes it current. Returns the generation's path.
@@ -354,6 +358,9 @@ fn write_generation(
     )?;
     let raw: Vec<u8> = input.vectors.iter().flat_map(|x| x.to_le_bytes()).collect();
     write_file(staging, VECTORS_FILE, &raw, &mut files)?;
+    if let Some(c) = &input.classifier {
+        write_file(staging, CLASSIFIER_FILE, &to_json(c), &mut files)?;
+    }
 
     let n = input.utterances.len();
     let search = if n >= input.params.hnsw_min_vectors {
@@ -429,6 +436,9 @@ pub struct Index {
     utterances: Vec<Utterance>,
     vectors: Vec<f32>,
     graph: Option<GraphHandle>,
+    centroids: Vec<f32>,
+    lexical: Lexical,
+    classifier: Option<Classifier>,
 }
 
 impl std::fmt::Debug for Index {
@@ -595,6 +605,33 @@ impl Index {
                 Some(GraphHandle::load(generation, basename, dim)?)
             }
         };
+        let classifier = match table.defaults.method {
+            Method::Classifier => {
+                let c: Classifier = parse_json(
+                    &generation.join(CLASSIFIER_FILE),
+                    &read_verified(generation, CLASSIFIER_FILE, files)?,
+                )?;
+                if c.routes() != table.routes.len()
+                    || c.mean.len() != dim
+                    || c.weights.len() != dim * table.routes.len()
+                {
+                    return Err(corrupted(format!(
+                        "the classifier has {} routes of dimension {}, the index {} of {dim}",
+                        c.routes(),
+                        c.mean.len(),
+                        table.routes.len()
+                    )));
+                }
+                Some(c)
+            }
+            Method::Neighbours | Method::Centroid => None,
+        };
+        let labels: Vec<usize> = utterances.iter().map(|u| u.route as usize).collect();
+        let centroids = scoring::centroids(&vectors, dim, &labels, table.routes.len());
+        let lexical = Lexical::new(
+            table.routes.len(),
+            utterances.iter().map(|u| (u.route as usize, u.text.as_str())),
+        );
         Ok(Index {
             generation: generation.to_path_buf(),
             manifest,
@@ -602,6 +639,9 @@ impl Index {
             utterances,
             vectors,
             graph,
+            centroids,
+            lexical,
+            classifier,
         })
     }
 
@@ -629,6 +669,21 @@ impl Index {
     pub fn vector(&self, id: u32) -> &[f32] {
         let dim = self.manifest.model.dimension;
         &self.vectors[id as usize * dim..(id as usize + 1) * dim]
+    }
+
+    /// Per-route normalised mean vectors, row-major.
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
+    }
+
+    /// BM25 over each route's utterances.
+    pub fn lexical(&self) -> &Lexical {
+        &self.lexical
+    }
+
+    /// The trained classifier (`classifier` method only).
+    pub fn classifier(&self) -> Option<&Classifier> {
+        self.classifier.as_ref()
     }
 
     /// Number of vectors.
@@ -833,7 +888,10 @@ mod tests {
 
     fn table() -> RouteTable {
         RouteTable {
-            defaults: Defaults::default(),
+            defaults: Defaults {
+                method: Method::Neighbours,
+                ..Defaults::default()
+            },
             default_model: "d".into(),
             routes: vec![Route {
                 name: "r".into(),
@@ -861,6 +919,7 @@ mod tests {
                 utterances,
                 vectors: vectors.clone(),
                 params,
+                classifier: None,
             },
         )
         .unwrap();
@@ -1008,6 +1067,7 @@ mod tests {
                 }],
                 vectors: vec![0.0; 3],
                 params: IndexParams::default(),
+                classifier: None,
             },
         )
         .unwrap_err();

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::config::RouteTable;
+use crate::config::{Method, RouteTable};
+use crate::scoring::Classifier;
 use crate::embed::{EmbedError, Embedder};
 use crate::index::{self, ArtifactInput, IndexError, IndexParams, Utterance};
 
@@ -84,6 +85,10 @@ pub fn build(
         }
         progress(vectors.len() / dim, total);
     }
+    let classifier = (table.defaults.method == Method::Classifier).then(|| {
+        let labels: Vec<usize> = utterances.iter().map(|u| u.route as usize).collect();
+        Classifier::train(&vectors, dim, &labels, table.routes.len())
+    });
     let hnsw = total >= params.hnsw_min_vectors;
     let generation = index::write_artifact(
         out,
@@ -93,6 +98,7 @@ pub fn build(
             utterances,
             vectors,
             params,
+            classifier,
         },
     )?;
     Ok(BuildReport {

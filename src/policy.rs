@@ -1,10 +1,12 @@
-//! The routing decision: a pure function from a prompt's nearest neighbours to a [`Decision`].
+//! The routing decision: a pure function from route scores to a [`Decision`].
 //!
-//! The neighbours (the `top_k` nearest utterances) are grouped by route; each route's
-//! similarities are aggregated (max, mean or sum) into its score; a route *passes* when it has no
-//! threshold or its score reaches its threshold; the best passing route wins (ties go to the
-//! route declared first). When none passes, the prompt falls back to the default model, and the
-//! decision says why. No I/O, no async.
+//! A route *passes* when it has no threshold or its score reaches its threshold; the best passing
+//! route wins (ties go to the route declared first), unless `defaults.margin` is set and the
+//! runner-up is closer than the margin, which makes the prompt ambiguous. When nothing wins, the
+//! prompt falls back to the default model and the decision says why. No I/O, no async.
+//!
+//! [`neighbour_scores`] turns the `top_k` nearest utterances into route scores for the
+//! `neighbours` method: each route's similarities are aggregated (max, mean or sum).
 
 use serde::Serialize;
 
@@ -19,6 +21,15 @@ pub struct Vote {
     pub similarity: f32,
 }
 
+/// A route's score, before thresholds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evidence {
+    /// Index of the route in the route table.
+    pub route: usize,
+    /// Its score (a cosine or a probability, by method).
+    pub score: f32,
+}
+
 /// A route's standing in one decision.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteScore {
@@ -26,23 +37,23 @@ pub struct RouteScore {
     pub route: String,
     /// Target model.
     pub model: String,
-    /// Aggregated score of the route's neighbours among the top-k.
+    /// The route's score.
     pub score: f32,
     /// Threshold in force, if any.
     pub threshold: Option<f32>,
     /// Whether the score reaches the threshold (always true without one).
     pub passed: bool,
-    /// How many of the top-k neighbours belong to the route.
-    pub neighbours: usize,
 }
 
 /// Why a prompt went to the default model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FallbackReason {
-    /// Some routes were near, but none reached its threshold.
+    /// Some routes scored, but none reached its threshold.
     BelowThreshold,
-    /// No neighbour was found at all.
+    /// The two best routes were closer than `defaults.margin`.
+    Ambiguous,
+    /// No route had any score at all.
     NoNeighbours,
 }
 
@@ -72,7 +83,7 @@ pub struct Decision {
     pub outcome: Outcome,
     /// The model the prompt should go to.
     pub model: String,
-    /// Every route with at least one neighbour in the top-k, best first (winner included).
+    /// Scored routes, best first (winner included).
     pub routes: Vec<RouteScore>,
 }
 
@@ -86,8 +97,9 @@ impl Decision {
     }
 }
 
-/// Decides from the top-k neighbours. `votes` may come in any order.
-pub fn decide(table: &RouteTable, votes: &[Vote]) -> Decision {
+/// Route scores from the top-k neighbours (`neighbours` method); routes without a neighbour get
+/// no score. `votes` may come in any order.
+pub fn neighbour_scores(table: &RouteTable, votes: &[Vote]) -> Vec<Evidence> {
     let n = table.routes.len();
     let mut sums = vec![0.0f32; n];
     let mut maxes = vec![f32::NEG_INFINITY; n];
@@ -98,43 +110,65 @@ pub fn decide(table: &RouteTable, votes: &[Vote]) -> Decision {
         counts[v.route] += 1;
     }
     let top_k = table.defaults.top_k.max(1) as f32;
-    let mut scores: Vec<(usize, RouteScore)> = (0..n)
+    (0..n)
         .filter(|&i| counts[i] > 0)
-        .map(|i| {
-            let route = &table.routes[i];
-            let score = match table.defaults.aggregation {
+        .map(|i| Evidence {
+            route: i,
+            score: match table.defaults.aggregation {
                 Aggregation::Max => maxes[i],
                 Aggregation::Mean => sums[i] / counts[i] as f32,
                 Aggregation::Sum => sums[i] / top_k,
-            };
+            },
+        })
+        .collect()
+}
+
+/// Decides from route scores. `evidence` may come in any order; routes absent from it did not
+/// score.
+pub fn decide(table: &RouteTable, evidence: &[Evidence]) -> Decision {
+    let mut scores: Vec<(usize, RouteScore)> = evidence
+        .iter()
+        .filter(|e| e.route < table.routes.len())
+        .map(|e| {
+            let route = &table.routes[e.route];
             let threshold = route.effective_threshold(&table.defaults);
-            let passed = threshold.is_none_or(|t| score >= t);
             (
-                i,
+                e.route,
                 RouteScore {
                     route: route.name.clone(),
                     model: route.model.clone(),
-                    score,
+                    score: e.score,
                     threshold,
-                    passed,
-                    neighbours: counts[i],
+                    passed: threshold.is_none_or(|t| e.score >= t),
                 },
             )
         })
         .collect();
     scores.sort_by(|(ia, a), (ib, b)| b.score.total_cmp(&a.score).then_with(|| ia.cmp(ib)));
-    let winner = scores.iter().find(|(_, s)| s.passed).map(|(_, s)| s);
+    let winner = scores.iter().position(|(_, s)| s.passed);
+    let ambiguous = match (winner, table.defaults.margin) {
+        (Some(w), Some(margin)) => scores
+            .iter()
+            .enumerate()
+            .any(|(i, (_, s))| i != w && scores[w].1.score - s.score < margin),
+        _ => false,
+    };
     let (outcome, model) = match winner {
-        Some(w) => (
-            Outcome::Matched {
-                route: w.route.clone(),
-                score: w.score,
-            },
-            w.model.clone(),
-        ),
-        None => (
+        Some(w) if !ambiguous => {
+            let w = &scores[w].1;
+            (
+                Outcome::Matched {
+                    route: w.route.clone(),
+                    score: w.score,
+                },
+                w.model.clone(),
+            )
+        }
+        _ => (
             Outcome::Fallback {
-                reason: if scores.is_empty() {
+                reason: if ambiguous {
+                    FallbackReason::Ambiguous
+                } else if scores.is_empty() {
                     FallbackReason::NoNeighbours
                 } else {
                     FallbackReason::BelowThreshold
@@ -162,6 +196,7 @@ mod tests {
                 threshold: default,
                 top_k: 5,
                 aggregation: agg,
+                ..Defaults::default()
             },
             default_model: "default-model".into(),
             routes: thresholds
@@ -182,16 +217,21 @@ mod tests {
         Vote { route, similarity }
     }
 
+    /// Neighbour scores then the decision, as the `neighbours` method does.
+    fn decide_votes(table: &RouteTable, votes: &[Vote]) -> Decision {
+        decide(table, &neighbour_scores(table, votes))
+    }
+
     #[test]
     fn aggregations() {
         let votes = [vote(0, 0.9), vote(0, 0.5), vote(1, 0.8)];
-        let max = decide(&table(&[None, None], None, Aggregation::Max), &votes);
+        let max = decide_votes(&table(&[None, None], None, Aggregation::Max), &votes);
         assert_eq!(max.route(), Some("r0"));
         assert_eq!(max.routes[0].score, 0.9);
-        let mean = decide(&table(&[None, None], None, Aggregation::Mean), &votes);
+        let mean = decide_votes(&table(&[None, None], None, Aggregation::Mean), &votes);
         assert_eq!(mean.route(), Some("r1"));
         assert!((mean.routes[1].score - 0.7).abs() < 1e-6);
-        let sum = decide(&table(&[None, None], None, Aggregation::Sum), &votes);
+        let sum = decide_votes(&table(&[None, None], None, Aggregation::Sum), &votes);
         assert_eq!(sum.route(), Some("r0"));
         assert!((sum.routes[0].score - 1.4 / 5.0).abs() < 1e-6);
         assert_eq!(sum.model, "m0");
@@ -200,7 +240,7 @@ mod tests {
     #[test]
     fn per_route_threshold_overrides_default() {
         let votes = [vote(0, 0.7), vote(1, 0.6)];
-        let d = decide(
+        let d = decide_votes(
             &table(&[Some(0.8), None], Some(0.5), Aggregation::Max),
             &votes,
         );
@@ -212,7 +252,7 @@ mod tests {
     #[test]
     fn falls_back_with_reason() {
         let t = table(&[Some(0.8)], None, Aggregation::Max);
-        let d = decide(&t, &[vote(0, 0.3)]);
+        let d = decide_votes(&t, &[vote(0, 0.3)]);
         assert_eq!(
             d.outcome,
             Outcome::Fallback {
@@ -220,7 +260,7 @@ mod tests {
             }
         );
         assert_eq!(d.model, "default-model");
-        let d = decide(&t, &[]);
+        let d = decide_votes(&t, &[]);
         assert_eq!(
             d.outcome,
             Outcome::Fallback {
@@ -231,7 +271,7 @@ mod tests {
 
     #[test]
     fn zero_threshold_is_a_real_threshold() {
-        let d = decide(
+        let d = decide_votes(
             &table(&[Some(0.0)], None, Aggregation::Max),
             &[vote(0, -0.1)],
         );
@@ -239,8 +279,25 @@ mod tests {
     }
 
     #[test]
+    fn margin_makes_close_calls_ambiguous() {
+        let mut t = table(&[None, None], None, Aggregation::Max);
+        t.defaults.margin = Some(0.1);
+        let d = decide_votes(&t, &[vote(0, 0.8), vote(1, 0.75)]);
+        assert_eq!(
+            d.outcome,
+            Outcome::Fallback {
+                reason: FallbackReason::Ambiguous
+            }
+        );
+        let d = decide_votes(&t, &[vote(0, 0.8), vote(1, 0.6)]);
+        assert_eq!(d.route(), Some("r0"));
+        // a lone route cannot be ambiguous
+        assert_eq!(decide_votes(&t, &[vote(1, 0.3)]).route(), Some("r1"));
+    }
+
+    #[test]
     fn ties_go_to_the_route_declared_first() {
-        let d = decide(
+        let d = decide_votes(
             &table(&[None, None], None, Aggregation::Max),
             &[vote(1, 0.5), vote(0, 0.5)],
         );
@@ -249,12 +306,12 @@ mod tests {
 
     #[test]
     fn serialises_flat() {
-        let d = decide(&table(&[None], None, Aggregation::Max), &[vote(0, 0.5)]);
+        let d = decide_votes(&table(&[None], None, Aggregation::Max), &[vote(0, 0.5)]);
         let json = serde_json::to_value(&d).unwrap();
         assert_eq!(json["outcome"], "matched");
         assert_eq!(json["route"], "r0");
         assert_eq!(json["model"], "m0");
-        let d = decide(
+        let d = decide_votes(
             &table(&[Some(0.9)], None, Aggregation::Max),
             &[vote(0, 0.5)],
         );
@@ -283,7 +340,7 @@ mod tests {
         fn never_matches_a_route_below_its_threshold((ts, votes, a) in arb_case()) {
             let t = table(&ts, None, agg(a));
             let votes: Vec<Vote> = votes.into_iter().map(|(r, s)| vote(r, s)).collect();
-            let d = decide(&t, &votes);
+            let d = decide_votes(&t, &votes);
             if let Outcome::Matched { route, score } = &d.outcome {
                 let r = t.route(route).unwrap();
                 if let Some(th) = r.effective_threshold(&t.defaults) {
@@ -299,11 +356,11 @@ mod tests {
         #[test]
         fn raising_a_threshold_never_adds_a_match((ts, votes, a) in arb_case(), which in 0usize..6, raise in 0.0f32..1.0) {
             let votes: Vec<Vote> = votes.into_iter().map(|(r, s)| vote(r, s)).collect();
-            let before = decide(&table(&ts, None, agg(a)), &votes);
+            let before = decide_votes(&table(&ts, None, agg(a)), &votes);
             let mut raised = ts.clone();
             let i = which % raised.len();
             raised[i] = Some(raised[i].unwrap_or(-1.0) + raise);
-            let after = decide(&table(&raised, None, agg(a)), &votes);
+            let after = decide_votes(&table(&raised, None, agg(a)), &votes);
             let passed = |d: &Decision| d.routes.iter().filter(|s| s.passed).map(|s| s.route.clone()).collect::<Vec<_>>();
             for r in passed(&after) {
                 prop_assert!(passed(&before).contains(&r));
