@@ -103,6 +103,7 @@ fn bench(c: &mut Criterion) {
         .map(|route| Evidence {
             route,
             score: 0.9 - route as f32 * 0.05,
+            similarity: 0.5,
         })
         .collect();
     c.bench_function("policy_decide", |b| {

@@ -51,6 +51,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Evaluate the router on labelled prompts; exit 1 below --min-accuracy.
     Eval(EvalArgs),
+    /// Fit thresholds on labelled prompts (with out-of-scope lines) and write them into a new
+    /// route file for review.
+    Calibrate(CalibrateArgs),
     /// Route one prompt and print the decision as JSON (the same JSON as `POST /v1/route`).
     Route {
         /// Index directory written by `switchyard build`.
@@ -143,6 +146,44 @@ pub struct EvalArgs {
     pub model: ModelArgs,
 }
 
+/// Arguments of `calibrate`.
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// Index directory written by `switchyard build`.
+    #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+    pub index: PathBuf,
+    /// Labelled prompts, as for `eval`; include out-of-scope lines (route null).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// What to optimise: `accuracy` is the mean of in-scope accuracy and out-of-scope recall.
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Accuracy, conflicts_with_all = ["target_precision", "max_oos_accept"])]
+    pub objective: ObjectiveArg,
+    /// Instead: the most in-scope accuracy whose matches are right at least this often.
+    #[arg(long, conflicts_with = "max_oos_accept")]
+    pub target_precision: Option<f64>,
+    /// Instead: the most in-scope accuracy letting at most this share of out-of-scope lines match.
+    #[arg(long)]
+    pub max_oos_accept: Option<f64>,
+    /// Labelled lines a route needs for a threshold of its own (others keep the global one).
+    #[arg(long, default_value_t = 10)]
+    pub min_support: usize,
+    /// Write the route table with the fitted thresholds to this file (then `switchyard build` it).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `calibrate --objective`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ObjectiveArg {
+    /// Mean of in-scope accuracy and out-of-scope recall.
+    Accuracy,
+}
+
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -208,6 +249,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Build(args) => build(args),
         Command::Serve(args) => serve(args),
         Command::Eval(args) => eval(args),
+        Command::Calibrate(args) => calibrate(args),
         Command::Route {
             index,
             prompt,
@@ -355,15 +397,97 @@ fn embed_all(
     Ok(out)
 }
 
-fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
-    let index = Index::open(&args.index)?;
+/// An index, labelled examples for it, and their embeddings.
+fn labelled(
+    index_dir: &Path,
+    data: &Path,
+    model: &ModelArgs,
+) -> anyhow::Result<(
+    Index,
+    Vec<crate::eval::Example>,
+    Vec<crate::embed::Embedded>,
+)> {
+    let index = Index::open(index_dir)?;
     let mut embedder =
-        OnnxEmbedder::load(&args.model.spec()).context("cannot load the embedding model")?;
+        OnnxEmbedder::load(&model.spec()).context("cannot load the embedding model")?;
     crate::engine::check_compatible(&index, crate::embed::Embedder::info(&embedder))?;
-    let table = index.table();
-    let examples = crate::eval::read_examples(&args.data, table)?;
+    let examples = crate::eval::read_examples(data, index.table())?;
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let vectors = embed_all(&mut embedder, &texts)?;
+    Ok((index, examples, vectors))
+}
+
+fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
+    use crate::eval::{self, Objective};
+    let (index, examples, vectors) = labelled(&args.index, &args.data, &args.model)?;
+    let objective = match (args.target_precision, args.max_oos_accept, args.objective) {
+        (Some(p), _, _) => Objective::TargetPrecision(p),
+        (_, Some(r), _) => Objective::MaxOosAccept(r),
+        (None, None, ObjectiveArg::Accuracy) => Objective::Accuracy,
+    };
+    let mut evidence = Vec::with_capacity(vectors.len());
+    for (v, e) in vectors.iter().zip(&examples) {
+        let hits = index.search(&v.vector, index.table().defaults.top_k)?;
+        evidence.push(crate::engine::route_scores(
+            &index, &e.text, &v.vector, &hits,
+        ));
+    }
+    let table = index.table();
+    let cal = eval::calibrate(table, &examples, &evidence, objective, args.min_support);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&cal)?);
+    } else {
+        let fmt = |v: Option<f32>| v.map_or("none".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "fitted for {objective:?} on {} lines: threshold {}, min_similarity {}, margin {}, {} per-route thresholds",
+            examples.len(),
+            fmt(cal.threshold),
+            fmt(cal.min_similarity),
+            fmt(cal.margin),
+            cal.per_route.len()
+        );
+        if !cal.too_little_data.is_empty() {
+            let shown = cal
+                .too_little_data
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>();
+            let more = cal.too_little_data.len().saturating_sub(shown.len());
+            println!(
+                "{} routes have fewer than {} lines and keep the global threshold: {}{}",
+                cal.too_little_data.len(),
+                args.min_support,
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        for (name, f) in [("before", &cal.before), ("after", &cal.after)] {
+            println!(
+                "  {name:<7} in-scope {:.3}  oos recall {:.3}  oos precision {:.3}  overall {:.3}  macro F1 {:.3}",
+                f.in_scope_accuracy, f.oos_recall, f.oos_precision, f.overall_accuracy, f.macro_f1
+            );
+        }
+    }
+    if let Some(out) = &args.out {
+        let yaml = format!(
+            "# Calibrated by `switchyard calibrate` on {} ({objective:?}); rebuild with `switchyard build`.\n{}",
+            args.data.display(),
+            crate::config::to_yaml(&eval::apply(table, &cal))
+        );
+        std::fs::write(out, yaml).with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(Outcome::Success)
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
+    let (index, examples, vectors) = labelled(&args.index, &args.data, &args.model)?;
+    let table = index.table();
     let position = |name: &str| table.routes.iter().position(|r| r.name == name);
     let mut chosen = Vec::with_capacity(vectors.len());
     let mut nearest = Vec::with_capacity(vectors.len());

@@ -81,6 +81,9 @@ pub struct Defaults {
     pub lexical_weight: f32,
     /// Fall back when the best and second-best route scores are closer than this.
     pub margin: Option<f32>,
+    /// A route matches only when the prompt's cosine similarity to the route's centroid (mean
+    /// utterance vector) reaches this: an absolute "is it near at all" gate beside the score.
+    pub min_similarity: Option<f32>,
 }
 
 /// Default `lexical_weight`, chosen on CLINC150 validation data.
@@ -98,6 +101,7 @@ impl Default for Defaults {
             aggregation: Aggregation::Max,
             lexical_weight: DEFAULT_LEXICAL_WEIGHT,
             margin: None,
+            min_similarity: None,
         }
     }
 }
@@ -152,6 +156,79 @@ impl RouteTable {
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
     }
+}
+
+#[derive(Serialize)]
+struct OutFile<'a> {
+    version: u32,
+    defaults: OutDefaults<'a>,
+    default_route: OutDefault<'a>,
+    routes: Vec<OutRoute<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutDefaults<'a> {
+    method: Method,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threshold: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_similarity: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    margin: Option<f32>,
+    top_k: usize,
+    aggregation: Aggregation,
+    lexical_weight: f32,
+    #[serde(skip)]
+    _marker: std::marker::PhantomData<&'a ()>,
+}
+
+#[derive(Serialize)]
+struct OutDefault<'a> {
+    model: &'a str,
+}
+
+#[derive(Serialize)]
+struct OutRoute<'a> {
+    name: &'a str,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threshold: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    utterances: &'a [String],
+}
+
+/// Writes `table` as a version-1 route file (comments are not kept: review it with a diff).
+pub fn to_yaml(table: &RouteTable) -> String {
+    let d = &table.defaults;
+    let out = OutFile {
+        version: ROUTE_FILE_VERSION,
+        defaults: OutDefaults {
+            method: d.method,
+            threshold: d.threshold,
+            min_similarity: d.min_similarity,
+            margin: d.margin,
+            top_k: d.top_k,
+            aggregation: d.aggregation,
+            lexical_weight: d.lexical_weight,
+            _marker: std::marker::PhantomData,
+        },
+        default_route: OutDefault {
+            model: &table.default_model,
+        },
+        routes: table
+            .routes
+            .iter()
+            .map(|r| OutRoute {
+                name: &r.name,
+                model: &r.model,
+                threshold: r.threshold,
+                description: r.description.as_deref(),
+                utterances: &r.utterances,
+            })
+            .collect(),
+    };
+    serde_saphyr::to_string(&out).expect("a route table always serialises")
 }
 
 /// Lower-case hex of a byte string.
@@ -244,6 +321,8 @@ struct RawDefaults {
     lexical_weight: Option<Spanned<f32>>,
     #[serde(default)]
     margin: Option<Spanned<f32>>,
+    #[serde(default)]
+    min_similarity: Option<Spanned<f32>>,
     #[serde(default)]
     threshold: Option<Spanned<f32>>,
     #[serde(default)]
@@ -496,12 +575,20 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
             }
             if let Some(m) = &d.value.margin {
                 if !(0.0..=1.0).contains(&m.value) {
-                    issues.push(place(file, m).issue(
-                        None,
-                        format!("margin {} is outside [0, 1]", m.value),
-                    ));
+                    issues.push(
+                        place(file, m).issue(None, format!("margin {} is outside [0, 1]", m.value)),
+                    );
                 }
                 defaults.margin = Some(m.value);
+            }
+            if let Some(m) = &d.value.min_similarity {
+                if !(-1.0..=1.0).contains(&m.value) {
+                    issues.push(place(file, m).issue(
+                        None,
+                        format!("min_similarity {} is outside [-1, 1]", m.value),
+                    ));
+                }
+                defaults.min_similarity = Some(m.value);
             }
         }
         if let Some(d) = &raw.default_route {
@@ -697,6 +784,20 @@ routes:
         assert_eq!(t.routes[1].effective_threshold(&t.defaults), Some(0.6));
         assert_eq!(t.routes[0].effective_threshold(&t.defaults), Some(0.4));
         assert_eq!(t.utterance_count(), 3);
+    }
+
+    #[test]
+    fn to_yaml_roundtrips() {
+        let mut t = parse(GOOD).unwrap();
+        t.defaults.min_similarity = Some(0.25);
+        t.defaults.margin = Some(0.05);
+        t.routes[0].description = Some("a: tricky # text".into());
+        t.routes[0]
+            .utterances
+            .push("Where is my order #12345?".into());
+        let yaml = to_yaml(&t);
+        let back = parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(back, t);
     }
 
     #[test]

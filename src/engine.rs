@@ -291,7 +291,6 @@ impl Engine {
         }
         Ok(out)
     }
-
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -305,7 +304,12 @@ pub const REPORTED_ROUTES: usize = 10;
 pub fn route_scores(index: &Index, text: &str, vector: &[f32], hits: &[Hit]) -> Vec<Evidence> {
     let table = index.table();
     let dim = vector.len();
-    match table.defaults.method {
+    let similarities: Vec<f32> = index
+        .centroids()
+        .chunks_exact(dim)
+        .map(|c| similarity::similarity(vector, c))
+        .collect();
+    let mut evidence = match table.defaults.method {
         Method::Neighbours => {
             let votes: Vec<Vote> = hits
                 .iter()
@@ -316,13 +320,13 @@ pub fn route_scores(index: &Index, text: &str, vector: &[f32], hits: &[Hit]) -> 
                 .collect();
             policy::neighbour_scores(table, &votes)
         }
-        Method::Centroid => index
-            .centroids()
-            .chunks_exact(dim)
+        Method::Centroid => similarities
+            .iter()
             .enumerate()
-            .map(|(route, c)| Evidence {
+            .map(|(route, &s)| Evidence {
                 route,
-                score: similarity::similarity(vector, c),
+                score: s,
+                similarity: s,
             })
             .collect(),
         Method::Classifier => {
@@ -337,10 +341,18 @@ pub fn route_scores(index: &Index, text: &str, vector: &[f32], hits: &[Hit]) -> 
             )
             .into_iter()
             .enumerate()
-            .map(|(route, score)| Evidence { route, score })
+            .map(|(route, score)| Evidence {
+                route,
+                score,
+                similarity: 0.0,
+            })
             .collect()
         }
+    };
+    for e in &mut evidence {
+        e.similarity = similarities[e.route];
     }
+    evidence
 }
 
 /// Search and decision for one embedded prompt (timings left at zero).

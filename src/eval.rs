@@ -79,7 +79,9 @@ pub fn read_examples(path: &Path, table: &RouteTable) -> Result<Vec<Example>, Ev
             if table.route(route).is_none() {
                 return Err(line_err(
                     line,
-                    format!("route `{route}` is not in the index's route table; use null for prompts that should fall back"),
+                    format!(
+                        "route `{route}` is not in the index's route table; use null for prompts that should fall back"
+                    ),
                 ));
             }
         }
@@ -216,7 +218,11 @@ fn ratio(a: usize, b: usize, empty: f64) -> f64 {
 }
 
 /// Figures of `chosen` against `gold`, plus per-route figures.
-pub fn figures(routes: usize, gold: &[Choice], chosen: &[Choice]) -> (Figures, Vec<(f64, f64, f64, usize)>) {
+pub fn figures(
+    routes: usize,
+    gold: &[Choice],
+    chosen: &[Choice],
+) -> (Figures, Vec<(f64, f64, f64, usize)>) {
     let mut tp = vec![0usize; routes];
     let mut predicted = vec![0usize; routes];
     let mut support = vec![0usize; routes];
@@ -247,22 +253,21 @@ pub fn figures(routes: usize, gold: &[Choice], chosen: &[Choice]) -> (Figures, V
         .map(|r| {
             let p = ratio(tp[r], predicted[r], 0.0);
             let rc = ratio(tp[r], support[r], 0.0);
-            let f1 = if p + rc == 0.0 { 0.0 } else { 2.0 * p * rc / (p + rc) };
+            let f1 = if p + rc == 0.0 {
+                0.0
+            } else {
+                2.0 * p * rc / (p + rc)
+            };
             (p, rc, f1, support[r])
         })
         .collect();
-    let with_support: Vec<f64> = per_route
-        .iter()
-        .filter(|x| x.3 > 0)
-        .map(|x| x.2)
-        .collect();
+    let with_support: Vec<f64> = per_route.iter().filter(|x| x.3 > 0).map(|x| x.2).collect();
     let figures = Figures {
         in_scope_accuracy: ratio(in_ok, in_scope, 0.0),
         oos_recall: ratio(oos_ok, oos, 0.0),
         oos_precision: ratio(oos_ok, fallbacks, 1.0),
         overall_accuracy: ratio(in_ok + oos_ok, gold.len(), 0.0),
-        macro_f1: with_support.iter().sum::<f64>()
-            / with_support.len().max(1) as f64,
+        macro_f1: with_support.iter().sum::<f64>() / with_support.len().max(1) as f64,
     };
     (figures, per_route)
 }
@@ -292,7 +297,7 @@ pub fn report(
             count,
         })
         .collect();
-    confused.sort_by(|a, b| b.count.cmp(&a.count));
+    confused.sort_by_key(|c| std::cmp::Reverse(c.count));
     confused.truncate(10);
     let in_scope = gold.iter().filter(|g| g.is_some()).count();
     Report {
@@ -345,7 +350,11 @@ pub fn render(report: &Report) -> String {
         "", "in-scope", "oos recall", "oos precision", "overall", "macro F1"
     );
     row(&mut s, "switchyard", &report.figures);
-    row(&mut s, "nearest neighbour", &report.baselines.nearest_neighbour);
+    row(
+        &mut s,
+        "nearest neighbour",
+        &report.baselines.nearest_neighbour,
+    );
     row(&mut s, "always default", &report.baselines.always_default);
     if !report.confused.is_empty() {
         let _ = writeln!(s, "\nmost confused (gold → chosen):");
@@ -415,7 +424,12 @@ mod tests {
         ];
         // a→a, a→b, b→b, oos→fallback, oos→a
         let chosen = [Some(0), Some(1), Some(1), None, Some(0)];
-        let r = report(&t, &examples, &chosen, &[Some(0), Some(0), Some(1), Some(1), Some(0)]);
+        let r = report(
+            &t,
+            &examples,
+            &chosen,
+            &[Some(0), Some(0), Some(1), Some(1), Some(0)],
+        );
         assert!((r.figures.in_scope_accuracy - 2.0 / 3.0).abs() < 1e-9);
         assert!((r.figures.oos_recall - 0.5).abs() < 1e-9);
         assert!((r.figures.oos_precision - 1.0).abs() < 1e-9);
@@ -439,21 +453,312 @@ mod tests {
         let t = table();
         let dir = tempfile::tempdir().unwrap();
         let jsonl = dir.path().join("x.jsonl");
-        std::fs::write(&jsonl, "{\"text\": \"hi\", \"route\": \"a\"}\n\n{\"text\": \"yo\", \"route\": null}\n").unwrap();
+        std::fs::write(
+            &jsonl,
+            "{\"text\": \"hi\", \"route\": \"a\"}\n\n{\"text\": \"yo\", \"route\": null}\n",
+        )
+        .unwrap();
         let e = read_examples(&jsonl, &t).unwrap();
         assert_eq!(e, vec![ex("hi", Some("a")), ex("yo", None)]);
         let csv = dir.path().join("x.csv");
-        std::fs::write(&csv, "text,route\nhello,b\n\"a, \"\"quoted\"\" one\",\nplain,\n").unwrap();
+        std::fs::write(
+            &csv,
+            "text,route\nhello,b\n\"a, \"\"quoted\"\" one\",\nplain,\n",
+        )
+        .unwrap();
         let e = read_examples(&csv, &t).unwrap();
         assert_eq!(
             e,
-            vec![ex("hello", Some("b")), ex("a, \"quoted\" one", None), ex("plain", None)]
+            vec![
+                ex("hello", Some("b")),
+                ex("a, \"quoted\" one", None),
+                ex("plain", None)
+            ]
         );
-        std::fs::write(&jsonl, "{\"text\": \"hi\", \"route\": \"a\"}\n{\"text\": \"x\", \"route\": \"zzz\"}\n").unwrap();
+        std::fs::write(
+            &jsonl,
+            "{\"text\": \"hi\", \"route\": \"a\"}\n{\"text\": \"x\", \"route\": \"zzz\"}\n",
+        )
+        .unwrap();
         let err = read_examples(&jsonl, &t).unwrap_err().to_string();
         assert!(err.contains("x.jsonl:2") && err.contains("zzz"), "{err}");
         std::fs::write(&jsonl, "{\"txt\": \"hi\"}\n").unwrap();
         let err = read_examples(&jsonl, &t).unwrap_err().to_string();
         assert!(err.contains("x.jsonl:1"), "{err}");
+    }
+}
+
+/// What `calibrate` optimises.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum Objective {
+    /// The mean of in-scope accuracy and out-of-scope recall (balanced accuracy): both kinds of
+    /// mistake weigh the same, however rare out-of-scope lines are in the data.
+    Accuracy,
+    /// The most in-scope accuracy whose matches are right at least this often.
+    TargetPrecision(f64),
+    /// The most in-scope accuracy that lets at most this share of out-of-scope lines match.
+    MaxOosAccept(f64),
+}
+
+impl Objective {
+    /// The value to maximise, or `None` when the constraint is not met.
+    fn value(&self, f: &Figures, precision: f64) -> Option<f64> {
+        match *self {
+            Objective::Accuracy => Some((f.in_scope_accuracy + f.oos_recall) / 2.0),
+            Objective::TargetPrecision(p) => (precision >= p).then_some(f.in_scope_accuracy),
+            Objective::MaxOosAccept(r) => (1.0 - f.oos_recall <= r).then_some(f.in_scope_accuracy),
+        }
+    }
+}
+
+/// The fitted thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Calibration {
+    /// Global score threshold.
+    pub threshold: Option<f32>,
+    /// Global centroid-similarity gate.
+    pub min_similarity: Option<f32>,
+    /// Top-1 vs top-2 margin.
+    pub margin: Option<f32>,
+    /// Per-route thresholds that differ from the global one.
+    pub per_route: BTreeMap<String, f32>,
+    /// Routes that kept the global threshold for lack of validation lines.
+    pub too_little_data: Vec<String>,
+    /// Figures before (the table as built) and after, on the calibration data.
+    pub before: Figures,
+    /// See `before`.
+    pub after: Figures,
+}
+
+/// Matched-decision precision: of the lines that matched a route, the share matched correctly.
+fn match_precision(gold: &[Choice], chosen: &[Choice]) -> f64 {
+    let matched = chosen.iter().filter(|c| c.is_some()).count();
+    let right = gold
+        .iter()
+        .zip(chosen)
+        .filter(|(g, c)| c.is_some() && g == c)
+        .count();
+    ratio(right, matched, 1.0)
+}
+
+fn quantiles(mut values: Vec<f32>, steps: usize) -> Vec<f32> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f32::total_cmp);
+    if values.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<f32> = (0..=steps)
+        .map(|i| values[(i * (values.len() - 1)) / steps])
+        .collect();
+    out.dedup();
+    out
+}
+
+/// Fits thresholds on labelled data. `evidence[i]` holds every route's score for example `i`
+/// (as `engine::route_scores` computes them); `min_support` is the number of lines a route needs
+/// for a threshold of its own.
+pub fn calibrate(
+    table: &RouteTable,
+    examples: &[Example],
+    evidence: &[Vec<crate::policy::Evidence>],
+    objective: Objective,
+    min_support: usize,
+) -> Calibration {
+    use crate::policy;
+    let gold = gold(table, examples);
+    let n = table.routes.len();
+    // only the best few routes can win; keep the decision loop cheap
+    let evidence: Vec<Vec<policy::Evidence>> = evidence
+        .iter()
+        .map(|ev| {
+            let mut ev = ev.clone();
+            ev.sort_by(|a, b| b.score.total_cmp(&a.score));
+            ev.truncate(5);
+            ev
+        })
+        .collect();
+    let run = |t: &RouteTable| -> (Figures, f64) {
+        let chosen: Vec<Choice> = evidence
+            .iter()
+            .map(|ev| {
+                policy::decide(t, ev)
+                    .route()
+                    .and_then(|r| t.routes.iter().position(|x| x.name == r))
+            })
+            .collect();
+        let precision = match_precision(&gold, &chosen);
+        (figures(n, &gold, &chosen).0, precision)
+    };
+    let score = |t: &RouteTable| {
+        let (f, p) = run(t);
+        objective.value(&f, p).unwrap_or(f64::NEG_INFINITY)
+    };
+    let before = run(table).0;
+
+    // global: threshold × min_similarity × margin on a grid of observed quantiles
+    let tops: Vec<f32> = evidence
+        .iter()
+        .filter_map(|e| e.first())
+        .map(|e| e.score)
+        .collect();
+    let sims: Vec<f32> = evidence
+        .iter()
+        .filter_map(|e| e.first())
+        .map(|e| e.similarity)
+        .collect();
+    let mut thresholds: Vec<Option<f32>> = vec![None];
+    thresholds.extend(quantiles(tops, 30).into_iter().map(Some));
+    let mut gates: Vec<Option<f32>> = vec![None];
+    gates.extend(quantiles(sims, 20).into_iter().map(Some));
+    let margins = [None, Some(0.02), Some(0.05), Some(0.1)];
+    let mut base = table.clone();
+    base.routes.iter_mut().for_each(|r| r.threshold = None);
+    let mut best = (f64::NEG_INFINITY, base.clone());
+    for &threshold in &thresholds {
+        for &min_similarity in &gates {
+            for &margin in &margins {
+                let mut t = base.clone();
+                t.defaults.threshold = threshold;
+                t.defaults.min_similarity = min_similarity;
+                t.defaults.margin = margin;
+                let s = score(&t);
+                if s > best.0 {
+                    best = (s, t);
+                }
+            }
+        }
+    }
+    let (mut best_score, mut fitted) = best;
+
+    // per route: one pass of coordinate ascent over the routes with enough lines
+    let mut support = vec![0usize; n];
+    for g in gold.iter().flatten() {
+        support[*g] += 1;
+    }
+    let mut too_little_data = Vec::new();
+    let mut per_route = BTreeMap::new();
+    let global = fitted.defaults.threshold;
+    for (r, &route_support) in support.iter().enumerate() {
+        if route_support < min_support {
+            too_little_data.push(table.routes[r].name.clone());
+            continue;
+        }
+        let candidates: Vec<f32> = quantiles(
+            evidence
+                .iter()
+                .filter_map(|ev| ev.iter().find(|e| e.route == r))
+                .map(|e| e.score)
+                .collect(),
+            15,
+        );
+        for c in candidates {
+            let mut t = fitted.clone();
+            t.routes[r].threshold = Some(c);
+            let s = score(&t);
+            if s > best_score + 1e-9 {
+                best_score = s;
+                fitted = t;
+            }
+        }
+        if let Some(t) = fitted.routes[r].threshold {
+            if Some(t) != global {
+                per_route.insert(table.routes[r].name.clone(), t);
+            }
+        }
+    }
+    let after = run(&fitted).0;
+    Calibration {
+        threshold: fitted.defaults.threshold,
+        min_similarity: fitted.defaults.min_similarity,
+        margin: fitted.defaults.margin,
+        per_route,
+        too_little_data,
+        before,
+        after,
+    }
+}
+
+/// `table` with the calibration applied.
+pub fn apply(table: &RouteTable, c: &Calibration) -> RouteTable {
+    let mut t = table.clone();
+    t.defaults.threshold = c.threshold;
+    t.defaults.min_similarity = c.min_similarity;
+    t.defaults.margin = c.margin;
+    for r in &mut t.routes {
+        r.threshold = c.per_route.get(&r.name).copied();
+    }
+    t
+}
+
+#[cfg(test)]
+mod calibrate_tests {
+    use super::*;
+    use crate::config::{Defaults, Route};
+    use crate::policy::Evidence;
+
+    #[test]
+    fn fits_a_threshold_that_separates_out_of_scope_lines() {
+        let table = RouteTable {
+            defaults: Defaults::default(),
+            default_model: "d".into(),
+            routes: ["a", "b"]
+                .iter()
+                .map(|n| Route {
+                    name: n.to_string(),
+                    model: "m".into(),
+                    threshold: None,
+                    description: None,
+                    utterances: vec![],
+                })
+                .collect(),
+        };
+        let mut examples = Vec::new();
+        let mut evidence = Vec::new();
+        for i in 0..40 {
+            let (route, score) = match i % 4 {
+                0 => (Some("a"), 0.9),
+                1 => (Some("b"), 0.8),
+                _ => (None, 0.4 + (i as f32) * 0.001),
+            };
+            let winner = usize::from(route == Some("b"));
+            examples.push(Example {
+                text: i.to_string(),
+                route: route.map(str::to_string),
+            });
+            evidence.push(vec![
+                Evidence {
+                    route: winner,
+                    score,
+                    similarity: score,
+                },
+                Evidence {
+                    route: 1 - winner,
+                    score: 1.0 - score,
+                    similarity: 0.1,
+                },
+            ]);
+        }
+        let c = calibrate(&table, &examples, &evidence, Objective::Accuracy, 5);
+        assert_eq!(c.before.oos_recall, 0.0);
+        assert_eq!(c.after.in_scope_accuracy, 1.0);
+        assert_eq!(c.after.oos_recall, 1.0);
+        let t = c
+            .threshold
+            .unwrap_or(0.0)
+            .max(c.min_similarity.unwrap_or(0.0));
+        assert!(t > 0.44 && t <= 0.8, "{c:?}");
+        // the calibrated table decides as reported
+        let applied = apply(&table, &c);
+        assert_eq!(applied.defaults.threshold, c.threshold);
+
+        let strict = calibrate(
+            &table,
+            &examples,
+            &evidence,
+            Objective::MaxOosAccept(0.0),
+            5,
+        );
+        assert_eq!(strict.after.oos_recall, 1.0);
     }
 }

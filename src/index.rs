@@ -630,7 +630,9 @@ impl Index {
         let centroids = scoring::centroids(&vectors, dim, &labels, table.routes.len());
         let lexical = Lexical::new(
             table.routes.len(),
-            utterances.iter().map(|u| (u.route as usize, u.text.as_str())),
+            utterances
+                .iter()
+                .map(|u| (u.route as usize, u.text.as_str())),
         );
         Ok(Index {
             generation: generation.to_path_buf(),

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::{Method, RouteTable};
-use crate::scoring::Classifier;
 use crate::embed::{EmbedError, Embedder};
 use crate::index::{self, ArtifactInput, IndexError, IndexParams, Utterance};
+use crate::scoring::Classifier;
 
 /// Utterances embedded per forward pass while building.
 pub const BUILD_BATCH: usize = 32;

@@ -28,6 +28,8 @@ pub struct Evidence {
     pub route: usize,
     /// Its score (a cosine or a probability, by method).
     pub score: f32,
+    /// Cosine similarity of the prompt to the route's centroid, for `min_similarity`.
+    pub similarity: f32,
 }
 
 /// A route's standing in one decision.
@@ -41,7 +43,10 @@ pub struct RouteScore {
     pub score: f32,
     /// Threshold in force, if any.
     pub threshold: Option<f32>,
-    /// Whether the score reaches the threshold (always true without one).
+    /// Cosine similarity to the route's centroid.
+    pub similarity: f32,
+    /// Whether the score reaches the threshold and the similarity `min_similarity` (always true
+    /// without either).
     pub passed: bool,
 }
 
@@ -99,6 +104,7 @@ impl Decision {
 
 /// Route scores from the top-k neighbours (`neighbours` method); routes without a neighbour get
 /// no score. `votes` may come in any order.
+/// The route similarities are filled in by the caller (`similarity` is set to the score here).
 pub fn neighbour_scores(table: &RouteTable, votes: &[Vote]) -> Vec<Evidence> {
     let n = table.routes.len();
     let mut sums = vec![0.0f32; n];
@@ -112,13 +118,17 @@ pub fn neighbour_scores(table: &RouteTable, votes: &[Vote]) -> Vec<Evidence> {
     let top_k = table.defaults.top_k.max(1) as f32;
     (0..n)
         .filter(|&i| counts[i] > 0)
-        .map(|i| Evidence {
-            route: i,
-            score: match table.defaults.aggregation {
+        .map(|i| {
+            let score = match table.defaults.aggregation {
                 Aggregation::Max => maxes[i],
                 Aggregation::Mean => sums[i] / counts[i] as f32,
                 Aggregation::Sum => sums[i] / top_k,
-            },
+            };
+            Evidence {
+                route: i,
+                score,
+                similarity: score,
+            }
         })
         .collect()
 }
@@ -126,6 +136,7 @@ pub fn neighbour_scores(table: &RouteTable, votes: &[Vote]) -> Vec<Evidence> {
 /// Decides from route scores. `evidence` may come in any order; routes absent from it did not
 /// score.
 pub fn decide(table: &RouteTable, evidence: &[Evidence]) -> Decision {
+    let min_similarity = table.defaults.min_similarity;
     let mut scores: Vec<(usize, RouteScore)> = evidence
         .iter()
         .filter(|e| e.route < table.routes.len())
@@ -139,7 +150,9 @@ pub fn decide(table: &RouteTable, evidence: &[Evidence]) -> Decision {
                     model: route.model.clone(),
                     score: e.score,
                     threshold,
-                    passed: threshold.is_none_or(|t| e.score >= t),
+                    similarity: e.similarity,
+                    passed: threshold.is_none_or(|t| e.score >= t)
+                        && min_similarity.is_none_or(|m| e.similarity >= m),
                 },
             )
         })
@@ -276,6 +289,23 @@ mod tests {
             &[vote(0, -0.1)],
         );
         assert_eq!(d.route(), None);
+    }
+
+    #[test]
+    fn min_similarity_gates_a_confident_score() {
+        let mut t = table(&[None, None], None, Aggregation::Max);
+        t.defaults.min_similarity = Some(0.4);
+        let ev = |route, score, similarity| Evidence {
+            route,
+            score,
+            similarity,
+        };
+        // the most probable route is far from the prompt: the next one wins
+        let d = decide(&t, &[ev(0, 0.9, 0.2), ev(1, 0.1, 0.5)]);
+        assert_eq!(d.route(), Some("r1"));
+        let d = decide(&t, &[ev(0, 0.9, 0.2), ev(1, 0.1, 0.3)]);
+        assert_eq!(d.route(), None);
+        assert_eq!(d.routes[0].similarity, 0.2);
     }
 
     #[test]

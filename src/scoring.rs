@@ -65,7 +65,9 @@ impl Classifier {
         let n = labels.len();
         let mut mean = vec![0.0f32; dim];
         for row in vectors.chunks_exact(dim) {
-            mean.iter_mut().zip(row).for_each(|(m, x)| *m += x / n as f32);
+            mean.iter_mut()
+                .zip(row)
+                .for_each(|(m, x)| *m += x / n as f32);
         }
         let mut x = Array2::<f32>::zeros((n, dim));
         for (i, row) in vectors.chunks_exact(dim).enumerate() {

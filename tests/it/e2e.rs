@@ -185,3 +185,83 @@ fn serve_refuses_stale_corrupted_or_foreign_indexes() {
         "{err}"
     );
 }
+
+#[test]
+fn eval_and_calibrate_on_the_example_labelled_set() {
+    let data = repo().join("examples/customer-support.jsonl");
+    let index = example_index().dir.path();
+    let out = switchyard()
+        .args(["eval", "--json", "--index"])
+        .arg(index)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "in_scope_accuracy",
+        "oos_recall",
+        "oos_precision",
+        "overall_accuracy",
+        "macro_f1",
+    ] {
+        assert!(r[key].is_number(), "{key} missing: {r}");
+        assert!(r["baselines"]["nearest_neighbour"][key].is_number());
+        assert!(r["baselines"]["always_default"][key].is_number());
+    }
+    assert_eq!(r["examples"], 18);
+    assert!(r["in_scope_accuracy"].as_f64().unwrap() >= 0.75, "{r}");
+    assert!(r["oos_recall"].as_f64().unwrap() >= 0.6, "{r}");
+    assert!(r["per_route"].as_array().unwrap().len() >= 5);
+
+    let below = switchyard()
+        .args(["eval", "--min-accuracy", "0.999", "--index"])
+        .arg(index)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(below.status.code(), Some(1));
+
+    let dir = tempfile::tempdir().unwrap();
+    let calibrated = dir.path().join("calibrated.yaml");
+    let out = switchyard()
+        .args(["calibrate", "--json", "--min-support", "3", "--index"])
+        .arg(index)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&calibrated)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let objective = |f: &serde_json::Value| {
+        (f["in_scope_accuracy"].as_f64().unwrap() + f["oos_recall"].as_f64().unwrap()) / 2.0
+    };
+    assert!(objective(&c["after"]) >= objective(&c["before"]), "{c}");
+    assert!(!c["too_little_data"].as_array().unwrap().is_empty());
+    // the written file is a valid route file that builds and evaluates as reported
+    build(&calibrated, &dir.path().join("index"));
+    let out = switchyard()
+        .args(["eval", "--json", "--index"])
+        .arg(dir.path().join("index"))
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        (objective(&r) - objective(&c["after"])).abs() < 1e-9,
+        "{r}\n{c}"
+    );
+}
