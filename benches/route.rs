@@ -40,6 +40,7 @@ fn spec() -> ModelSpec {
         pooling: PoolingKind::Mean,
         max_tokens: DEFAULT_MAX_TOKENS,
         intra_threads: 1,
+        spinning: false,
     }
 }
 
@@ -57,14 +58,25 @@ fn bench(c: &mut Criterion) {
         &mut |_, _| {},
     )
     .unwrap();
+    // the embedding cache is off: every iteration pays a forward pass, as a new prompt does
+    let uncached = EngineOptions {
+        embed_cache_entries: 0,
+        ..EngineOptions::default()
+    };
     let engine = Arc::new(
         Engine::open(
             dir.path(),
             OnnxEmbedder::load_many(&spec, 1).unwrap(),
-            EngineOptions::default(),
+            uncached,
         )
         .unwrap(),
     );
+    let cached = Engine::open(
+        dir.path(),
+        OnnxEmbedder::load_many(&spec, 1).unwrap(),
+        EngineOptions::default(),
+    )
+    .unwrap();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -86,6 +98,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("engine_route", |b| {
         b.iter(|| black_box(engine.route(black_box(PROMPT)).unwrap()))
+    });
+    g.bench_function("engine_route_cached", |b| {
+        b.iter(|| black_box(cached.route(black_box(PROMPT)).unwrap()))
     });
     g.bench_function("http_route", |b| {
         b.iter(|| {

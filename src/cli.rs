@@ -93,6 +93,9 @@ pub struct ModelArgs {
     /// ONNX Runtime intra-op threads per model session.
     #[arg(long, default_value_t = 1, env = "SWITCHYARD_INTRA_THREADS")]
     pub intra_threads: usize,
+    /// Let idle ONNX Runtime threads spin-wait (off by default: see benches/route.rs).
+    #[arg(long, env = "SWITCHYARD_SPINNING")]
+    pub spinning: bool,
 }
 
 impl ModelArgs {
@@ -103,6 +106,7 @@ impl ModelArgs {
             pooling: self.pooling,
             max_tokens: self.max_tokens,
             intra_threads: self.intra_threads,
+            spinning: self.spinning,
         }
     }
 }
@@ -208,6 +212,9 @@ pub struct ServeArgs {
     /// Most padded tokens in one forward pass.
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_TOKENS", default_value_t = EngineOptions::default().max_batch_tokens)]
     pub max_batch_tokens: usize,
+    /// Embeddings kept for repeated prompts; 0 turns the cache off.
+    #[arg(long, env = "SWITCHYARD_EMBED_CACHE_ENTRIES", default_value_t = EngineOptions::default().embed_cache_entries)]
+    pub embed_cache_entries: usize,
     /// Largest request body in bytes (413 beyond).
     #[arg(long, env = "SWITCHYARD_BODY_LIMIT_BYTES", default_value_t = ServerOptions::default().body_limit_bytes)]
     pub body_limit_bytes: usize,
@@ -544,6 +551,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
         queue_capacity: args.queue_capacity,
         max_batch: args.max_batch.max(1),
         max_batch_tokens: args.max_batch_tokens,
+        embed_cache_entries: args.embed_cache_entries,
     };
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await

@@ -133,6 +133,8 @@ pub struct ModelSpec {
     pub max_tokens: usize,
     /// ONNX Runtime intra-op threads per session.
     pub intra_threads: usize,
+    /// Let idle intra-op threads spin (lower latency on an idle machine, wasted CPU otherwise).
+    pub spinning: bool,
 }
 
 /// Default token window: sentence-transformers uses 256 for all-MiniLM-L6-v2.
@@ -279,7 +281,10 @@ impl OnnxEmbedder {
             .with_max_length(spec.max_tokens)
             .with_intra_threads(spec.intra_threads.max(1))
             // Spinning intra-op threads fight the server's own threads on a small machine.
-            .with_session_config("session.intra_op.allow_spinning", "0");
+            .with_session_config(
+                "session.intra_op.allow_spinning",
+                if spec.spinning { "1" } else { "0" },
+            );
         let mut model = TextEmbedding::try_new_from_user_defined(model, options).map_err(|e| {
             EmbedError::ModelLoad {
                 dir: spec.model_dir.clone(),

@@ -7,11 +7,14 @@
 //! ([`RouteError::Overloaded`]) instead of queueing without bound, and jobs whose caller has gone
 //! away are dropped before they cost a forward pass.
 
+use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use lru::LruCache;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -30,6 +33,9 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// Most padded tokens (longest prompt × prompts) in one forward pass.
     pub max_batch_tokens: usize,
+    /// Embeddings kept for repeated prompts (keyed by the prompt with whitespace collapsed);
+    /// 0 turns the cache off.
+    pub embed_cache_entries: usize,
 }
 
 impl Default for EngineOptions {
@@ -38,6 +44,7 @@ impl Default for EngineOptions {
             queue_capacity: 256,
             max_batch: 32,
             max_batch_tokens: 4096,
+            embed_cache_entries: 4096,
         }
     }
 }
@@ -87,8 +94,10 @@ pub struct Timings {
     pub search_ms: f64,
     /// Submission to answer.
     pub total_ms: f64,
-    /// How many prompts shared the forward pass.
+    /// How many prompts shared the forward pass (0 when the embedding came from the cache).
     pub batch_size: usize,
+    /// Whether the embedding came from the cache.
+    pub cached: bool,
 }
 
 /// One routed prompt: the decision and what it rests on.
@@ -113,10 +122,68 @@ struct Job {
     reply: oneshot::Sender<Result<Routed, RouteError>>,
 }
 
+/// A bounded LRU of prompt embeddings with hit and miss counters.
+struct EmbedCache {
+    entries: Mutex<LruCache<String, Arc<Embedded>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// The cache key: the prompt with whitespace runs collapsed (the tokenizer splits on them
+/// anyway, so the embedding is the same).
+fn cache_key(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl EmbedCache {
+    fn new(entries: usize) -> Option<Self> {
+        NonZeroUsize::new(entries).map(|n| EmbedCache {
+            entries: Mutex::new(LruCache::new(n)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+
+    fn get(&self, text: &str) -> Option<Arc<Embedded>> {
+        let found = self
+            .entries
+            .lock()
+            .expect("cache lock")
+            .get(&cache_key(text))
+            .cloned();
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    fn put(&self, text: &str, embedded: Embedded) {
+        self.entries
+            .lock()
+            .expect("cache lock")
+            .put(cache_key(text), Arc::new(embedded));
+    }
+}
+
+/// Embedding-cache counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Prompts answered from the cache.
+    pub hits: u64,
+    /// Prompts that needed a forward pass.
+    pub misses: u64,
+    /// Entries held now.
+    pub entries: usize,
+}
+
 /// State shared by the engine's handle and its workers.
 struct Shared {
     index: RwLock<Arc<Index>>,
     model: ModelInfo,
+    cache: Option<EmbedCache>,
 }
 
 /// Opens indexes and routes prompts.
@@ -193,6 +260,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             index: RwLock::new(Arc::new(index)),
             model,
+            cache: EmbedCache::new(options.embed_cache_entries),
         });
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(options.queue_capacity.max(1));
         let workers = embedders.len();
@@ -232,6 +300,20 @@ impl Engine {
         self.options.queue_capacity
     }
 
+    /// Embedding-cache counters (all zero when the cache is off).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.shared
+            .cache
+            .as_ref()
+            .map(|c| CacheStats {
+                hits: c.hits.load(Ordering::Relaxed),
+                misses: c.misses.load(Ordering::Relaxed),
+                entries: c.entries.lock().expect("cache lock").len(),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Queues a prompt, or answers it at once from the embedding cache.
     fn submit(
         &self,
         text: &str,
@@ -240,6 +322,21 @@ impl Engine {
             return Err(RouteError::EmptyPrompt);
         }
         let (reply, rx) = oneshot::channel();
+        if let Some(embedded) = self.shared.cache.as_ref().and_then(|c| c.get(text)) {
+            let start = Instant::now();
+            let result = decide(&self.index(), text, &embedded).map(|mut routed| {
+                let elapsed = ms(start.elapsed());
+                routed.timings = Timings {
+                    search_ms: elapsed,
+                    total_ms: elapsed,
+                    cached: true,
+                    ..Timings::default()
+                };
+                routed
+            });
+            let _ = reply.send(result);
+            return Ok(rx);
+        }
         let job = Job {
             text: text.to_string(),
             submitted: Instant::now(),
@@ -438,6 +535,9 @@ fn worker<E: Embedder>(
             Ok(vectors) => {
                 let index = Arc::clone(&shared.index.read().expect("index lock poisoned"));
                 for (job, e) in batch.into_iter().zip(vectors) {
+                    if let Some(cache) = &shared.cache {
+                        cache.put(&job.text, e.clone());
+                    }
                     let search_start = Instant::now();
                     let result = decide(&index, &job.text, &e).map(|mut routed| {
                         routed.timings = Timings {
@@ -446,6 +546,7 @@ fn worker<E: Embedder>(
                             search_ms: ms(search_start.elapsed()),
                             total_ms: ms(job.submitted.elapsed()),
                             batch_size: size,
+                            cached: false,
                         };
                         routed
                     });

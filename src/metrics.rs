@@ -58,6 +58,21 @@ impl Histogram {
     }
 }
 
+/// Values read from the engine when metrics are rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Prompts waiting for a worker.
+    pub queue_len: usize,
+    /// Vectors in the live index.
+    pub index_vectors: usize,
+    /// Embedding-cache hits so far.
+    pub cache_hits: u64,
+    /// Embedding-cache misses so far.
+    pub cache_misses: u64,
+    /// Embedding-cache entries now.
+    pub cache_entries: usize,
+}
+
 /// The server's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -113,7 +128,7 @@ impl Metrics {
     }
 
     /// Renders everything in the Prometheus text format.
-    pub fn render(&self, queue_len: usize, index_vectors: Option<usize>) -> String {
+    pub fn render(&self, gauges: Option<Gauges>) -> String {
         let mut out = String::new();
         out.push_str("# HELP switchyard_requests_total HTTP requests by endpoint and status.\n# TYPE switchyard_requests_total counter\n");
         for ((endpoint, status), n) in self.requests.lock().expect("metrics lock").iter() {
@@ -177,15 +192,44 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             h.render(&mut out, name, "");
         }
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_queue_length Prompts waiting for a worker.\n# TYPE switchyard_queue_length gauge\nswitchyard_queue_length {queue_len}"
-        );
-        if let Some(n) = index_vectors {
-            let _ = writeln!(
-                out,
-                "# HELP switchyard_index_vectors Vectors in the live index.\n# TYPE switchyard_index_vectors gauge\nswitchyard_index_vectors {n}"
-            );
+        if let Some(g) = gauges {
+            for (name, kind, help, value) in [
+                (
+                    "switchyard_queue_length",
+                    "gauge",
+                    "Prompts waiting for a worker.",
+                    g.queue_len as u64,
+                ),
+                (
+                    "switchyard_index_vectors",
+                    "gauge",
+                    "Vectors in the live index.",
+                    g.index_vectors as u64,
+                ),
+                (
+                    "switchyard_embed_cache_hits_total",
+                    "counter",
+                    "Prompts answered from the embedding cache.",
+                    g.cache_hits,
+                ),
+                (
+                    "switchyard_embed_cache_misses_total",
+                    "counter",
+                    "Prompts that needed a forward pass.",
+                    g.cache_misses,
+                ),
+                (
+                    "switchyard_embed_cache_entries",
+                    "gauge",
+                    "Embeddings held in the cache.",
+                    g.cache_entries as u64,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
+            }
         }
         out
     }
@@ -203,7 +247,11 @@ mod tests {
         m.decision(Some("orders"), "small", false);
         m.decision(None, "default", true);
         m.request_latency.observe(0.004);
-        let text = m.render(3, Some(10));
+        let text = m.render(Some(Gauges {
+            queue_len: 3,
+            index_vectors: 10,
+            ..Gauges::default()
+        }));
         assert!(
             text.contains("switchyard_requests_total{endpoint=\"/v1/route\",status=\"200\"} 1")
         );

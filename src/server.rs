@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, RouteError, Routed};
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, Metrics};
 
 /// Limits of the HTTP API.
 #[derive(Debug, Clone, Copy)]
@@ -500,13 +500,19 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let (queue, vectors) = match state.engine.get() {
-        Some(e) => (e.queue_len(), Some(e.index().len())),
-        None => (0, None),
-    };
+    let gauges = state.engine.get().map(|e| {
+        let cache = e.cache_stats();
+        Gauges {
+            queue_len: e.queue_len(),
+            index_vectors: e.index().len(),
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            cache_entries: cache.entries,
+        }
+    });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(queue, vectors),
+        state.metrics.render(gauges),
     )
         .into_response()
 }

@@ -324,14 +324,19 @@ async fn overload_answers_429_with_retry_after_at_once() {
     fake.set_open(false);
     // one request held by the worker, two queued: the queue is full
     let mut held = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
         let s = state.clone();
         held.push(tokio::spawn(async move {
-            post(&s, "/v1/route", r#"{"prompt": "hello there"}"#).await
+            post(
+                &s,
+                "/v1/route",
+                &format!(r#"{{"prompt": "hello there {i}"}}"#),
+            )
+            .await
         }));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = post(&state, "/v1/route", r#"{"prompt": "hello there"}"#).await;
+    let r = post(&state, "/v1/route", r#"{"prompt": "hello there 3"}"#).await;
     let msg = r.error(StatusCode::TOO_MANY_REQUESTS, "overloaded");
     assert!(msg.contains("overloaded"), "{msg}");
     assert_eq!(r.headers[header::RETRY_AFTER], "1");
@@ -341,6 +346,41 @@ async fn overload_answers_429_with_retry_after_at_once() {
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         assert_eq!(r.json()["route"], "greet");
     }
+}
+
+#[tokio::test]
+async fn repeated_prompts_come_from_the_embedding_cache() {
+    let mut fake = FakeEmbedder::new("fake");
+    let dir = fake_index(&mut fake);
+    let engine = fake_engine(&fake, dir.path(), EngineOptions::default());
+    let state = AppState::with_engine(engine.clone(), ServerOptions::default());
+    let first = post(&state, "/v1/route", r#"{"prompt": "hello there"}"#)
+        .await
+        .json();
+    assert_eq!(first["timings"]["cached"], false);
+    // whitespace differences hit the same entry
+    let second = post(&state, "/v1/route", r#"{"prompt": "  hello   there "}"#)
+        .await
+        .json();
+    assert_eq!(second["timings"]["cached"], true);
+    assert_eq!(second["route"], first["route"]);
+    assert_eq!(second["neighbours"], first["neighbours"]);
+    let stats = engine.cache_stats();
+    assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+    let m = get(&state, "/metrics").await.text;
+    assert!(m.contains("switchyard_embed_cache_hits_total 1"), "{m}");
+
+    let off = fake_engine(
+        &fake,
+        dir.path(),
+        EngineOptions {
+            embed_cache_entries: 0,
+            ..EngineOptions::default()
+        },
+    );
+    off.route_async("hello there").await.unwrap();
+    assert!(!off.route_async("hello there").await.unwrap().timings.cached);
+    assert_eq!(off.cache_stats().hits, 0);
 }
 
 #[tokio::test]

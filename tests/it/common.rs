@@ -36,6 +36,7 @@ pub fn model_spec() -> ModelSpec {
         pooling: PoolingKind::Mean,
         max_tokens: DEFAULT_MAX_TOKENS,
         intra_threads: 1,
+        spinning: false,
     };
     assert!(
         spec.model_dir.join("model.onnx").is_file() && spec.ort_library.is_file(),
