@@ -106,6 +106,7 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap();
         let index = Index::open(dir.path()).unwrap();
+        index.wait_for_graph().unwrap();
         let mut recall_hits = 0;
         for q in queries.chunks_exact(DIM) {
             let truth: Vec<u32> = exact_search(&vectors, DIM, q, K)

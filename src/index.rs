@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hnsw_rs::api::AnnT;
@@ -698,7 +698,7 @@ impl Index {
         self.utterances.is_empty()
     }
 
-    /// Whether searches go through the HNSW graph.
+    /// Whether the index has an HNSW graph (searches use it once it has loaded).
     pub fn uses_graph(&self) -> bool {
         self.graph.is_some()
     }
@@ -713,8 +713,7 @@ impl Index {
             });
         }
         match &self.graph {
-            None => Ok(exact_search(&self.vectors, dim, query, k)),
-            Some(graph) => {
+            Some(graph) if graph.state() == GraphState::Ready => {
                 let ef = self.manifest.params.ef_search.max(k);
                 let ids = graph.search(query.to_vec(), k, ef)?;
                 let mut hits: Vec<Hit> = ids
@@ -728,6 +727,24 @@ impl Index {
                 hits.truncate(k);
                 Ok(hits)
             }
+            _ => Ok(exact_search(&self.vectors, dim, query, k)),
+        }
+    }
+
+    /// The HNSW graph's state, `None` for an exact-scan index.
+    pub fn graph_state(&self) -> Option<GraphState> {
+        self.graph.as_ref().map(GraphHandle::state)
+    }
+
+    /// Blocks until the HNSW graph (if any) has loaded; an error if it could not be.
+    pub fn wait_for_graph(&self) -> Result<(), IndexError> {
+        match self.graph.as_ref().map(GraphHandle::wait) {
+            None | Some(GraphState::Ready) => Ok(()),
+            Some(GraphState::Failed(reason)) => Err(IndexError::Corrupted {
+                path: self.generation.clone(),
+                reason: format!("HNSW graph does not load: {reason}"),
+            }),
+            Some(GraphState::Loading) => unreachable!("wait returns once loading ends"),
         }
     }
 }
@@ -772,18 +789,37 @@ struct GraphJob {
     reply: mpsc::SyncSender<Vec<u32>>,
 }
 
+/// Where a graph's background load stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GraphState {
+    /// Still loading; searches use the exact scan meanwhile.
+    Loading,
+    /// Loaded; searches use the graph.
+    Ready,
+    /// Could not be loaded; searches keep using the exact scan.
+    Failed(String),
+}
+
 /// A reloaded HNSW graph living on its own thread (it borrows its loader, so the thread owns
-/// both); dropping the handle closes the channel and ends the thread.
+/// both); dropping the handle closes the channel and ends the thread. The graph loads in the
+/// background, so a large index answers (by exact scan) as soon as its vectors are read.
 struct GraphHandle {
     jobs: mpsc::Sender<GraphJob>,
+    state: Arc<(Mutex<GraphState>, Condvar)>,
 }
 
 impl GraphHandle {
     fn load(generation: &Path, basename: &str, dim: usize) -> Result<Self, IndexError> {
         let (jobs, rx) = mpsc::channel::<GraphJob>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+        let state = Arc::new((Mutex::new(GraphState::Loading), Condvar::new()));
         let dir = generation.to_path_buf();
         let basename = basename.to_string();
+        let thread_state = Arc::clone(&state);
+        let set = move |s: GraphState| {
+            let (lock, cv) = &*thread_state;
+            *lock.lock().expect("graph state lock") = s;
+            cv.notify_all();
+        };
         std::thread::Builder::new()
             .name("switchyard-hnsw".into())
             .spawn(move || {
@@ -791,18 +827,19 @@ impl GraphHandle {
                 let hnsw = match io.load_hnsw_with_dist::<f32, UnitDot>(UnitDot) {
                     Ok(h) => h,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        tracing::error!(dir = %dir.display(), error = %e, "HNSW graph does not load; searching by exact scan");
+                        set(GraphState::Failed(format!("{e:#}")));
                         return;
                     }
                 };
-                if hnsw.get_point_indexation().get_data_dimension() != dim {
-                    let _ = ready_tx.send(Err(format!(
-                        "graph dimension {} differs from the manifest's {dim}",
-                        hnsw.get_point_indexation().get_data_dimension()
+                let got = hnsw.get_point_indexation().get_data_dimension();
+                if got != dim {
+                    set(GraphState::Failed(format!(
+                        "graph dimension {got} differs from the manifest's {dim}"
                     )));
                     return;
                 }
-                let _ = ready_tx.send(Ok(()));
+                set(GraphState::Ready);
                 for job in rx {
                     let ids = hnsw
                         .search(&job.query, job.k.max(job.ef.min(job.k * 4)), job.ef)
@@ -813,17 +850,20 @@ impl GraphHandle {
                 }
             })
             .map_err(|e| IndexError::Graph(format!("cannot start the search thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(GraphHandle { jobs }),
-            Ok(Err(reason)) => Err(IndexError::Corrupted {
-                path: generation.to_path_buf(),
-                reason: format!("HNSW graph does not load: {reason}"),
-            }),
-            Err(_) => Err(IndexError::Corrupted {
-                path: generation.to_path_buf(),
-                reason: "HNSW graph loader crashed".into(),
-            }),
+        Ok(GraphHandle { jobs, state })
+    }
+
+    fn state(&self) -> GraphState {
+        self.state.0.lock().expect("graph state lock").clone()
+    }
+
+    fn wait(&self) -> GraphState {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().expect("graph state lock");
+        while *s == GraphState::Loading {
+            s = cv.wait(s).expect("graph state lock");
         }
+        s.clone()
     }
 
     fn search(&self, query: Vec<f32>, k: usize, ef: usize) -> Result<Vec<u32>, IndexError> {
@@ -961,6 +1001,8 @@ mod tests {
         let vectors = build(dir.path(), n, dim, params);
         let index = Index::open(dir.path()).unwrap();
         assert!(index.uses_graph());
+        index.wait_for_graph().unwrap();
+        assert_eq!(index.graph_state(), Some(GraphState::Ready));
         let queries = clustered(100, dim, 20, 99);
         let k = 10;
         let mut found = 0;

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, RouteError, Routed};
+use crate::index::GraphState;
 use crate::metrics::{Gauges, Metrics};
 
 /// Limits of the HTTP API.
@@ -493,9 +494,17 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let engine = state.engine()?;
+    let index = engine.index();
+    let search = match index.graph_state() {
+        None => "exact".to_string(),
+        Some(GraphState::Ready) => "hnsw".to_string(),
+        Some(GraphState::Loading) => "exact (hnsw graph loading)".to_string(),
+        Some(GraphState::Failed(reason)) => format!("exact (hnsw graph failed: {reason})"),
+    };
     Ok(Json(serde_json::json!({
         "status": "ready",
-        "vectors": engine.index().len(),
+        "vectors": index.len(),
+        "search": search,
     })))
 }
 

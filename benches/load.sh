@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Load test of the running server with wrk (Debian's package; installed if missing):
+# concurrency 1, 8, 32, 128 and an overload run at 512, reporting requests/s, p50, p99, status
+# counts and the server's peak resident memory. Writes a Markdown table.
+#
+#   benches/load.sh [INDEX_DIR] [OUT_FILE]
+#
+# INDEX_DIR defaults to an index of routes/ built here; OUT_FILE to bench-results/load.md.
+# DURATION (default 15s) sets each run's length; SERVE_ARGS adds flags to `switchyard serve`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+eval "$(scripts/setup.sh)"
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+cargo build --release --locked --quiet
+bin="$root/target/release/switchyard"
+work="$(mktemp -d)"
+trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+index="${1:-}"
+if [ -z "$index" ]; then
+  index="$work/index"
+  "$bin" build routes/ --out "$index" >/dev/null
+fi
+out="${2:-bench-results/load.md}"
+mkdir -p "$(dirname "$out")"
+duration="${DURATION:-15s}"
+
+# the cache is off so that every request pays its forward pass, as unique prompts do
+"$bin" serve --index "$index" --addr 127.0.0.1:0 --embed-cache-entries 0 ${SERVE_ARGS:-} \
+  > "$work/serve.out" 2> "$work/serve.err" &
+pid=$!
+for _ in $(seq 1 200); do
+  addr=$(sed -n 's/^switchyard listening on //p' "$work/serve.out")
+  [ -n "$addr" ] && curl -fs "$addr/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+[ -n "${addr:-}" ] || { echo "server did not start:" >&2; cat "$work/serve.err" >&2; exit 2; }
+
+peak_rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$pid/status"; }
+{
+  echo "# Load test: POST /v1/route"
+  echo
+  echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk 1 thread, $duration per run, index $(basename "$index") ($(curl -fs "$addr/readyz"))."
+  echo "Server: \`switchyard serve --embed-cache-entries 0 ${SERVE_ARGS:-}\`; wrk runs on the same machine."
+  echo
+  echo "| concurrency | requests/s | p50 ms | p99 ms | max ms | 200 | 429 | other | socket errors |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+} > "$out"
+for c in 1 8 32 128 512; do
+  line=$(wrk -t1 -c"$c" -d"$duration" --timeout 10s -s benches/wrk-route.lua "$addr" | grep '^{')
+  echo "c=$c $line" >&2
+  python3 - "$c" "$line" >> "$out" <<'PY'
+import json, sys
+c, r = sys.argv[1], json.loads(sys.argv[2])
+s = r["statuses"]
+other = sum(v for k, v in s.items() if k not in ("200", "429"))
+print(f"| {c} | {r['rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {s.get('200', 0)} | {s.get('429', 0)} | {other} | {r['socket_errors'] + r['timeouts']} |")
+PY
+done
+echo >> "$out"
+echo "Peak resident memory of the server: $(peak_rss) MB." >> "$out"
+cat "$out"
