@@ -4,12 +4,14 @@
 //! semantic problem at once (duplicate names, empty utterances, thresholds out of range, ...),
 //! each with `file:line:col` and the route it belongs to.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
+
+use crate::budget::Budget;
 use sha2::{Digest, Sha256};
 
 /// The only route-file format version this build understands.
@@ -106,13 +108,49 @@ impl Default for Defaults {
     }
 }
 
+/// What one model costs and can do: an entry of the route file's `models` catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogModel {
+    /// Who serves it (`openai`, `anthropic`, `vllm`, ...).
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// US dollars per million input tokens.
+    pub input_per_mtok: f64,
+    /// US dollars per million output tokens.
+    pub output_per_mtok: f64,
+    /// Longest prompt plus answer, in tokens.
+    pub context_window: u32,
+    /// Typical latency to the first token, in milliseconds (informational).
+    #[serde(default)]
+    pub latency_ms: Option<u32>,
+    /// Capability tags (`vision`, `tools`, `long_context`, ...).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+impl CatalogModel {
+    /// Estimated cost in US dollars of `input` prompt tokens and `output` answer tokens.
+    pub fn cost_usd(&self, input: u64, output: u64) -> f64 {
+        (input as f64 * self.input_per_mtok + output as f64 * self.output_per_mtok) / 1e6
+    }
+}
+
+/// Answer tokens assumed per request when a route does not say (`expected_output_tokens`).
+pub const DEFAULT_EXPECTED_OUTPUT_TOKENS: u32 = 256;
+
 /// One validated route.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     /// Unique route name.
     pub name: String,
-    /// Target model for prompts that match this route.
+    /// Target model for prompts that match this route: the first of `candidates`.
     pub model: String,
+    /// Candidate models in order of preference (`model` first); the first that is healthy,
+    /// fits the prompt, has the capabilities asked for and fits the budget is chosen.
+    pub candidates: Vec<String>,
+    /// Answer tokens expected per request, for cost estimates and context-window checks.
+    pub expected_output_tokens: u32,
     /// Per-route threshold; overrides `defaults.threshold` when set.
     pub threshold: Option<f32>,
     /// Free text for people reading the table.
@@ -135,6 +173,12 @@ pub struct RouteTable {
     pub defaults: Defaults,
     /// The model that receives prompts no route matched.
     pub default_model: String,
+    /// Candidates for unmatched prompts (`default_model` first).
+    pub default_candidates: Vec<String>,
+    /// The model catalog; empty when the route files declare none.
+    pub catalog: BTreeMap<String, CatalogModel>,
+    /// Spend caps.
+    pub budgets: Vec<Budget>,
     /// Routes in file order (files of a directory in name order).
     pub routes: Vec<Route>,
 }
@@ -162,6 +206,10 @@ impl RouteTable {
 struct OutFile<'a> {
     version: u32,
     defaults: OutDefaults<'a>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    models: &'a BTreeMap<String, CatalogModel>,
+    #[serde(skip_serializing_if = "<[Budget]>::is_empty")]
+    budgets: &'a [Budget],
     default_route: OutDefault<'a>,
     routes: Vec<OutRoute<'a>>,
 }
@@ -184,13 +232,14 @@ struct OutDefaults<'a> {
 
 #[derive(Serialize)]
 struct OutDefault<'a> {
-    model: &'a str,
+    models: &'a [String],
 }
 
 #[derive(Serialize)]
 struct OutRoute<'a> {
     name: &'a str,
-    model: &'a str,
+    models: &'a [String],
+    expected_output_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     threshold: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,15 +262,18 @@ pub fn to_yaml(table: &RouteTable) -> String {
             lexical_weight: d.lexical_weight,
             _marker: std::marker::PhantomData,
         },
+        models: &table.catalog,
+        budgets: &table.budgets,
         default_route: OutDefault {
-            model: &table.default_model,
+            models: &table.default_candidates,
         },
         routes: table
             .routes
             .iter()
             .map(|r| OutRoute {
                 name: &r.name,
-                model: &r.model,
+                models: &r.candidates,
+                expected_output_tokens: r.expected_output_tokens,
                 threshold: r.threshold,
                 description: r.description.as_deref(),
                 utterances: &r.utterances,
@@ -309,6 +361,10 @@ struct RawFile {
     #[serde(default)]
     default_route: Option<Spanned<RawDefaultRoute>>,
     #[serde(default)]
+    models: Option<Spanned<BTreeMap<String, Spanned<CatalogModel>>>>,
+    #[serde(default)]
+    budgets: Vec<Spanned<Budget>>,
+    #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
 }
 
@@ -334,14 +390,22 @@ struct RawDefaults {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefaultRoute {
-    model: Spanned<String>,
+    #[serde(default)]
+    model: Option<Spanned<String>>,
+    #[serde(default)]
+    models: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: Spanned<String>,
-    model: Spanned<String>,
+    #[serde(default)]
+    model: Option<Spanned<String>>,
+    #[serde(default)]
+    models: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    expected_output_tokens: Option<Spanned<u32>>,
     #[serde(default)]
     threshold: Option<Spanned<f32>>,
     #[serde(default)]
@@ -512,10 +576,60 @@ fn check_threshold(p: &Place<'_>, route: Option<&str>, t: f32, issues: &mut Vec<
     }
 }
 
+/// The candidate list of a route or the default route: `model: x` or `models: [x, y]`.
+fn candidates(
+    file: &Path,
+    at: &Place<'_>,
+    route: Option<&str>,
+    model: &Option<Spanned<String>>,
+    models: &Option<Spanned<Vec<Spanned<String>>>>,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<Vec<String>> {
+    let list: Vec<&Spanned<String>> = match (model, models) {
+        (Some(_), Some(m)) => {
+            issues.push(place(file, m).issue(
+                route,
+                "set either `model` or `models` (an ordered list of candidates), not both",
+            ));
+            return None;
+        }
+        (None, None) => {
+            issues.push(at.issue(
+                route,
+                "no `model`; name the target model (or `models: [...]` for candidates in order)",
+            ));
+            return None;
+        }
+        (Some(m), None) => vec![m],
+        (None, Some(m)) if m.value.is_empty() => {
+            issues.push(place(file, m).issue(route, "`models` is empty; list at least one model"));
+            return None;
+        }
+        (None, Some(m)) => m.value.iter().collect(),
+    };
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for m in list {
+        let name = m.value.trim();
+        if name.is_empty() {
+            issues.push(place(file, m).issue(route, "model is empty"));
+        } else if out.iter().any(|o| o == name) {
+            issues.push(place(file, m).issue(route, format!("model `{name}` is listed twice")));
+        } else {
+            out.push(name.to_string());
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Option<RouteTable> {
     let mut defaults = Defaults::default();
     let mut defaults_seen: Option<(PathBuf, usize)> = None;
-    let mut default_model: Option<String> = None;
+    let mut default_model: Option<Vec<String>> = None;
+    let mut catalog: BTreeMap<String, CatalogModel> = BTreeMap::new();
+    let mut budgets: Vec<Budget> = Vec::new();
+    let mut catalog_seen: Option<(PathBuf, usize)> = None;
+    // (model, file, line, route) of every candidate named, checked against the catalog at the end
+    let mut used_models: Vec<(String, PathBuf, usize, Option<String>)> = Vec::new();
     let mut default_seen: Option<(PathBuf, usize)> = None;
     let mut routes = Vec::new();
     // name -> where first declared
@@ -591,6 +705,47 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
                 defaults.min_similarity = Some(m.value);
             }
         }
+        for b in &raw.budgets {
+            if b.value.limit_usd.is_nan() || b.value.limit_usd < 0.0 {
+                issues.push(place(file, b).issue(
+                    None,
+                    format!(
+                        "budget limit_usd {} must be a non-negative number",
+                        b.value.limit_usd
+                    ),
+                ));
+            }
+            budgets.push(b.value.clone());
+        }
+        if let Some(models) = &raw.models {
+            let p = place(file, models);
+            if let Some((other, line)) = &catalog_seen {
+                issues.push(p.issue(
+                    None,
+                    format!(
+                        "the `models` catalog is already declared in {}:{line}; declare it in one file only",
+                        other.display()
+                    ),
+                ));
+            }
+            catalog_seen = Some((file.to_path_buf(), p.line));
+            for (name, m) in &models.value {
+                let mp = place(file, m);
+                let what = |field: &str, v: f64| {
+                    format!("model `{name}`: {field} {v} must not be negative")
+                };
+                if m.value.input_per_mtok < 0.0 {
+                    issues.push(mp.issue(None, what("input_per_mtok", m.value.input_per_mtok)));
+                }
+                if m.value.output_per_mtok < 0.0 {
+                    issues.push(mp.issue(None, what("output_per_mtok", m.value.output_per_mtok)));
+                }
+                if m.value.context_window == 0 {
+                    issues.push(mp.issue(None, format!("model `{name}`: context_window is 0")));
+                }
+                catalog.insert(name.clone(), m.value.clone());
+            }
+        }
         if let Some(d) = &raw.default_route {
             let p = place(file, d);
             if let Some((other, line)) = &default_seen {
@@ -603,14 +758,13 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
                 ));
             }
             default_seen = Some((file.to_path_buf(), p.line));
-            let model = d.value.model.value.trim();
-            if model.is_empty() {
-                issues.push(place(file, &d.value.model).issue(
-                    None,
-                    "default_route.model is empty; name the model that gets unmatched prompts",
-                ));
+            if let Some(c) = candidates(file, &p, None, &d.value.model, &d.value.models, issues) {
+                used_models.extend(
+                    c.iter()
+                        .map(|m| (m.clone(), file.to_path_buf(), p.line, None)),
+                );
+                default_model = Some(c);
             }
-            default_model = Some(model.to_string());
         }
         for r in &raw.routes {
             let rp = place(file, r);
@@ -633,9 +787,15 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
                     (file.to_path_buf(), place(file, &r.name).line),
                 );
             }
-            let model = r.model.value.trim().to_string();
-            if model.is_empty() {
-                issues.push(place(file, &r.model).issue(label, "model is empty"));
+            let route_candidates =
+                candidates(file, &rp, label, &r.model, &r.models, issues).unwrap_or_default();
+            if let Some(t) = &r.expected_output_tokens {
+                if t.value == 0 {
+                    issues.push(
+                        place(file, t)
+                            .issue(label, "expected_output_tokens is 0; it must be at least 1"),
+                    );
+                }
             }
             if let Some(t) = &r.threshold {
                 check_threshold(&place(file, t), label, t.value, issues);
@@ -686,9 +846,22 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
                     }
                 }
             }
+            used_models.extend(route_candidates.iter().map(|m| {
+                (
+                    m.clone(),
+                    file.to_path_buf(),
+                    rp.line,
+                    label.map(str::to_string),
+                )
+            }));
             routes.push(Route {
                 name,
-                model,
+                model: route_candidates.first().cloned().unwrap_or_default(),
+                candidates: route_candidates,
+                expected_output_tokens: r
+                    .expected_output_tokens
+                    .as_ref()
+                    .map_or(DEFAULT_EXPECTED_OUTPUT_TOKENS, |t| t.value),
                 threshold: r.threshold.as_ref().map(|t| t.value),
                 description: r.description.clone(),
                 utterances: texts,
@@ -696,7 +869,22 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
         }
     }
 
-    let default_model = match default_model {
+    if !catalog.is_empty() {
+        for (model, file, line, route) in &used_models {
+            if !catalog.contains_key(model) {
+                issues.push(ConfigIssue {
+                    file: file.clone(),
+                    line: *line,
+                    column: 0,
+                    route: route.clone(),
+                    message: format!(
+                        "model `{model}` is not in the `models` catalog; add it there or fix the name"
+                    ),
+                });
+            }
+        }
+    }
+    let default_candidates = match default_model {
         Some(m) => m,
         None => {
             let file = files
@@ -733,7 +921,10 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
     }
     Some(RouteTable {
         defaults,
-        default_model,
+        default_model: default_candidates.first().cloned().unwrap_or_default(),
+        default_candidates,
+        catalog,
+        budgets,
         routes,
     })
 }

@@ -392,6 +392,9 @@ mod tests {
         RouteTable {
             defaults: Defaults::default(),
             default_model: "d".into(),
+            default_candidates: vec!["d".into()],
+            catalog: Default::default(),
+            budgets: Vec::new(),
             routes: ["a", "b"]
                 .iter()
                 .map(|n| Route {
@@ -399,6 +402,8 @@ mod tests {
                     model: "m".into(),
                     threshold: None,
                     description: None,
+                    candidates: vec!["m".into()],
+                    expected_output_tokens: 256,
                     utterances: vec![],
                 })
                 .collect(),
@@ -702,6 +707,9 @@ mod calibrate_tests {
         let table = RouteTable {
             defaults: Defaults::default(),
             default_model: "d".into(),
+            default_candidates: vec!["d".into()],
+            catalog: Default::default(),
+            budgets: Vec::new(),
             routes: ["a", "b"]
                 .iter()
                 .map(|n| Route {
@@ -709,6 +717,8 @@ mod calibrate_tests {
                     model: "m".into(),
                     threshold: None,
                     description: None,
+                    candidates: vec!["m".into()],
+                    expected_output_tokens: 256,
                     utterances: vec![],
                 })
                 .collect(),

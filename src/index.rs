@@ -935,11 +935,16 @@ mod tests {
                 ..Defaults::default()
             },
             default_model: "d".into(),
+            default_candidates: vec!["d".into()],
+            catalog: Default::default(),
+            budgets: Vec::new(),
             routes: vec![Route {
                 name: "r".into(),
                 model: "m".into(),
                 threshold: None,
                 description: None,
+                candidates: vec!["m".into()],
+                expected_output_tokens: 256,
                 utterances: vec![],
             }],
         }

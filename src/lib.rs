@@ -4,6 +4,7 @@
 //! route files ─[`config`]→ [`config::RouteTable`] ─[`embed`]→ vectors ─[`index`]→ artifact on disk;
 //! prompt ─[`server`]/[`cli`]→ [`engine`]: embed, search the [`index`], [`policy::decide`] → decision.
 
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod embed;
@@ -14,5 +15,6 @@ pub mod indexer;
 pub mod metrics;
 pub mod policy;
 pub mod scoring;
+pub mod selection;
 pub mod server;
 pub mod similarity;

@@ -212,6 +212,9 @@ mod tests {
                 ..Defaults::default()
             },
             default_model: "default-model".into(),
+            default_candidates: vec!["default-model".into()],
+            catalog: Default::default(),
+            budgets: Vec::new(),
             routes: thresholds
                 .iter()
                 .enumerate()
@@ -220,6 +223,8 @@ mod tests {
                     model: format!("m{i}"),
                     threshold: *t,
                     description: None,
+                    candidates: vec![format!("m{i}")],
+                    expected_output_tokens: 256,
                     utterances: vec![format!("u{i}")],
                 })
                 .collect(),

@@ -1,0 +1,493 @@
+//! Spend caps per API key, tenant or tier, per day or month, and the stores that count spend.
+//!
+//! A request's estimated cost is *reserved* atomically against every cap that applies to it:
+//! either all caps have room and all are charged, or none is. Concurrent requests therefore
+//! never push a cap over its limit (they can leave it short by less than one request's cost).
+//! Actual usage reported later (`POST /v1/usage`) adjusts the counters and may exceed a cap;
+//! the next reservation then fails and the route moves to a cheaper candidate.
+//!
+//! Counters live in memory (one process) or in Redis (shared by replicas; one key per cap and
+//! window, expiring after the window). When Redis cannot be reached, the in-memory counter
+//! answers instead and the decision says it is degraded.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// What a cap is counted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Per API key.
+    Key,
+    /// Per tenant (`x-switchyard-tenant`).
+    Tenant,
+    /// Per tier (`x-switchyard-tier`).
+    Tier,
+}
+
+/// A cap's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    /// A UTC calendar day.
+    Day,
+    /// A UTC calendar month.
+    Month,
+}
+
+/// One spend cap, as declared in the route file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// What it is counted per.
+    pub scope: Scope,
+    /// The one key, tenant or tier it applies to; omitted, it applies to each one separately.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The window.
+    pub period: Period,
+    /// The cap in US dollars.
+    pub limit_usd: f64,
+}
+
+/// Who a request is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// A stable, non-secret id of the API key (a hash prefix, never the key).
+    pub key: Option<String>,
+    /// The tenant.
+    pub tenant: Option<String>,
+    /// The tier.
+    pub tier: Option<String>,
+}
+
+/// One cap applied to one request, in its current window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapKey {
+    /// Readable name, e.g. `tenant:acme per day`.
+    pub label: String,
+    /// Counter name, e.g. `tenant:acme:day:2026-11-28`.
+    pub counter: String,
+    /// The cap.
+    pub limit_usd: f64,
+    /// How long the counter must live (the window plus a day of slack).
+    pub ttl: Duration,
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The window a moment falls in, as text (`2026-11-28` or `2026-11`).
+pub fn window(period: Period, now: SystemTime) -> String {
+    let days = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    match period {
+        Period::Day => format!("{y:04}-{m:02}-{d:02}"),
+        Period::Month => format!("{y:04}-{m:02}"),
+    }
+}
+
+/// The caps that apply to `who` at `now`.
+pub fn caps_for(budgets: &[Budget], who: &Identity, now: SystemTime) -> Vec<CapKey> {
+    budgets
+        .iter()
+        .filter_map(|b| {
+            let (name, value) = match b.scope {
+                Scope::Key => ("key", who.key.as_deref()?),
+                Scope::Tenant => ("tenant", who.tenant.as_deref()?),
+                Scope::Tier => ("tier", who.tier.as_deref()?),
+            };
+            if b.id.as_deref().is_some_and(|id| id != value) {
+                return None;
+            }
+            let (period, ttl_days) = match b.period {
+                Period::Day => ("day", 2),
+                Period::Month => ("month", 32),
+            };
+            Some(CapKey {
+                label: format!("{name}:{value} per {period}"),
+                counter: format!("{name}:{value}:{period}:{}", window(b.period, now)),
+                limit_usd: b.limit_usd,
+                ttl: Duration::from_secs(ttl_days * 86_400),
+            })
+        })
+        .collect()
+}
+
+/// A reservation that did not fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The cap that would be exceeded.
+    pub label: String,
+    /// Its limit.
+    pub limit_usd: f64,
+    /// Spent so far in the window.
+    pub spent_usd: f64,
+}
+
+/// Which counter answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "store")]
+pub enum Counted {
+    /// This process's memory.
+    Memory,
+    /// Redis.
+    Redis,
+    /// Redis was configured but failed; this process's memory answered.
+    Degraded {
+        /// What Redis said.
+        reason: String,
+    },
+}
+
+/// Spend counters in this process.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    spent: Mutex<HashMap<String, f64>>,
+}
+
+impl MemoryStore {
+    /// Reserves `cost` against every cap, or none.
+    pub fn reserve(&self, caps: &[CapKey], cost: f64) -> Result<(), Refusal> {
+        let mut spent = self.spent.lock().expect("budget lock");
+        for cap in caps {
+            let s = spent.get(&cap.counter).copied().unwrap_or(0.0);
+            if s + cost > cap.limit_usd {
+                return Err(Refusal {
+                    label: cap.label.clone(),
+                    limit_usd: cap.limit_usd,
+                    spent_usd: s,
+                });
+            }
+        }
+        for cap in caps {
+            *spent.entry(cap.counter.clone()).or_default() += cost;
+        }
+        Ok(())
+    }
+
+    /// Adds `delta` (may be negative) to every cap's counter, without checking limits.
+    pub fn adjust(&self, caps: &[CapKey], delta: f64) {
+        let mut spent = self.spent.lock().expect("budget lock");
+        for cap in caps {
+            *spent.entry(cap.counter.clone()).or_default() += delta;
+        }
+    }
+
+    /// Spent so far on one counter.
+    pub fn spent(&self, counter: &str) -> f64 {
+        self.spent
+            .lock()
+            .expect("budget lock")
+            .get(counter)
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+/// Reserve atomically in Redis: check every cap, then charge them all.
+/// KEYS: counters. ARGV: cost, then a (limit, ttl seconds) pair per key.
+const RESERVE_LUA: &str = r#"
+local cost = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local spent = tonumber(redis.call('GET', key) or '0')
+  if spent + cost > tonumber(ARGV[2 * i]) then
+    return {i, tostring(spent)}
+  end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('INCRBYFLOAT', key, ARGV[1])
+  redis.call('EXPIRE', key, ARGV[2 * i + 1])
+end
+return {0, '0'}
+"#;
+
+/// Errors talking to Redis.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct RedisError(String);
+
+/// Spend counters in Redis, shared by replicas.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    script: redis::Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn redis_err(e: redis::RedisError) -> RedisError {
+    RedisError(e.to_string())
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port/db`); counters are named `{prefix}budget:...`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, RedisError> {
+        let client = redis::Client::open(url).map_err(redis_err)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_millis(500))
+            .set_response_timeout(Duration::from_millis(500))
+            .set_number_of_retries(1);
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(redis_err)?;
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.to_string(),
+            script: redis::Script::new(RESERVE_LUA),
+        })
+    }
+
+    fn key(&self, counter: &str) -> String {
+        format!("{}budget:{counter}", self.prefix)
+    }
+
+    /// Reserves `cost` against every cap, or none.
+    pub async fn reserve(
+        &self,
+        caps: &[CapKey],
+        cost: f64,
+    ) -> Result<Result<(), Refusal>, RedisError> {
+        let mut inv = self.script.prepare_invoke();
+        inv.arg(cost);
+        for cap in caps {
+            inv.key(self.key(&cap.counter));
+            inv.arg(cap.limit_usd).arg(cap.ttl.as_secs());
+        }
+        let mut conn = self.conn.clone();
+        let (failed, spent): (usize, String) =
+            inv.invoke_async(&mut conn).await.map_err(redis_err)?;
+        Ok(match failed {
+            0 => Ok(()),
+            i => {
+                let cap = &caps[i - 1];
+                Err(Refusal {
+                    label: cap.label.clone(),
+                    limit_usd: cap.limit_usd,
+                    spent_usd: spent.parse().unwrap_or(0.0),
+                })
+            }
+        })
+    }
+
+    /// Adds `delta` to every cap's counter.
+    pub async fn adjust(&self, caps: &[CapKey], delta: f64) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for cap in caps {
+            let key = self.key(&cap.counter);
+            pipe.cmd("INCRBYFLOAT")
+                .arg(&key)
+                .arg(delta)
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(cap.ttl.as_secs())
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(redis_err)
+    }
+}
+
+/// Where spend is counted: memory, or Redis with memory as the fallback.
+#[derive(Debug)]
+pub struct Ledger {
+    memory: MemoryStore,
+    redis: Option<RedisStore>,
+}
+
+impl Ledger {
+    /// Counts in this process only.
+    pub fn in_memory() -> Self {
+        Ledger {
+            memory: MemoryStore::default(),
+            redis: None,
+        }
+    }
+
+    /// Counts in Redis, falling back to memory when Redis fails.
+    pub fn with_redis(store: RedisStore) -> Self {
+        Ledger {
+            memory: MemoryStore::default(),
+            redis: Some(store),
+        }
+    }
+
+    /// Reserves `cost` against `caps`.
+    pub async fn reserve(&self, caps: &[CapKey], cost: f64) -> (Result<(), Refusal>, Counted) {
+        if caps.is_empty() {
+            return (Ok(()), self.kind());
+        }
+        match &self.redis {
+            None => (self.memory.reserve(caps, cost), Counted::Memory),
+            Some(r) => match r.reserve(caps, cost).await {
+                Ok(result) => (result, Counted::Redis),
+                Err(e) => {
+                    tracing::warn!(error = %e, "budget store unavailable; counting in memory");
+                    (
+                        self.memory.reserve(caps, cost),
+                        Counted::Degraded {
+                            reason: e.to_string(),
+                        },
+                    )
+                }
+            },
+        }
+    }
+
+    /// Adjusts counters by `delta` (actual minus estimated spend).
+    pub async fn adjust(&self, caps: &[CapKey], delta: f64) -> Counted {
+        match &self.redis {
+            None => {
+                self.memory.adjust(caps, delta);
+                Counted::Memory
+            }
+            Some(r) => match r.adjust(caps, delta).await {
+                Ok(()) => Counted::Redis,
+                Err(e) => {
+                    self.memory.adjust(caps, delta);
+                    Counted::Degraded {
+                        reason: e.to_string(),
+                    }
+                }
+            },
+        }
+    }
+
+    fn kind(&self) -> Counted {
+        if self.redis.is_some() {
+            Counted::Redis
+        } else {
+            Counted::Memory
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn windows_are_utc_days_and_months() {
+        // 2026-11-28T23:59:59Z and one second later
+        let t = 1_795_910_399;
+        assert_eq!(window(Period::Day, at(t)), "2026-11-28");
+        assert_eq!(window(Period::Day, at(t + 1)), "2026-11-29");
+        assert_eq!(window(Period::Month, at(t)), "2026-11");
+        // 2024-02-29 (leap day) and 2000-03-01
+        assert_eq!(window(Period::Day, at(1_709_164_800)), "2024-02-29");
+        assert_eq!(window(Period::Day, at(951_868_800)), "2000-03-01");
+        assert_eq!(window(Period::Month, at(0)), "1970-01");
+    }
+
+    fn budgets() -> Vec<Budget> {
+        vec![
+            Budget {
+                scope: Scope::Tenant,
+                id: None,
+                period: Period::Day,
+                limit_usd: 1.0,
+            },
+            Budget {
+                scope: Scope::Tier,
+                id: Some("free".into()),
+                period: Period::Month,
+                limit_usd: 10.0,
+            },
+        ]
+    }
+
+    #[test]
+    fn caps_apply_by_identity() {
+        let who = Identity {
+            key: None,
+            tenant: Some("acme".into()),
+            tier: Some("free".into()),
+        };
+        let caps = caps_for(&budgets(), &who, at(1_795_910_399));
+        assert_eq!(caps.len(), 2);
+        assert_eq!(caps[0].counter, "tenant:acme:day:2026-11-28");
+        assert_eq!(caps[0].label, "tenant:acme per day");
+        assert_eq!(caps[1].counter, "tier:free:month:2026-11");
+        let pro = Identity {
+            tier: Some("pro".into()),
+            ..Identity::default()
+        };
+        assert!(caps_for(&budgets(), &pro, at(0)).is_empty());
+    }
+
+    #[test]
+    fn reservations_are_all_or_nothing_and_roll_over_with_the_window() {
+        let store = MemoryStore::default();
+        let who = Identity {
+            tenant: Some("acme".into()),
+            tier: Some("free".into()),
+            ..Identity::default()
+        };
+        let day1 = caps_for(&budgets(), &who, at(1_795_910_399));
+        for _ in 0..4 {
+            store.reserve(&day1, 0.25).unwrap();
+        }
+        let refused = store.reserve(&day1, 0.25).unwrap_err();
+        assert_eq!(refused.label, "tenant:acme per day");
+        assert!((refused.spent_usd - 1.0).abs() < 1e-9);
+        // the refused reservation charged nothing, not even the tier cap
+        assert!((store.spent("tier:free:month:2026-11") - 1.0).abs() < 1e-9);
+        // a new day has room again; the month keeps counting
+        let day2 = caps_for(&budgets(), &who, at(1_795_910_400));
+        store.reserve(&day2, 0.25).unwrap();
+        assert!((store.spent("tier:free:month:2026-11") - 1.25).abs() < 1e-9);
+        store.adjust(&day2, 2.0);
+        assert!(store.reserve(&day2, 0.01).is_err());
+    }
+
+    #[test]
+    fn concurrent_reservations_never_exceed_the_cap() {
+        let store = std::sync::Arc::new(MemoryStore::default());
+        let who = Identity {
+            tenant: Some("t".into()),
+            ..Identity::default()
+        };
+        let caps = caps_for(&budgets(), &who, at(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, caps) = (store.clone(), caps.clone());
+                std::thread::spawn(move || {
+                    (0..100)
+                        .filter(|_| store.reserve(&caps, 0.003).is_ok())
+                        .count()
+                })
+            })
+            .collect();
+        let granted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        let spent = store.spent(&caps[0].counter);
+        assert!(spent <= 1.0 + 1e-9, "{spent}");
+        assert!(spent > 1.0 - 0.003, "{spent}");
+        assert_eq!(granted, 333);
+    }
+}
