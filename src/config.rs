@@ -869,6 +869,17 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
         }
     }
 
+    if !budgets.is_empty() && catalog.is_empty() {
+        let file = files.first().map(|(f, _)| f.clone())?;
+        issues.push(ConfigIssue {
+            file,
+            line: 1,
+            column: 1,
+            route: None,
+            message: "`budgets` need a `models` catalog with prices to estimate what requests cost"
+                .into(),
+        });
+    }
     if !catalog.is_empty() {
         for (model, file, line, route) in &used_models {
             if !catalog.contains_key(model) {

@@ -66,6 +66,9 @@ pub struct Embedded {
     pub tokens: usize,
     /// Whether the text was cut to `max_tokens`.
     pub truncated: bool,
+    /// Tokens in the whole text by this model's tokenizer, before truncation: an estimate of
+    /// the prompt's size for context-window checks and cost estimates.
+    pub prompt_tokens: usize,
 }
 
 /// Errors of the embedding layer.
@@ -342,11 +345,22 @@ impl Embedder for OnnxEmbedder {
             .zip(encodings)
             .map(|(mut vector, enc)| {
                 crate::similarity::normalise(&mut vector);
+                // the batch is padded to its longest text: count real tokens only
+                let real = |e: &tokenizers::Encoding| {
+                    e.get_attention_mask().iter().filter(|&&m| m == 1).count()
+                };
+                let tokens = real(&enc);
+                // each overflow piece repeats the two special tokens
+                let overflow: usize = enc
+                    .get_overflowing()
+                    .iter()
+                    .map(|o| real(o).saturating_sub(2))
+                    .sum();
                 Embedded {
                     vector,
-                    // the batch is padded to its longest text: count real tokens only
-                    tokens: enc.get_attention_mask().iter().filter(|&&m| m == 1).count(),
+                    tokens,
                     truncated: !enc.get_overflowing().is_empty(),
+                    prompt_tokens: tokens + overflow,
                 }
             })
             .collect())

@@ -108,10 +108,12 @@ pub struct Routed {
     pub decision: Decision,
     /// The nearest utterances, best first.
     pub neighbours: Vec<NeighbourOut>,
-    /// Tokens the model saw.
+    /// Tokens the embedding model saw.
     pub tokens: usize,
     /// Whether the prompt was cut to the model's window (its first `max_tokens` tokens are used).
     pub truncated: bool,
+    /// Tokens in the whole prompt, by the embedding model's tokenizer.
+    pub prompt_tokens: usize,
     /// Where the time went.
     pub timings: Timings,
 }
@@ -475,6 +477,7 @@ pub fn decide(index: &Index, text: &str, embedded: &Embedded) -> Result<Routed, 
         neighbours,
         tokens: embedded.tokens,
         truncated: embedded.truncated,
+        prompt_tokens: embedded.prompt_tokens,
         timings: Timings::default(),
     })
 }

@@ -80,6 +80,11 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     /// Decisions by (route, model); fallbacks have route `""`.
     decisions: Mutex<BTreeMap<(String, String), u64>>,
+    /// Estimated spend by model, and what the most expensive model would have cost.
+    spend: Mutex<BTreeMap<String, f64>>,
+    premium_spend: Mutex<f64>,
+    /// Reported (actual) spend by model.
+    usage: Mutex<BTreeMap<String, f64>>,
     fallbacks: AtomicU64,
     truncated: AtomicU64,
     overloaded: AtomicU64,
@@ -127,6 +132,27 @@ impl Metrics {
         }
     }
 
+    /// Counts a routed request's estimated cost, beside the most expensive model's.
+    pub fn spend(&self, model: &str, cost_usd: f64, premium_usd: f64) {
+        *self
+            .spend
+            .lock()
+            .expect("metrics lock")
+            .entry(model.to_string())
+            .or_default() += cost_usd;
+        *self.premium_spend.lock().expect("metrics lock") += premium_usd;
+    }
+
+    /// Counts reported usage.
+    pub fn usage(&self, model: &str, cost_usd: f64) {
+        *self
+            .usage
+            .lock()
+            .expect("metrics lock")
+            .entry(model.to_string())
+            .or_default() += cost_usd;
+    }
+
     /// Renders everything in the Prometheus text format.
     pub fn render(&self, gauges: Option<Gauges>) -> String {
         let mut out = String::new();
@@ -144,6 +170,30 @@ impl Metrics {
                 out,
                 "switchyard_decisions_total{{route=\"{}\",model=\"{}\"}} {n}",
                 escape(route),
+                escape(model)
+            );
+        }
+        let spend = self.spend.lock().expect("metrics lock");
+        out.push_str("# HELP switchyard_estimated_spend_usd_total Estimated cost of routed requests by chosen model.\n# TYPE switchyard_estimated_spend_usd_total counter\n");
+        for (model, usd) in spend.iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_estimated_spend_usd_total{{model=\"{}\"}} {usd}",
+                escape(model)
+            );
+        }
+        let premium = *self.premium_spend.lock().expect("metrics lock");
+        let saved = premium - spend.values().sum::<f64>();
+        drop(spend);
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_estimated_savings_usd_total Estimated cost saved against sending every routed request to the catalog's most expensive model.\n# TYPE switchyard_estimated_savings_usd_total counter\nswitchyard_estimated_savings_usd_total {saved}"
+        );
+        out.push_str("# HELP switchyard_reported_spend_usd_total Cost of usage reported through /v1/usage, by model.\n# TYPE switchyard_reported_spend_usd_total counter\n");
+        for (model, usd) in self.usage.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_reported_spend_usd_total{{model=\"{}\"}} {usd}",
                 escape(model)
             );
         }

@@ -73,6 +73,11 @@ pub enum Outcome {
         /// Its score.
         score: f32,
     },
+    /// The request named its route (`"route": "..."`), bypassing the scores.
+    Override {
+        /// The route named.
+        route: String,
+    },
     /// No route matched; the default model gets the prompt.
     Fallback {
         /// Why.
@@ -96,7 +101,7 @@ impl Decision {
     /// The matched route's name, if any.
     pub fn route(&self) -> Option<&str> {
         match &self.outcome {
-            Outcome::Matched { route, .. } => Some(route),
+            Outcome::Matched { route, .. } | Outcome::Override { route } => Some(route),
             Outcome::Fallback { .. } => None,
         }
     }

@@ -220,3 +220,147 @@ mod tests {
         assert_eq!(s[0].reason, SkipReason::NotInCatalog);
     }
 }
+
+/// Models marked down by an operator, each until its expiry.
+#[derive(Debug, Default)]
+pub struct Health {
+    down: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Health {
+    /// Marks `model` down for `ttl`.
+    pub fn mark_down(&self, model: &str, ttl: std::time::Duration) {
+        self.down
+            .lock()
+            .expect("health lock")
+            .insert(model.to_string(), std::time::Instant::now() + ttl);
+    }
+
+    /// Marks `model` up again; whether it was down.
+    pub fn mark_up(&self, model: &str) -> bool {
+        self.down
+            .lock()
+            .expect("health lock")
+            .remove(model)
+            .is_some()
+    }
+
+    /// Whether `model` is down now (an expired mark counts as up, and is dropped).
+    pub fn is_down(&self, model: &str) -> bool {
+        let mut down = self.down.lock().expect("health lock");
+        match down.get(model) {
+            Some(until) if *until > std::time::Instant::now() => true,
+            Some(_) => {
+                down.remove(model);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Models down now, with the seconds left on each mark.
+    pub fn snapshot(&self) -> Vec<(String, f64)> {
+        let now = std::time::Instant::now();
+        let mut out: Vec<(String, f64)> = self
+            .down
+            .lock()
+            .expect("health lock")
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(m, until)| (m.clone(), (*until - now).as_secs_f64()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// The model chosen for a request, and what was passed over on the way.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Choice {
+    /// The chosen model.
+    pub model: String,
+    /// Its estimated cost for this request (`None` without a catalog).
+    pub estimated_cost_usd: Option<f64>,
+    /// What the most expensive catalog model would have cost for the same tokens.
+    pub premium_cost_usd: Option<f64>,
+    /// Whether the matched route's candidates were all passed over and the default route's
+    /// candidates were used.
+    pub from_default: bool,
+    /// Candidates passed over, in order, with reasons.
+    pub skipped: Vec<Skipped>,
+    /// Which spend counter answered (absent when no cap applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted: Option<crate::budget::Counted>,
+}
+
+/// No candidate could take the request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NoCandidate {
+    /// Every candidate tried, with its reason.
+    pub skipped: Vec<Skipped>,
+}
+
+impl NoCandidate {
+    /// Whether spend caps alone stood in the way of at least one candidate.
+    pub fn budget_bound(&self) -> bool {
+        self.skipped
+            .iter()
+            .any(|s| matches!(s.reason, SkipReason::OverBudget { .. }))
+    }
+}
+
+/// Picks the first candidate of `route` (then of the default route) that passes [`filter`]
+/// and whose estimated cost fits every cap in `caps`, reserving that cost.
+pub async fn choose(
+    table: &crate::config::RouteTable,
+    route: Option<&crate::config::Route>,
+    needs: &Needs<'_>,
+    health: &Health,
+    ledger: &crate::budget::Ledger,
+    caps: &[crate::budget::CapKey],
+) -> Result<Choice, NoCandidate> {
+    let premium_cost_usd = table
+        .catalog
+        .values()
+        .map(|m| m.cost_usd(needs.prompt_tokens, needs.output_tokens))
+        .reduce(f64::max);
+    let mut lists: Vec<(&[String], bool)> = Vec::new();
+    if let Some(r) = route {
+        lists.push((&r.candidates, false));
+    }
+    lists.push((&table.default_candidates, route.is_some()));
+    let mut skipped = Vec::new();
+    let mut counted = None;
+    for (candidates, from_default) in lists {
+        let (eligible, passed_over) =
+            filter(candidates, &table.catalog, &|m| health.is_down(m), needs);
+        skipped.extend(passed_over);
+        for e in eligible {
+            if let (Some(cost), false) = (e.estimated_cost_usd, caps.is_empty()) {
+                let (result, how) = ledger.reserve(caps, cost).await;
+                counted = Some(how);
+                if let Err(refusal) = result {
+                    skipped.push(Skipped {
+                        model: e.model.clone(),
+                        reason: SkipReason::OverBudget {
+                            budget: refusal.label,
+                            limit_usd: refusal.limit_usd,
+                            spent_usd: refusal.spent_usd,
+                            cost_usd: cost,
+                        },
+                    });
+                    continue;
+                }
+            }
+            return Ok(Choice {
+                model: e.model,
+                estimated_cost_usd: e.estimated_cost_usd,
+                premium_cost_usd,
+                from_default,
+                skipped,
+                counted,
+            });
+        }
+    }
+    Err(NoCandidate { skipped })
+}

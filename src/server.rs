@@ -15,9 +15,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use crate::budget::{Identity, Ledger, caps_for};
+use crate::config::DEFAULT_EXPECTED_OUTPUT_TOKENS;
 use crate::engine::{Engine, RouteError, Routed};
 use crate::index::GraphState;
 use crate::metrics::{Gauges, Metrics};
+use crate::policy::Outcome;
+use crate::selection::{self, Choice, Health, Needs};
 
 /// Limits of the HTTP API.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +57,8 @@ pub struct AppState {
     engine: Arc<OnceLock<Arc<Engine>>>,
     metrics: Arc<Metrics>,
     options: ServerOptions,
+    health: Arc<Health>,
+    ledger: Arc<Ledger>,
 }
 
 impl AppState {
@@ -59,7 +69,20 @@ impl AppState {
             engine: Arc::new(OnceLock::new()),
             metrics: Arc::new(Metrics::default()),
             options,
+            health: Arc::new(Health::default()),
+            ledger: Arc::new(Ledger::in_memory()),
         }
+    }
+
+    /// Counts spend in `ledger` (e.g. one backed by Redis) instead of this process's memory.
+    pub fn with_ledger(mut self, ledger: Ledger) -> Self {
+        self.ledger = Arc::new(ledger);
+        self
+    }
+
+    /// Model health marks (shared with the admin endpoints).
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// State with an engine ready.
@@ -103,6 +126,12 @@ pub enum ApiError {
     /// The request took longer than the timeout.
     #[error("the request timed out after {0} ms")]
     Timeout(u64),
+    /// Every candidate that could serve the request is over a spend cap.
+    #[error("{0}")]
+    BudgetExhausted(String),
+    /// No candidate model can serve the request (down, too small, lacking a capability).
+    #[error("{0}")]
+    NoCandidate(String),
     /// No such endpoint.
     #[error("no such endpoint: {0}")]
     NotFound(String),
@@ -133,6 +162,8 @@ impl ApiError {
             ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::BudgetExhausted(_) => (StatusCode::PAYMENT_REQUIRED, "budget_exhausted"),
+            ApiError::NoCandidate(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_candidate"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -242,12 +273,18 @@ pub struct RouteRequest {
     /// Chat messages.
     #[serde(default)]
     pub messages: Option<Vec<Message>>,
+    /// Capabilities the chosen model must have (`vision`, `tools`, ...).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Send to this route, bypassing the scores (it must exist).
+    #[serde(default)]
+    pub route: Option<String>,
 }
 
 impl RouteRequest {
     /// The text to route.
-    pub fn text(self) -> Result<String, ApiError> {
-        match (self.prompt, self.messages) {
+    pub fn text(&mut self) -> Result<String, ApiError> {
+        match (self.prompt.take(), self.messages.take()) {
             (Some(_), Some(_)) => Err(ApiError::Validation(
                 "give either `prompt` or `messages`, not both".into(),
             )),
@@ -297,13 +334,26 @@ fn non_empty(text: String) -> Result<String, ApiError> {
 pub struct BatchRequest {
     /// Prompts to route.
     pub prompts: Vec<String>,
+    /// Capabilities the chosen models must have.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// A routed prompt with the model chosen among its route's candidates.
+#[derive(Debug, Serialize)]
+pub struct RouteResponse {
+    /// The decision; its `model` is the chosen candidate.
+    #[serde(flatten)]
+    pub routed: Routed,
+    /// How the model was chosen among the candidates.
+    pub selection: Choice,
 }
 
 /// Answer of `POST /v1/route/batch`, one result per prompt in order.
 #[derive(Debug, Serialize)]
 pub struct BatchResponse {
     /// The decisions.
-    pub results: Vec<Routed>,
+    pub results: Vec<RouteResponse>,
 }
 
 /// Builds the router.
@@ -312,6 +362,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/route", post(route))
         .route("/v1/route/batch", post(route_batch))
+        .route("/v1/usage", post(usage))
+        .route("/v1/admin/models", get(admin_models))
+        .route("/v1/admin/models/{model}/down", post(admin_model_down))
+        .route("/v1/admin/models/{model}/up", post(admin_model_up))
         .route("/v1/routes", get(routes))
         .route("/v1/index", get(index_manifest))
         .route("/healthz", get(healthz))
@@ -326,7 +380,8 @@ async fn not_found(req: Request) -> ApiError {
     ApiError::NotFound(format!("{} {}", req.method(), req.uri().path()))
 }
 
-fn timing_headers(routed: &Routed) -> HeaderMap {
+fn timing_headers(response: &RouteResponse) -> HeaderMap {
+    let routed = &response.routed;
     let mut headers = HeaderMap::new();
     let t = &routed.timings;
     for (name, value) in [
@@ -345,11 +400,16 @@ fn timing_headers(routed: &Routed) -> HeaderMap {
     headers
 }
 
-fn record(state: &AppState, endpoint: &str, result: &Result<Routed, ApiError>, started: Instant) {
+fn record(
+    state: &AppState,
+    endpoint: &str,
+    result: &Result<RouteResponse, ApiError>,
+    started: Instant,
+) {
     match result {
-        Ok(routed) => {
+        Ok(response) => {
             state.metrics.request(endpoint, 200);
-            record_decision(state, routed);
+            record_decision(state, response);
             state
                 .metrics
                 .request_latency
@@ -361,7 +421,15 @@ fn record(state: &AppState, endpoint: &str, result: &Result<Routed, ApiError>, s
     }
 }
 
-fn record_decision(state: &AppState, routed: &Routed) {
+fn record_decision(state: &AppState, response: &RouteResponse) {
+    let routed = &response.routed;
+    if let Some(cost) = response.selection.estimated_cost_usd {
+        state.metrics.spend(
+            &response.selection.model,
+            cost,
+            response.selection.premium_cost_usd.unwrap_or(cost),
+        );
+    }
     state.metrics.decision(
         routed.decision.route(),
         &routed.decision.model,
@@ -377,31 +445,115 @@ fn record_decision(state: &AppState, routed: &Routed) {
         .observe(routed.timings.queue_ms / 1e3);
 }
 
+/// Who a request is for: `x-switchyard-tenant`, `x-switchyard-tier`, and the API key from
+/// `Authorization: Bearer ...`, kept only as a hash prefix.
+fn identity(headers: &HeaderMap) -> Identity {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let key = text("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+        .map(|k| crate::config::hex(&Sha256::digest(k.as_bytes()))[..16].to_string());
+    Identity {
+        key,
+        tenant: text("x-switchyard-tenant"),
+        tier: text("x-switchyard-tier"),
+    }
+}
+
+/// Chooses the model for a routed prompt among its route's candidates (health, context window,
+/// capabilities, spend caps), falling back to the default route's candidates.
+async fn select(
+    state: &AppState,
+    engine: &Engine,
+    mut routed: Routed,
+    who: &Identity,
+    capabilities: &[String],
+) -> Result<RouteResponse, ApiError> {
+    let index = engine.index();
+    let table = index.table();
+    let route = routed.decision.route().and_then(|r| table.route(r));
+    let needs = Needs {
+        prompt_tokens: routed.prompt_tokens as u64,
+        output_tokens: u64::from(
+            route.map_or(DEFAULT_EXPECTED_OUTPUT_TOKENS, |r| r.expected_output_tokens),
+        ),
+        capabilities,
+    };
+    let caps = caps_for(&table.budgets, who, SystemTime::now());
+    match selection::choose(table, route, &needs, &state.health, &state.ledger, &caps).await {
+        Ok(choice) => {
+            routed.decision.model = choice.model.clone();
+            Ok(RouteResponse {
+                routed,
+                selection: choice,
+            })
+        }
+        Err(none) => {
+            let reasons = serde_json::to_string(&none.skipped).unwrap_or_default();
+            Err(if none.budget_bound() {
+                ApiError::BudgetExhausted(format!(
+                    "every candidate model is over a spend cap or unavailable: {reasons}"
+                ))
+            } else {
+                ApiError::NoCandidate(format!(
+                    "no candidate model can take this request: {reasons}"
+                ))
+            })
+        }
+    }
+}
+
 async fn route(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<ApiJson<RouteRequest>, ApiError>,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let ApiJson(body) = body?;
+        let ApiJson(mut body) = body?;
         let text = body.text()?;
         let engine = state.engine()?;
-        let timeout = Duration::from_millis(state.options.request_timeout_ms);
-        match tokio::time::timeout(timeout, engine.route_async(&text)).await {
-            Ok(r) => r.map_err(ApiError::from),
-            Err(_) => Err(ApiError::Timeout(state.options.request_timeout_ms)),
+        if let Some(r) = &body.route {
+            if engine.index().table().route(r).is_none() {
+                return Err(ApiError::Validation(format!(
+                    "`route`: no route named `{r}`"
+                )));
+            }
         }
+        let timeout = Duration::from_millis(state.options.request_timeout_ms);
+        let mut routed = match tokio::time::timeout(timeout, engine.route_async(&text)).await {
+            Ok(r) => r.map_err(ApiError::from)?,
+            Err(_) => return Err(ApiError::Timeout(state.options.request_timeout_ms)),
+        };
+        if let Some(r) = body.route.take() {
+            routed.decision.outcome = Outcome::Override { route: r };
+        }
+        select(
+            &state,
+            engine,
+            routed,
+            &identity(&headers),
+            &body.capabilities,
+        )
+        .await
     }
     .await;
     record(&state, "/v1/route", &result, started);
     match result {
-        Ok(routed) => (timing_headers(&routed), Json(routed)).into_response(),
+        Ok(response) => (timing_headers(&response), Json(response)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 async fn route_batch(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<ApiJson<BatchRequest>, ApiError>,
 ) -> Response {
     let result = async {
@@ -423,10 +575,16 @@ async fn route_batch(
         }
         let engine = state.engine()?;
         let timeout = Duration::from_millis(state.options.request_timeout_ms);
-        match tokio::time::timeout(timeout, engine.route_many(&body.prompts)).await {
-            Ok(r) => r.map_err(ApiError::from),
-            Err(_) => Err(ApiError::Timeout(state.options.request_timeout_ms)),
+        let routed = match tokio::time::timeout(timeout, engine.route_many(&body.prompts)).await {
+            Ok(r) => r.map_err(ApiError::from)?,
+            Err(_) => return Err(ApiError::Timeout(state.options.request_timeout_ms)),
+        };
+        let who = identity(&headers);
+        let mut out = Vec::with_capacity(routed.len());
+        for r in routed {
+            out.push(select(&state, engine, r, &who, &body.capabilities).await?);
         }
+        Ok(out)
     }
     .await;
     match result {
@@ -444,6 +602,109 @@ async fn route_batch(
             e.into_response()
         }
     }
+}
+
+/// Body of `POST /v1/usage`: what a request really used, reported after the LLM answered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageReport {
+    /// The model that answered (must be in the catalog).
+    pub model: String,
+    /// Prompt tokens billed.
+    pub input_tokens: u64,
+    /// Answer tokens billed.
+    pub output_tokens: u64,
+    /// The estimate charged when the request was routed (`selection.estimated_cost_usd`), so
+    /// that only the difference is added; 0 when the request was not routed by switchyard.
+    #[serde(default)]
+    pub estimated_cost_usd: f64,
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<ApiJson<UsageReport>, ApiError>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ApiJson(report) = body?;
+    let engine = state.engine()?;
+    let index = engine.index();
+    let table = index.table();
+    let model = table.catalog.get(&report.model).ok_or_else(|| {
+        ApiError::Validation(format!("`model`: `{}` is not in the catalog", report.model))
+    })?;
+    if !(report.estimated_cost_usd >= 0.0) {
+        return Err(ApiError::Validation(
+            "`estimated_cost_usd` must be a non-negative number".into(),
+        ));
+    }
+    let cost = model.cost_usd(report.input_tokens, report.output_tokens);
+    let caps = caps_for(&table.budgets, &identity(&headers), SystemTime::now());
+    let delta = cost - report.estimated_cost_usd;
+    let counted = state.ledger.adjust(&caps, delta).await;
+    state.metrics.usage(&report.model, cost);
+    Ok(Json(serde_json::json!({
+        "cost_usd": cost,
+        "adjusted_by_usd": delta,
+        "budgets": caps.iter().map(|c| c.label.clone()).collect::<Vec<_>>(),
+        "counted": counted,
+    })))
+}
+
+/// Body of `POST /v1/admin/models/{model}/down`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownRequest {
+    /// How long the mark lasts, in seconds (default 300); it expires by itself.
+    #[serde(default = "default_down_ttl_s")]
+    pub ttl_s: u64,
+}
+
+fn default_down_ttl_s() -> u64 {
+    300
+}
+
+async fn admin_models(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let down: Vec<serde_json::Value> = state
+        .health
+        .snapshot()
+        .into_iter()
+        .map(|(model, left)| serde_json::json!({"model": model, "down_for_s": left}))
+        .collect();
+    Json(serde_json::json!({ "down": down }))
+}
+
+async fn admin_model_down(
+    State(state): State<AppState>,
+    axum::extract::Path(model): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    // the body is optional: `{"ttl_s": N}`, or nothing for the default
+    let ttl_s = if body.iter().all(u8::is_ascii_whitespace) {
+        default_down_ttl_s()
+    } else {
+        serde_json::from_slice::<DownRequest>(&body)
+            .map_err(|e| ApiError::Validation(format!("expected {{\"ttl_s\": seconds}}: {e}")))?
+            .ttl_s
+    };
+    if ttl_s == 0 || ttl_s > 7 * 86_400 {
+        return Err(ApiError::Validation(
+            "`ttl_s` must be between 1 and 604800".into(),
+        ));
+    }
+    state.health.mark_down(&model, Duration::from_secs(ttl_s));
+    tracing::info!(%model, ttl_s, "model marked down");
+    Ok(Json(
+        serde_json::json!({"model": model, "down_for_s": ttl_s}),
+    ))
+}
+
+async fn admin_model_up(
+    State(state): State<AppState>,
+    axum::extract::Path(model): axum::extract::Path<String>,
+) -> Json<serde_json::Value> {
+    let was_down = state.health.mark_up(&model);
+    tracing::info!(%model, "model marked up");
+    Json(serde_json::json!({"model": model, "was_down": was_down}))
 }
 
 #[derive(Serialize)]

@@ -150,6 +150,7 @@ impl Embedder for FakeEmbedder {
                     vector: v,
                     tokens: words.len().min(8) + 2,
                     truncated: words.len() > 6,
+                    prompt_tokens: words.len() + 2,
                 }
             })
             .collect())
