@@ -632,7 +632,7 @@ async fn usage(
     let model = table.catalog.get(&report.model).ok_or_else(|| {
         ApiError::Validation(format!("`model`: `{}` is not in the catalog", report.model))
     })?;
-    if !(report.estimated_cost_usd >= 0.0) {
+    if report.estimated_cost_usd.is_nan() || report.estimated_cost_usd < 0.0 {
         return Err(ApiError::Validation(
             "`estimated_cost_usd` must be a non-negative number".into(),
         ));
