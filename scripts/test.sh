@@ -5,4 +5,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 eval "$(scripts/setup.sh)"
+# the Redis tests start their own redis-server (Debian's) on a free loopback port
+if ! command -v redis-server >/dev/null; then
+  echo "test: installing redis-server" >&2
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
 cargo test --locked "$@"

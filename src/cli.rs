@@ -212,6 +212,13 @@ pub struct ServeArgs {
     /// Most padded tokens in one forward pass.
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_TOKENS", default_value_t = EngineOptions::default().max_batch_tokens)]
     pub max_batch_tokens: usize,
+    /// Count spend caps in Redis (shared by replicas), e.g. `redis://127.0.0.1:6379/0`;
+    /// without it they are counted in this process's memory.
+    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    pub redis_url: Option<SecretUrl>,
+    /// Prefix of switchyard's Redis keys.
+    #[arg(long, env = "SWITCHYARD_REDIS_PREFIX", default_value = "switchyard:")]
+    pub redis_prefix: String,
     /// Embeddings kept for repeated prompts; 0 turns the cache off.
     #[arg(long, env = "SWITCHYARD_EMBED_CACHE_ENTRIES", default_value_t = EngineOptions::default().embed_cache_entries)]
     pub embed_cache_entries: usize,
@@ -540,6 +547,35 @@ fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
     runtime.block_on(serve_async(args))
 }
 
+/// A URL that may carry a password: its `Debug` form hides it.
+#[derive(Clone)]
+pub struct SecretUrl(pub String);
+
+impl std::str::FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretUrl(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
     let options = ServerOptions {
         body_limit_bytes: args.body_limit_bytes,
@@ -557,7 +593,19 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(options);
+    let mut state = AppState::new(options);
+    if let Some(SecretUrl(url)) = &args.redis_url {
+        let store = crate::budget::RedisStore::connect(url, &args.redis_prefix)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to Redis at {} (--redis-url)",
+                    redact_url(url)
+                )
+            })?;
+        state = state.with_ledger(crate::budget::Ledger::with_redis(store));
+        tracing::info!(redis = %redact_url(url), "counting spend in Redis");
+    }
     let app = server::app(state.clone());
 
     // The index opens while the server already answers /healthz (and 503 on /readyz); if it
@@ -610,4 +658,33 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
     }
     tracing::info!("stopped");
     Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("redis://:s3cret@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://user:s3cret@host/0"),
+            "redis://user:***@host/0"
+        );
+        assert_eq!(redact_url("redis://host:6379/0"), "redis://host:6379/0");
+    }
+
+    #[test]
+    fn serve_args_debug_does_not_show_the_redis_password() {
+        let cli = Cli::parse_from([
+            "switchyard",
+            "serve",
+            "--redis-url",
+            "redis://:s3cret@host:6379/0",
+        ]);
+        assert!(!format!("{cli:?}").contains("s3cret"), "{cli:?}");
+    }
 }

@@ -3,5 +3,7 @@
 
 mod api;
 mod common;
+mod cost;
 mod e2e;
 mod model;
+mod redis;

@@ -1,0 +1,337 @@
+//! Cost-aware choice among candidates, through the API: candidate order, health, context
+//! windows, capabilities, budget downgrades and exhaustion, usage reports.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use switchyard::config;
+use switchyard::engine::{Engine, EngineOptions};
+use switchyard::index::IndexParams;
+use switchyard::indexer;
+use switchyard::server::{AppState, ServerOptions, app};
+use tower::ServiceExt;
+
+use crate::common::*;
+
+/// Costs are exact binary fractions: premium $0.25, mid $0.125, cheap $0.0625 per `greet`
+/// request (100 expected output tokens; input is free).
+const COST_ROUTES: &str = "\
+version: 1
+defaults: {method: neighbours, threshold: 0.9, top_k: 3}
+models:
+  premium: {input_per_mtok: 0, output_per_mtok: 2500, context_window: 100000, capabilities: [vision]}
+  mid: {input_per_mtok: 0, output_per_mtok: 1250, context_window: 100000, capabilities: [vision]}
+  cheap: {input_per_mtok: 0, output_per_mtok: 625, context_window: 100000}
+  tiny: {input_per_mtok: 0, output_per_mtok: 1, context_window: 105}
+budgets:
+  - {scope: tenant, period: day, limit_usd: 0.875}
+default_route: {models: [cheap]}
+routes:
+  - name: greet
+    models: [premium, mid, cheap]
+    expected_output_tokens: 100
+    utterances: [hello there, good morning friend]
+  - name: bye
+    models: [tiny, cheap]
+    expected_output_tokens: 100
+    utterances: [goodbye for now, see you later]
+";
+
+fn state() -> (AppState, tempfile::TempDir) {
+    let table = config::parse_sources(&[("cost.yaml".into(), COST_ROUTES.into())]).unwrap();
+    let mut fake = FakeEmbedder::new("fake");
+    let dir = tempfile::tempdir().unwrap();
+    indexer::build(
+        &table,
+        &mut fake,
+        dir.path(),
+        IndexParams::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let engine = Engine::open(dir.path(), vec![fake], EngineOptions::default()).unwrap();
+    (
+        AppState::with_engine(std::sync::Arc::new(engine), ServerOptions::default()),
+        dir,
+    )
+}
+
+async fn call(state: &AppState, uri: &str, tenant: &str, body: Value) -> (StatusCode, Value) {
+    let req = Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-switchyard-tenant", tenant)
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let res = app(state.clone()).oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (status, v)
+}
+
+async fn route(state: &AppState, tenant: &str, body: Value) -> (StatusCode, Value) {
+    call(state, "/v1/route", tenant, body).await
+}
+
+fn skipped(v: &Value) -> Vec<(String, String)> {
+    v["selection"]["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["model"].as_str().unwrap().to_string(),
+                s["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn first_candidate_wins_with_its_estimated_cost() {
+    let (state, _dir) = state();
+    let (status, v) = route(&state, "t", json!({"prompt": "hello there"})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["route"], "greet");
+    assert_eq!(v["model"], "premium");
+    assert_eq!(v["selection"]["estimated_cost_usd"], 0.25);
+    assert_eq!(v["selection"]["premium_cost_usd"], 0.25);
+    assert_eq!(v["selection"]["from_default"], false);
+    assert_eq!(v["selection"]["counted"]["store"], "memory");
+    assert!(skipped(&v).is_empty());
+}
+
+#[tokio::test]
+async fn budget_downgrades_then_refuses_with_402() {
+    let (state, _dir) = state();
+    let mut models = Vec::new();
+    for _ in 0..4 {
+        let (status, v) = route(&state, "acme", json!({"prompt": "hello there"})).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        models.push(v["model"].as_str().unwrap().to_string());
+        if models.len() == 4 {
+            assert_eq!(
+                skipped(&v),
+                [("premium".to_string(), "over_budget".to_string())]
+            );
+            let s = &v["selection"]["skipped"][0];
+            assert_eq!(s["budget"], "tenant:acme per day");
+            assert_eq!(s["spent_usd"], 0.75);
+            assert_eq!(s["limit_usd"], 0.875);
+        }
+    }
+    // 3 × 0.25 = 0.75; premium would make 1.0 > 0.875, mid makes exactly 0.875
+    assert_eq!(models, ["premium", "premium", "premium", "mid"]);
+    let (status, v) = route(&state, "acme", json!({"prompt": "hello there"})).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{v}");
+    assert_eq!(v["type"], "budget_exhausted");
+    assert!(v["error"].as_str().unwrap().contains("over_budget"), "{v}");
+    // other tenants have their own cap
+    let (status, v) = route(&state, "globex", json!({"prompt": "hello there"})).await;
+    assert_eq!(
+        (status, v["model"].as_str()),
+        (StatusCode::OK, Some("premium"))
+    );
+    // no tenant: no cap applies
+    let (status, v) = route(&state, "", json!({"prompt": "hello there"})).await;
+    assert_eq!(
+        (status, v["model"].as_str()),
+        (StatusCode::OK, Some("premium"))
+    );
+    assert!(v["selection"].get("counted").is_none(), "{v}");
+}
+
+#[tokio::test]
+async fn usage_reports_adjust_the_budget() {
+    let (state, _dir) = state();
+    let (_, v) = route(&state, "acme", json!({"prompt": "hello there"})).await;
+    assert_eq!(v["model"], "premium");
+    // the answer was long: 300 output tokens instead of 100 → $0.75 instead of $0.25
+    let (status, u) = call(
+        &state,
+        "/v1/usage",
+        "acme",
+        json!({"model": "premium", "input_tokens": 10, "output_tokens": 300, "estimated_cost_usd": 0.25}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{u}");
+    assert_eq!(u["cost_usd"], 0.75);
+    assert_eq!(u["adjusted_by_usd"], 0.5);
+    // 0.75 spent: the next request cannot afford premium
+    let (_, v) = route(&state, "acme", json!({"prompt": "hello there"})).await;
+    assert_eq!(v["model"], "mid");
+    let (status, u) = call(
+        &state,
+        "/v1/usage",
+        "acme",
+        json!({"model": "nope", "input_tokens": 1, "output_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{u}");
+    let m = app(state.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8(m.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(
+        text.contains("switchyard_estimated_spend_usd_total{model=\"premium\"} 0.25"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchyard_estimated_spend_usd_total{model=\"mid\"} 0.125"),
+        "{text}"
+    );
+    // saved against always-premium: 0.25 - 0.125
+    assert!(
+        text.contains("switchyard_estimated_savings_usd_total 0.125"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchyard_reported_spend_usd_total{model=\"premium\"} 0.75"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn down_models_are_skipped_until_up_or_expired() {
+    let (state, _dir) = state();
+    let (status, v) = call(
+        &state,
+        "/v1/admin/models/premium/down",
+        "",
+        json!({"ttl_s": 60}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (_, v) = route(&state, "t", json!({"prompt": "hello there"})).await;
+    assert_eq!(v["model"], "mid");
+    assert_eq!(skipped(&v), [("premium".to_string(), "down".to_string())]);
+    let listed = app(state.clone())
+        .oneshot(
+            Request::get("/v1/admin/models")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let listed: Value =
+        serde_json::from_slice(&listed.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(listed["down"][0]["model"], "premium");
+    let (_, up) = call(&state, "/v1/admin/models/premium/up", "", Value::Null).await;
+    assert_eq!(up["was_down"], true);
+    let (_, v) = route(&state, "t", json!({"prompt": "hello there"})).await;
+    assert_eq!(v["model"], "premium");
+    // every candidate of the route down: the default route takes it
+    state
+        .health()
+        .mark_down("premium", std::time::Duration::from_secs(60));
+    state
+        .health()
+        .mark_down("mid", std::time::Duration::from_secs(60));
+    state
+        .health()
+        .mark_down("cheap", std::time::Duration::from_secs(60));
+    let (status, v) = route(&state, "t", json!({"prompt": "hello there"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["type"], "no_candidate");
+    // an expired mark counts as up
+    state
+        .health()
+        .mark_down("premium", std::time::Duration::from_millis(1));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let (_, v) = route(&state, "t", json!({"prompt": "hello there"})).await;
+    assert_eq!(v["model"], "premium");
+    let (status, _) = call(&state, "/v1/admin/models/x/down", "", json!({"ttl_s": 0})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn the_default_route_takes_over_when_the_routes_candidates_cannot() {
+    let (state, _dir) = state();
+    state
+        .health()
+        .mark_down("tiny", std::time::Duration::from_secs(60));
+    state
+        .health()
+        .mark_down("cheap", std::time::Duration::from_secs(60));
+    // bye's candidates are tiny and cheap; the default route's only candidate is cheap too
+    let (status, _) = route(&state, "t", json!({"prompt": "see you later"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    state.health().mark_up("cheap");
+    let (_, v) = route(&state, "t", json!({"prompt": "see you later"})).await;
+    assert_eq!(v["route"], "bye");
+    assert_eq!(v["model"], "cheap");
+    assert_eq!(v["selection"]["from_default"], false);
+}
+
+#[tokio::test]
+async fn context_window_and_capabilities_filter_candidates() {
+    let (state, _dir) = state();
+    // 3 words + 2 special tokens + 100 expected = 105 tokens: fits tiny's window exactly
+    let (_, v) = route(&state, "t", json!({"prompt": "see you later"})).await;
+    assert_eq!(v["model"], "tiny");
+    // the same words twice: the same route, but 8 tokens + 100 > 105
+    let (_, v) = route(
+        &state,
+        "t",
+        json!({"prompt": "see you later see you later"}),
+    )
+    .await;
+    assert_eq!(v["route"], "bye", "{v}");
+    assert_eq!(v["model"], "cheap");
+    let s = &v["selection"]["skipped"][0];
+    assert_eq!(
+        (s["model"].as_str(), s["reason"].as_str()),
+        (Some("tiny"), Some("context_window"))
+    );
+    assert_eq!(
+        (s["needed"].as_u64(), s["window"].as_u64()),
+        (Some(108), Some(105))
+    );
+
+    let (_, v) = route(
+        &state,
+        "t",
+        json!({"prompt": "hello there", "capabilities": ["vision"]}),
+    )
+    .await;
+    assert_eq!(v["model"], "premium");
+    let (status, v) = route(
+        &state,
+        "t",
+        json!({"prompt": "see you later", "capabilities": ["vision"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("missing_capability"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn an_explicit_route_overrides_the_scores() {
+    let (state, _dir) = state();
+    let (_, v) = route(
+        &state,
+        "t",
+        json!({"prompt": "hello there", "route": "bye"}),
+    )
+    .await;
+    assert_eq!(v["outcome"], "override");
+    assert_eq!(v["route"], "bye");
+    assert_eq!(v["model"], "tiny");
+    let (status, v) = route(
+        &state,
+        "t",
+        json!({"prompt": "hello there", "route": "nope"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+}
