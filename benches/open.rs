@@ -81,6 +81,7 @@ fn main() {
         default_candidates: vec!["d".into()],
         catalog: Default::default(),
         budgets: Vec::new(),
+        rules: Vec::new(),
         routes: vec![Route {
             name: "r".into(),
             model: "m".into(),

@@ -75,6 +75,7 @@ fn bench(c: &mut Criterion) {
         default_candidates: vec!["d".into()],
         catalog: Default::default(),
         budgets: Vec::new(),
+        rules: Vec::new(),
         routes: vec![Route {
             name: "r".into(),
             model: "m".into(),

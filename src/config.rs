@@ -136,6 +136,34 @@ impl CatalogModel {
     }
 }
 
+/// A static rule, checked before semantic matching: when every condition given holds, the
+/// prompt goes to `route`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Name, reported in decisions.
+    pub name: String,
+    /// The route to send matching prompts to.
+    pub route: String,
+    /// The conditions (all must hold; at least one must be given).
+    pub when: RuleWhen,
+}
+
+/// Conditions of a [`Rule`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuleWhen {
+    /// A regular expression the prompt must match (Rust `regex` syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Phrases of which the prompt must contain at least one (case-insensitive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
+    /// The request's tier (`x-switchyard-tier`) must be this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
 /// Answer tokens assumed per request when a route does not say (`expected_output_tokens`).
 pub const DEFAULT_EXPECTED_OUTPUT_TOKENS: u32 = 256;
 
@@ -179,6 +207,8 @@ pub struct RouteTable {
     pub catalog: BTreeMap<String, CatalogModel>,
     /// Spend caps.
     pub budgets: Vec<Budget>,
+    /// Static rules, checked in order before semantic matching.
+    pub rules: Vec<Rule>,
     /// Routes in file order (files of a directory in name order).
     pub routes: Vec<Route>,
 }
@@ -210,6 +240,8 @@ struct OutFile<'a> {
     models: &'a BTreeMap<String, CatalogModel>,
     #[serde(skip_serializing_if = "<[Budget]>::is_empty")]
     budgets: &'a [Budget],
+    #[serde(skip_serializing_if = "<[Rule]>::is_empty")]
+    rules: &'a [Rule],
     default_route: OutDefault<'a>,
     routes: Vec<OutRoute<'a>>,
 }
@@ -264,6 +296,7 @@ pub fn to_yaml(table: &RouteTable) -> String {
         },
         models: &table.catalog,
         budgets: &table.budgets,
+        rules: &table.rules,
         default_route: OutDefault {
             models: &table.default_candidates,
         },
@@ -364,6 +397,8 @@ struct RawFile {
     models: Option<Spanned<BTreeMap<String, Spanned<CatalogModel>>>>,
     #[serde(default)]
     budgets: Vec<Spanned<Budget>>,
+    #[serde(default)]
+    rules: Vec<Spanned<Rule>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
 }
@@ -627,6 +662,7 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
     let mut default_model: Option<Vec<String>> = None;
     let mut catalog: BTreeMap<String, CatalogModel> = BTreeMap::new();
     let mut budgets: Vec<Budget> = Vec::new();
+    let mut rules: Vec<(Rule, PathBuf, usize)> = Vec::new();
     let mut catalog_seen: Option<(PathBuf, usize)> = None;
     // (model, file, line, route) of every candidate named, checked against the catalog at the end
     let mut used_models: Vec<(String, PathBuf, usize, Option<String>)> = Vec::new();
@@ -704,6 +740,33 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
                 }
                 defaults.min_similarity = Some(m.value);
             }
+        }
+        for r in &raw.rules {
+            let p = place(file, r);
+            let when = &r.value.when;
+            if when.regex.is_none() && when.keywords.is_empty() && when.tier.is_none() {
+                issues.push(p.issue(
+                    None,
+                    format!(
+                        "rule `{}` has no condition; give `regex`, `keywords` or `tier`",
+                        r.value.name
+                    ),
+                ));
+            }
+            if let Some(re) = &when.regex {
+                if let Err(e) = regex::Regex::new(re) {
+                    issues.push(
+                        p.issue(None, format!("rule `{}`: invalid regex: {e}", r.value.name)),
+                    );
+                }
+            }
+            if when.keywords.iter().any(|k| k.trim().is_empty()) {
+                issues.push(p.issue(
+                    None,
+                    format!("rule `{}` has an empty keyword", r.value.name),
+                ));
+            }
+            rules.push((r.value.clone(), file.to_path_buf(), p.line));
         }
         for b in &raw.budgets {
             if b.value.limit_usd.is_nan() || b.value.limit_usd < 0.0 {
@@ -869,6 +932,20 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
         }
     }
 
+    for (rule, file, line) in &rules {
+        if !names.contains_key(&rule.route) {
+            issues.push(ConfigIssue {
+                file: file.clone(),
+                line: *line,
+                column: 0,
+                route: None,
+                message: format!(
+                    "rule `{}` sends to route `{}`, which is not declared",
+                    rule.name, rule.route
+                ),
+            });
+        }
+    }
     if !budgets.is_empty() && catalog.is_empty() {
         let file = files.first().map(|(f, _)| f.clone())?;
         issues.push(ConfigIssue {
@@ -936,6 +1013,7 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
         default_candidates,
         catalog,
         budgets,
+        rules: rules.into_iter().map(|(r, _, _)| r).collect(),
         routes,
     })
 }

@@ -395,6 +395,7 @@ mod tests {
             default_candidates: vec!["d".into()],
             catalog: Default::default(),
             budgets: Vec::new(),
+            rules: Vec::new(),
             routes: ["a", "b"]
                 .iter()
                 .map(|n| Route {
@@ -710,6 +711,7 @@ mod calibrate_tests {
             default_candidates: vec!["d".into()],
             catalog: Default::default(),
             budgets: Vec::new(),
+            rules: Vec::new(),
             routes: ["a", "b"]
                 .iter()
                 .map(|n| Route {

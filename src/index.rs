@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Method, RouteTable};
 use crate::embed::ModelInfo;
+use crate::policy::Rules;
 use crate::scoring::{self, Classifier, Lexical};
 use crate::similarity::{self, UnitDot};
 
@@ -439,6 +440,7 @@ pub struct Index {
     centroids: Vec<f32>,
     lexical: Lexical,
     classifier: Option<Classifier>,
+    rules: Rules,
 }
 
 impl std::fmt::Debug for Index {
@@ -634,8 +636,11 @@ impl Index {
                 .iter()
                 .map(|u| (u.route as usize, u.text.as_str())),
         );
+        let rules = Rules::new(&table.rules)
+            .map_err(|e| corrupted(format!("a rule's regex does not compile: {e}")))?;
         Ok(Index {
             generation: generation.to_path_buf(),
+            rules,
             manifest,
             table,
             utterances,
@@ -681,6 +686,11 @@ impl Index {
     /// BM25 over each route's utterances.
     pub fn lexical(&self) -> &Lexical {
         &self.lexical
+    }
+
+    /// The route file's static rules.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
     }
 
     /// The trained classifier (`classifier` method only).
@@ -938,6 +948,7 @@ mod tests {
             default_candidates: vec!["d".into()],
             catalog: Default::default(),
             budgets: Vec::new(),
+            rules: Vec::new(),
             routes: vec![Route {
                 name: "r".into(),
                 model: "m".into(),

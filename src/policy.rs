@@ -73,6 +73,13 @@ pub enum Outcome {
         /// Its score.
         score: f32,
     },
+    /// A static rule of the route file matched, bypassing the scores.
+    Rule {
+        /// The rule's route.
+        route: String,
+        /// The rule's name.
+        rule: String,
+    },
     /// The request named its route (`"route": "..."`), bypassing the scores.
     Override {
         /// The route named.
@@ -101,9 +108,45 @@ impl Decision {
     /// The matched route's name, if any.
     pub fn route(&self) -> Option<&str> {
         match &self.outcome {
-            Outcome::Matched { route, .. } | Outcome::Override { route } => Some(route),
+            Outcome::Matched { route, .. }
+            | Outcome::Override { route }
+            | Outcome::Rule { route, .. } => Some(route),
             Outcome::Fallback { .. } => None,
         }
+    }
+}
+
+/// The route file's static rules, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    rules: Vec<(crate::config::Rule, Option<regex::Regex>, Vec<String>)>,
+}
+
+impl Rules {
+    /// Compiles `rules` (validated route files always compile).
+    pub fn new(rules: &[crate::config::Rule]) -> Result<Self, regex::Error> {
+        let rules = rules
+            .iter()
+            .map(|r| {
+                let re = r.when.regex.as_deref().map(regex::Regex::new).transpose()?;
+                let keywords = r.when.keywords.iter().map(|k| k.to_lowercase()).collect();
+                Ok((r.clone(), re, keywords))
+            })
+            .collect::<Result<_, regex::Error>>()?;
+        Ok(Rules { rules })
+    }
+
+    /// The first rule whose every condition holds for `text` from a request of `tier`.
+    pub fn first_match(&self, text: &str, tier: Option<&str>) -> Option<&crate::config::Rule> {
+        let lower = text.to_lowercase();
+        self.rules
+            .iter()
+            .find(|(rule, re, keywords)| {
+                re.as_ref().is_none_or(|re| re.is_match(text))
+                    && (keywords.is_empty() || keywords.iter().any(|k| lower.contains(k)))
+                    && rule.when.tier.as_deref().is_none_or(|t| Some(t) == tier)
+            })
+            .map(|(rule, _, _)| rule)
     }
 }
 
@@ -220,6 +263,7 @@ mod tests {
             default_candidates: vec!["default-model".into()],
             catalog: Default::default(),
             budgets: Vec::new(),
+            rules: Vec::new(),
             routes: thresholds
                 .iter()
                 .enumerate()
@@ -316,6 +360,48 @@ mod tests {
         let d = decide(&t, &[ev(0, 0.9, 0.2), ev(1, 0.1, 0.3)]);
         assert_eq!(d.route(), None);
         assert_eq!(d.routes[0].similarity, 0.2);
+    }
+
+    #[test]
+    fn rules_match_on_every_condition_in_order() {
+        use crate::config::{Rule, RuleWhen};
+        let rule = |name: &str, when: RuleWhen| Rule {
+            name: name.into(),
+            route: "r0".into(),
+            when,
+        };
+        let rules = Rules::new(&[
+            rule(
+                "free-code",
+                RuleWhen {
+                    regex: Some("```|\\bfn ".into()),
+                    tier: Some("free".into()),
+                    ..RuleWhen::default()
+                },
+            ),
+            rule(
+                "code",
+                RuleWhen {
+                    regex: Some("```".into()),
+                    ..RuleWhen::default()
+                },
+            ),
+            rule(
+                "words",
+                RuleWhen {
+                    keywords: vec!["Stack Trace".into(), "segfault".into()],
+                    ..RuleWhen::default()
+                },
+            ),
+        ])
+        .unwrap();
+        let name = |text: &str, tier| rules.first_match(text, tier).map(|r| r.name.as_str());
+        assert_eq!(name("fix ```x```", Some("free")), Some("free-code"));
+        assert_eq!(name("fix ```x```", Some("pro")), Some("code"));
+        assert_eq!(name("fn main", Some("free")), Some("free-code"));
+        assert_eq!(name("fn main", None), None);
+        assert_eq!(name("here is my STACK TRACE", None), Some("words"));
+        assert_eq!(name("hello", Some("free")), None);
     }
 
     #[test]

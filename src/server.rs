@@ -466,6 +466,20 @@ fn identity(headers: &HeaderMap) -> Identity {
     }
 }
 
+/// The route file's static rules take precedence over the scores.
+fn apply_rules(engine: &Engine, text: &str, who: &Identity, routed: &mut Routed) {
+    if let Some(rule) = engine
+        .index()
+        .rules()
+        .first_match(text, who.tier.as_deref())
+    {
+        routed.decision.outcome = Outcome::Rule {
+            route: rule.route.clone(),
+            rule: rule.name.clone(),
+        };
+    }
+}
+
 /// Chooses the model for a routed prompt among its route's candidates (health, context window,
 /// capabilities, spend caps), falling back to the default route's candidates.
 async fn select(
@@ -531,17 +545,12 @@ async fn route(
             Ok(r) => r.map_err(ApiError::from)?,
             Err(_) => return Err(ApiError::Timeout(state.options.request_timeout_ms)),
         };
-        if let Some(r) = body.route.take() {
-            routed.decision.outcome = Outcome::Override { route: r };
+        let who = identity(&headers);
+        match body.route.take() {
+            Some(r) => routed.decision.outcome = Outcome::Override { route: r },
+            None => apply_rules(engine, &text, &who, &mut routed),
         }
-        select(
-            &state,
-            engine,
-            routed,
-            &identity(&headers),
-            &body.capabilities,
-        )
-        .await
+        select(&state, engine, routed, &who, &body.capabilities).await
     }
     .await;
     record(&state, "/v1/route", &result, started);
@@ -581,7 +590,8 @@ async fn route_batch(
         };
         let who = identity(&headers);
         let mut out = Vec::with_capacity(routed.len());
-        for r in routed {
+        for (mut r, text) in routed.into_iter().zip(&body.prompts) {
+            apply_rules(engine, text, &who, &mut r);
             out.push(select(&state, engine, r, &who, &body.capabilities).await?);
         }
         Ok(out)

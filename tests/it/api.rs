@@ -119,6 +119,21 @@ async fn route_accepts_openai_messages_and_uses_the_last_user_message() {
 }
 
 #[tokio::test]
+async fn the_code_block_rule_sends_code_to_the_coder() {
+    let state = real_state();
+    let r = post(
+        &state,
+        "/v1/route",
+        r#"{"prompt": "What does this print?\n```\nprint(1 + 1)\n```"}"#,
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["outcome"], "rule", "{v}");
+    assert_eq!(v["rule"], "code-blocks-to-coder");
+    assert_eq!(v["model"], "qwen-2.5-coder-32b");
+}
+
+#[tokio::test]
 async fn fallback_is_reported_with_reason() {
     let state = real_state();
     let r = post(

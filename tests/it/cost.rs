@@ -26,6 +26,8 @@ models:
   tiny: {input_per_mtok: 0, output_per_mtok: 1, context_window: 105}
 budgets:
   - {scope: tenant, period: day, limit_usd: 0.875}
+rules:
+  - {name: free-mornings, route: bye, when: {keywords: [morning], tier: free}}
 default_route: {models: [cheap]}
 routes:
   - name: greet
@@ -334,4 +336,28 @@ async fn an_explicit_route_overrides_the_scores() {
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+}
+
+#[tokio::test]
+async fn static_rules_come_before_the_scores() {
+    let (state, _dir) = state();
+    let req = |tier: &'static str| {
+        Request::post("/v1/route")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-switchyard-tier", tier)
+            .body(Body::from(r#"{"prompt": "good morning friend"}"#))
+            .unwrap()
+    };
+    let res = app(state.clone()).oneshot(req("free")).await.unwrap();
+    let v: Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["outcome"], "rule", "{v}");
+    assert_eq!(v["rule"], "free-mornings");
+    assert_eq!(v["route"], "bye");
+    assert_eq!(v["model"], "tiny");
+    let res = app(state.clone()).oneshot(req("pro")).await.unwrap();
+    let v: Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["outcome"], "matched");
+    assert_eq!(v["route"], "greet");
 }
