@@ -219,6 +219,16 @@ pub struct ServeArgs {
     /// Prefix of switchyard's Redis keys.
     #[arg(long, env = "SWITCHYARD_REDIS_PREFIX", default_value = "switchyard:")]
     pub redis_prefix: String,
+    /// Write every decision as a JSON line to this file (off by default; prompts are hashed,
+    /// not written).
+    #[arg(long, env = "SWITCHYARD_DECISION_LOG")]
+    pub decision_log: Option<PathBuf>,
+    /// Rotate the decision log at this size.
+    #[arg(long, env = "SWITCHYARD_DECISION_LOG_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub decision_log_max_bytes: u64,
+    /// Rotated decision-log files kept.
+    #[arg(long, env = "SWITCHYARD_DECISION_LOG_KEEP", default_value_t = 5)]
+    pub decision_log_keep: usize,
     /// Embeddings kept for repeated prompts; 0 turns the cache off.
     #[arg(long, env = "SWITCHYARD_EMBED_CACHE_ENTRIES", default_value_t = EngineOptions::default().embed_cache_entries)]
     pub embed_cache_entries: usize,
@@ -510,7 +520,9 @@ fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
         chosen.push(routed.decision.route().and_then(position));
         nearest.push(routed.neighbours.first().and_then(|n| position(&n.route)));
     }
-    let report = crate::eval::report(table, &examples, &chosen, &nearest);
+    let mut report = crate::eval::report(table, &examples, &chosen, &nearest);
+    let tokens: Vec<u64> = vectors.iter().map(|v| v.prompt_tokens as u64).collect();
+    report.cost = crate::eval::cost_figures(table, &chosen, &tokens);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -594,6 +606,15 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr()?;
     let mut state = AppState::new(options);
+    if let Some(path) = &args.decision_log {
+        let log = crate::decision_log::DecisionLog::open(crate::decision_log::LogOptions {
+            path: path.clone(),
+            max_bytes: args.decision_log_max_bytes,
+            keep: args.decision_log_keep,
+        })
+        .with_context(|| format!("cannot open the decision log {}", path.display()))?;
+        state = state.with_decision_log(log);
+    }
     if let Some(SecretUrl(url)) = &args.redis_url {
         let store = crate::budget::RedisStore::connect(url, &args.redis_prefix)
             .await

@@ -190,6 +190,67 @@ pub struct Report {
     pub confused: Vec<Confusion>,
     /// Baselines on the same embeddings.
     pub baselines: Baselines,
+    /// What the labelled set would cost under the routes, beside always-premium and
+    /// always-cheapest (present when the route files have a model catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostFigures>,
+}
+
+/// Estimated cost of a labelled set, in US dollars.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CostFigures {
+    /// Each prompt sent to the first candidate of its decided route (no health marks, no caps).
+    pub routed_usd: f64,
+    /// Every prompt sent to the catalog's most expensive model.
+    pub always_premium_usd: f64,
+    /// Every prompt sent to the catalog's cheapest model.
+    pub always_cheapest_usd: f64,
+    /// Share of the always-premium cost that routing saves.
+    pub saved_vs_premium: f64,
+}
+
+/// Estimated cost of sending each prompt (with `prompt_tokens[i]` tokens) where `chosen[i]`
+/// says, against the catalog's most expensive and cheapest models. `None` without a catalog.
+pub fn cost_figures(
+    table: &RouteTable,
+    chosen: &[Choice],
+    prompt_tokens: &[u64],
+) -> Option<CostFigures> {
+    use crate::config::DEFAULT_EXPECTED_OUTPUT_TOKENS;
+    use crate::selection::{Needs, filter};
+    if table.catalog.is_empty() {
+        return None;
+    }
+    let (mut routed, mut premium, mut cheapest) = (0.0, 0.0, 0.0);
+    for (c, &tokens) in chosen.iter().zip(prompt_tokens) {
+        let route = c.map(|r| &table.routes[r]);
+        let output =
+            u64::from(route.map_or(DEFAULT_EXPECTED_OUTPUT_TOKENS, |r| r.expected_output_tokens));
+        let needs = Needs {
+            prompt_tokens: tokens,
+            output_tokens: output,
+            capabilities: &[],
+        };
+        let candidates = route.map_or(&table.default_candidates, |r| &r.candidates);
+        let (eligible, _) = filter(candidates, &table.catalog, &|_| false, &needs);
+        routed += eligible
+            .first()
+            .and_then(|e| e.estimated_cost_usd)
+            .unwrap_or(0.0);
+        let costs = table.catalog.values().map(|m| m.cost_usd(tokens, output));
+        premium += costs.clone().fold(0.0, f64::max);
+        cheapest += costs.fold(f64::INFINITY, f64::min);
+    }
+    Some(CostFigures {
+        routed_usd: routed,
+        always_premium_usd: premium,
+        always_cheapest_usd: cheapest,
+        saved_vs_premium: if premium > 0.0 {
+            1.0 - routed / premium
+        } else {
+            0.0
+        },
+    })
 }
 
 /// Baseline figures.
@@ -321,6 +382,7 @@ pub fn report(
             nearest_neighbour: figures_only(n, &gold, nearest),
             always_default: figures_only(n, &gold, &vec![None; gold.len()]),
         },
+        cost: None,
     }
 }
 
@@ -356,6 +418,16 @@ pub fn render(report: &Report) -> String {
         &report.baselines.nearest_neighbour,
     );
     row(&mut s, "always default", &report.baselines.always_default);
+    if let Some(c) = &report.cost {
+        let _ = writeln!(
+            s,
+            "\nestimated cost: ${:.4} routed, ${:.4} always premium, ${:.4} always cheapest ({:.1}% saved against premium)",
+            c.routed_usd,
+            c.always_premium_usd,
+            c.always_cheapest_usd,
+            c.saved_vs_premium * 100.0
+        );
+    }
     if !report.confused.is_empty() {
         let _ = writeln!(s, "\nmost confused (gold → chosen):");
         for c in &report.confused {

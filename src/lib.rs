@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod decision_log;
 pub mod embed;
 pub mod engine;
 pub mod eval;

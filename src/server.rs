@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::budget::{Identity, Ledger, caps_for};
 use crate::config::DEFAULT_EXPECTED_OUTPUT_TOKENS;
+use crate::decision_log::DecisionLog;
 use crate::engine::{Engine, RouteError, Routed};
 use crate::index::GraphState;
 use crate::metrics::{Gauges, Metrics};
@@ -59,6 +60,7 @@ pub struct AppState {
     options: ServerOptions,
     health: Arc<Health>,
     ledger: Arc<Ledger>,
+    decision_log: Option<Arc<DecisionLog>>,
 }
 
 impl AppState {
@@ -71,7 +73,14 @@ impl AppState {
             options,
             health: Arc::new(Health::default()),
             ledger: Arc::new(Ledger::in_memory()),
+            decision_log: None,
         }
+    }
+
+    /// Writes every decision to `log`.
+    pub fn with_decision_log(mut self, log: DecisionLog) -> Self {
+        self.decision_log = Some(Arc::new(log));
+        self
     }
 
     /// Counts spend in `ledger` (e.g. one backed by Redis) instead of this process's memory.
@@ -485,10 +494,53 @@ fn apply_rules(engine: &Engine, text: &str, who: &Identity, routed: &mut Routed)
 async fn select(
     state: &AppState,
     engine: &Engine,
-    mut routed: Routed,
+    routed: Routed,
+    text: &str,
     who: &Identity,
     capabilities: &[String],
 ) -> Result<RouteResponse, ApiError> {
+    let result = choose_model(state, engine, routed, who, capabilities).await;
+    if let Some(log) = &state.decision_log {
+        log.record(&log_line(text, who, &result));
+    }
+    result.map_err(|(e, _)| e)
+}
+
+/// One decision-log line: the response (or the error), who asked, and a hash of the prompt.
+fn log_line(
+    text: &str,
+    who: &Identity,
+    result: &Result<RouteResponse, (ApiError, Box<Routed>)>,
+) -> serde_json::Value {
+    let ts_ms = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let mut line = match result {
+        Ok(response) => serde_json::to_value(response).unwrap_or_default(),
+        Err((e, routed)) => {
+            let mut v = serde_json::to_value(routed.as_ref()).unwrap_or_default();
+            v["error"] = serde_json::json!({"error": e.to_string(), "type": e.status_and_kind().1});
+            v
+        }
+    };
+    line["ts_ms"] = ts_ms.into();
+    line["prompt_sha256"] = crate::config::hex(&Sha256::digest(text.as_bytes()))[..16]
+        .to_string()
+        .into();
+    line["tenant"] = who.tenant.clone().into();
+    line["tier"] = who.tier.clone().into();
+    line["key"] = who.key.clone().into();
+    line
+}
+
+async fn choose_model(
+    state: &AppState,
+    engine: &Engine,
+    mut routed: Routed,
+    who: &Identity,
+    capabilities: &[String],
+) -> Result<RouteResponse, (ApiError, Box<Routed>)> {
     let index = engine.index();
     let table = index.table();
     let route = routed.decision.route().and_then(|r| table.route(r));
@@ -510,7 +562,7 @@ async fn select(
         }
         Err(none) => {
             let reasons = serde_json::to_string(&none.skipped).unwrap_or_default();
-            Err(if none.budget_bound() {
+            let error = if none.budget_bound() {
                 ApiError::BudgetExhausted(format!(
                     "every candidate model is over a spend cap or unavailable: {reasons}"
                 ))
@@ -518,7 +570,8 @@ async fn select(
                 ApiError::NoCandidate(format!(
                     "no candidate model can take this request: {reasons}"
                 ))
-            })
+            };
+            Err((error, Box::new(routed)))
         }
     }
 }
@@ -550,7 +603,7 @@ async fn route(
             Some(r) => routed.decision.outcome = Outcome::Override { route: r },
             None => apply_rules(engine, &text, &who, &mut routed),
         }
-        select(&state, engine, routed, &who, &body.capabilities).await
+        select(&state, engine, routed, &text, &who, &body.capabilities).await
     }
     .await;
     record(&state, "/v1/route", &result, started);
@@ -592,7 +645,7 @@ async fn route_batch(
         let mut out = Vec::with_capacity(routed.len());
         for (mut r, text) in routed.into_iter().zip(&body.prompts) {
             apply_rules(engine, text, &who, &mut r);
-            out.push(select(&state, engine, r, &who, &body.capabilities).await?);
+            out.push(select(&state, engine, r, text, &who, &body.capabilities).await?);
         }
         Ok(out)
     }
@@ -790,11 +843,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
             cache_entries: cache.entries,
         }
     });
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(gauges),
-    )
-        .into_response()
+    let mut text = state.metrics.render(gauges);
+    if let Some(log) = &state.decision_log {
+        text.push_str(&format!(
+            "# HELP switchyard_decision_log_dropped_total Decision-log lines dropped because the writer was behind.\n# TYPE switchyard_decision_log_dropped_total counter\nswitchyard_decision_log_dropped_total {}\n",
+            log.dropped()
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.

@@ -361,3 +361,48 @@ async fn static_rules_come_before_the_scores() {
     assert_eq!(v["outcome"], "matched");
     assert_eq!(v["route"], "greet");
 }
+
+#[tokio::test]
+async fn the_decision_log_explains_every_decision_without_the_prompt() {
+    use switchyard::decision_log::{DecisionLog, LogOptions};
+    let (state, _dir) = state();
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("decisions.jsonl");
+    let state = state.with_decision_log(
+        DecisionLog::open(LogOptions {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            keep: 1,
+        })
+        .unwrap(),
+    );
+    route(&state, "acme", json!({"prompt": "hello there"})).await;
+    state
+        .health()
+        .mark_down("tiny", std::time::Duration::from_secs(60));
+    state
+        .health()
+        .mark_down("cheap", std::time::Duration::from_secs(60));
+    let (status, _) = route(&state, "acme", json!({"prompt": "see you later"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() == 2 {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "log has {text:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert!(!lines.contains("there hello") && !lines.contains("later you see"));
+    let first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["route"], "greet");
+    assert_eq!(first["model"], "premium");
+    assert_eq!(first["tenant"], "acme");
+    assert_eq!(first["selection"]["estimated_cost_usd"], 0.25);
+    assert_eq!(first["prompt_sha256"].as_str().unwrap().len(), 16);
+    assert!(first["routes"].is_array() && first["ts_ms"].is_u64());
+    let second: Value = serde_json::from_str(lines.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(second["error"]["type"], "no_candidate");
+    assert_eq!(second["route"], "bye");
+}

@@ -218,6 +218,16 @@ fn eval_and_calibrate_on_the_example_labelled_set() {
     assert!(r["in_scope_accuracy"].as_f64().unwrap() >= 0.75, "{r}");
     assert!(r["oos_recall"].as_f64().unwrap() >= 0.6, "{r}");
     assert!(r["per_route"].as_array().unwrap().len() >= 5);
+    let cost = &r["cost"];
+    let (routed, premium, cheapest) = (
+        cost["routed_usd"].as_f64().unwrap(),
+        cost["always_premium_usd"].as_f64().unwrap(),
+        cost["always_cheapest_usd"].as_f64().unwrap(),
+    );
+    assert!(
+        cheapest > 0.0 && cheapest <= routed && routed < premium,
+        "{cost}"
+    );
 
     let below = switchyard()
         .args(["eval", "--min-accuracy", "0.999", "--index"])

@@ -1,0 +1,167 @@
+//! The decision log: one JSON object a line for every routed request, written by a background
+//! thread and rotated by size (`path`, `path.1`, ... `path.N`). Off unless a path is given.
+//!
+//! Requests never wait for the disk: lines go through a bounded queue, and when it is full the
+//! line is dropped and counted (`switchyard_decision_log_dropped_total`). Prompts are not
+//! written, only a hash of them, since they may hold personal data.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+/// Lines that may wait for the writer.
+const QUEUE_LINES: usize = 4096;
+
+/// A rotating JSON-lines log fed from any thread.
+#[derive(Debug)]
+pub struct DecisionLog {
+    lines: mpsc::SyncSender<String>,
+    dropped: AtomicU64,
+}
+
+/// Where and how much to keep.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// The live file.
+    pub path: PathBuf,
+    /// Size at which the live file is rotated.
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` newest).
+    pub keep: usize,
+}
+
+fn open_append(path: &Path) -> std::io::Result<(BufWriter<File>, u64)> {
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let size = file.metadata()?.len();
+    Ok((BufWriter::new(file), size))
+}
+
+fn rotate(options: &LogOptions) -> std::io::Result<()> {
+    let numbered = |i: usize| {
+        let mut p = options.path.clone().into_os_string();
+        p.push(format!(".{i}"));
+        PathBuf::from(p)
+    };
+    if options.keep == 0 {
+        return std::fs::remove_file(&options.path);
+    }
+    let _ = std::fs::remove_file(numbered(options.keep));
+    for i in (1..options.keep).rev() {
+        let from = numbered(i);
+        if from.exists() {
+            std::fs::rename(&from, numbered(i + 1))?;
+        }
+    }
+    std::fs::rename(&options.path, numbered(1))
+}
+
+impl DecisionLog {
+    /// Opens (appends to) the log and starts its writer; fails if the file cannot be opened.
+    pub fn open(options: LogOptions) -> std::io::Result<Self> {
+        let (mut out, mut size) = open_append(&options.path)?;
+        let (lines, rx) = mpsc::sync_channel::<String>(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("switchyard-decision-log".into())
+            .spawn(move || {
+                let write = |out: &mut BufWriter<File>, size: &mut u64, line: &str| -> std::io::Result<()> {
+                    out.write_all(line.as_bytes())?;
+                    out.write_all(b"\n")?;
+                    *size += line.len() as u64 + 1;
+                    if *size >= options.max_bytes {
+                        out.flush()?;
+                        rotate(&options)?;
+                        (*out, *size) = open_append(&options.path)?;
+                    }
+                    Ok(())
+                };
+                while let Ok(line) = rx.recv() {
+                    let mut result = write(&mut out, &mut size, &line);
+                    // write what else is waiting before flushing
+                    while result.is_ok() {
+                        let Ok(line) = rx.try_recv() else { break };
+                        result = write(&mut out, &mut size, &line);
+                    }
+                    if let Err(e) = result.and_then(|()| out.flush()) {
+                        tracing::error!(path = %options.path.display(), error = %e, "decision log write failed");
+                    }
+                }
+                let _ = out.flush();
+            })?;
+        Ok(DecisionLog {
+            lines,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues one line; drops it (and counts it) when the writer is behind.
+    pub fn record(&self, line: &serde_json::Value) {
+        if self.lines.try_send(line.to_string()).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn writes_json_lines_and_rotates_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let log = DecisionLog::open(LogOptions {
+            path: path.clone(),
+            max_bytes: 200,
+            keep: 2,
+        })
+        .unwrap();
+        for i in 0..30 {
+            log.record(&serde_json::json!({"i": i, "route": "orders"}));
+        }
+        drop(log);
+        let rotated = |i: usize| dir.path().join(format!("decisions.jsonl.{i}"));
+        // the writer drains its queue after the sender is gone
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !rotated(2).exists() {
+            assert!(Instant::now() < deadline, "no rotation happened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!rotated(3).exists(), "keeps only two rotated files");
+        let mut seen = Vec::new();
+        for p in [rotated(2), rotated(1), path.clone()] {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            assert!(
+                text.len() <= 200 + 40,
+                "{} is {} bytes",
+                p.display(),
+                text.len()
+            );
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                seen.push(v["i"].as_u64().unwrap());
+            }
+        }
+        // the newest lines survive, in order
+        assert!(seen.windows(2).all(|w| w[0] + 1 == w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&29));
+    }
+
+    #[test]
+    fn an_unwritable_path_is_an_error() {
+        let err = DecisionLog::open(LogOptions {
+            path: "/nonexistent/dir/log.jsonl".into(),
+            max_bytes: 1000,
+            keep: 1,
+        });
+        assert!(err.is_err());
+    }
+}
