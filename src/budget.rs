@@ -153,10 +153,23 @@ pub enum Counted {
     },
 }
 
-/// Spend counters in this process.
+/// Spend counters in this process, each with the time after which its window is over.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    spent: Mutex<HashMap<String, f64>>,
+    spent: Mutex<HashMap<String, (f64, SystemTime)>>,
+}
+
+/// Counters kept before expired ones are swept.
+const SWEEP_ABOVE: usize = 4096;
+
+fn charge(spent: &mut HashMap<String, (f64, SystemTime)>, cap: &CapKey, delta: f64) {
+    let now = SystemTime::now();
+    if spent.len() > SWEEP_ABOVE {
+        spent.retain(|_, (_, expires)| *expires > now);
+    }
+    let entry = spent.entry(cap.counter.clone()).or_insert((0.0, now));
+    entry.0 += delta;
+    entry.1 = now + cap.ttl;
 }
 
 impl MemoryStore {
@@ -164,7 +177,7 @@ impl MemoryStore {
     pub fn reserve(&self, caps: &[CapKey], cost: f64) -> Result<(), Refusal> {
         let mut spent = self.spent.lock().expect("budget lock");
         for cap in caps {
-            let s = spent.get(&cap.counter).copied().unwrap_or(0.0);
+            let s = spent.get(&cap.counter).map_or(0.0, |e| e.0);
             if s + cost > cap.limit_usd {
                 return Err(Refusal {
                     label: cap.label.clone(),
@@ -174,7 +187,7 @@ impl MemoryStore {
             }
         }
         for cap in caps {
-            *spent.entry(cap.counter.clone()).or_default() += cost;
+            charge(&mut spent, cap, cost);
         }
         Ok(())
     }
@@ -183,7 +196,7 @@ impl MemoryStore {
     pub fn adjust(&self, caps: &[CapKey], delta: f64) {
         let mut spent = self.spent.lock().expect("budget lock");
         for cap in caps {
-            *spent.entry(cap.counter.clone()).or_default() += delta;
+            charge(&mut spent, cap, delta);
         }
     }
 
@@ -193,8 +206,7 @@ impl MemoryStore {
             .lock()
             .expect("budget lock")
             .get(counter)
-            .copied()
-            .unwrap_or(0.0)
+            .map_or(0.0, |e| e.0)
     }
 }
 

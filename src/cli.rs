@@ -219,6 +219,9 @@ pub struct ServeArgs {
     /// Prefix of switchyard's Redis keys.
     #[arg(long, env = "SWITCHYARD_REDIS_PREFIX", default_value = "switchyard:")]
     pub redis_prefix: String,
+    /// Key for the admin endpoints (`Authorization: Bearer <key>`); without it they are off.
+    #[arg(long, env = "SWITCHYARD_ADMIN_KEY")]
+    pub admin_key: Option<Secret>,
     /// Write every decision as a JSON line to this file (off by default; prompts are hashed,
     /// not written).
     #[arg(long, env = "SWITCHYARD_DECISION_LOG")]
@@ -347,13 +350,12 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
 /// Whether the current index in `args.out` was built from `table` with the model files and
 /// parameters given (reads the model's files to hash them, without loading the model).
 fn index_is_current(args: &BuildArgs, table: &config::RouteTable, params: &IndexParams) -> bool {
-    let (Ok(index), Ok(files)) = (
-        Index::open(&args.out),
+    let (Ok(m), Ok(files)) = (
+        crate::index::read_manifest(&args.out),
         ModelFiles::read(&args.model.model_dir),
     ) else {
         return false;
     };
-    let m = index.manifest();
     m.route_table_sha256 == table.canonical_hash()
         && m.model.model_sha256 == files.model_sha256
         && m.model.tokenizer_sha256 == files.tokenizer_sha256
@@ -432,6 +434,8 @@ fn labelled(
     Vec<crate::embed::Embedded>,
 )> {
     let index = Index::open(index_dir)?;
+    // the same search structure for every example, so that runs are reproducible
+    index.wait_for_graph()?;
     let mut embedder =
         OnnxEmbedder::load(&model.spec()).context("cannot load the embedding model")?;
     crate::engine::check_compatible(&index, crate::embed::Embedder::info(&embedder))?;
@@ -457,6 +461,12 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
         ));
     }
     let table = index.table();
+    if examples.iter().all(|e| e.route.is_some()) {
+        anyhow::bail!(
+            "{} has no out-of-scope lines (`\"route\": null`); calibration needs them to fit thresholds",
+            args.data.display()
+        );
+    }
     let cal = eval::calibrate(table, &examples, &evidence, objective, args.min_support);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&cal)?);
@@ -542,8 +552,17 @@ fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
 
 fn route(index: &Path, prompt: &str, model: &ModelArgs) -> anyhow::Result<Outcome> {
     let engine = open_engine(index, None, model, 1, EngineOptions::default())?;
-    let routed = engine.route(prompt)?;
-    println!("{}", serde_json::to_string_pretty(&routed)?);
+    let state = AppState::with_engine(Arc::new(engine), ServerOptions::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // the same decision as `POST /v1/route` with no identity and no capabilities asked for
+    let who = crate::budget::Identity::default();
+    let response = runtime
+        .block_on(server::route_request(&state, prompt, None, &who, &[]))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(Outcome::Success)
 }
 
@@ -557,6 +576,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve_async(args))
+}
+
+/// A secret value: its `Debug` form is `***`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 /// A URL that may carry a password: its `Debug` form hides it.
@@ -593,7 +629,6 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
         body_limit_bytes: args.body_limit_bytes,
         max_batch_prompts: args.max_batch_prompts,
         request_timeout_ms: args.request_timeout_ms,
-        ..ServerOptions::default()
     };
     let engine_options = EngineOptions {
         queue_capacity: args.queue_capacity,
@@ -606,6 +641,9 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr()?;
     let mut state = AppState::new(options);
+    if let Some(Secret(key)) = &args.admin_key {
+        state = state.with_admin_key(key);
+    }
     if let Some(path) = &args.decision_log {
         let log = crate::decision_log::DecisionLog::open(crate::decision_log::LogOptions {
             path: path.clone(),
@@ -705,7 +743,10 @@ mod tests {
             "serve",
             "--redis-url",
             "redis://:s3cret@host:6379/0",
+            "--admin-key",
+            "adm1n-s3cret",
         ]);
+        assert!(!format!("{cli:?}").contains("adm1n"), "{cli:?}");
         assert!(!format!("{cli:?}").contains("s3cret"), "{cli:?}");
     }
 }

@@ -769,7 +769,7 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
             rules.push((r.value.clone(), file.to_path_buf(), p.line));
         }
         for b in &raw.budgets {
-            if b.value.limit_usd.is_nan() || b.value.limit_usd < 0.0 {
+            if !(b.value.limit_usd.is_finite() && b.value.limit_usd >= 0.0) {
                 issues.push(place(file, b).issue(
                     None,
                     format!(
@@ -795,13 +795,15 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
             for (name, m) in &models.value {
                 let mp = place(file, m);
                 let what = |field: &str, v: f64| {
-                    format!("model `{name}`: {field} {v} must not be negative")
+                    format!("model `{name}`: {field} {v} must be a finite, non-negative price")
                 };
-                if m.value.input_per_mtok < 0.0 {
-                    issues.push(mp.issue(None, what("input_per_mtok", m.value.input_per_mtok)));
-                }
-                if m.value.output_per_mtok < 0.0 {
-                    issues.push(mp.issue(None, what("output_per_mtok", m.value.output_per_mtok)));
+                for (field, v) in [
+                    ("input_per_mtok", m.value.input_per_mtok),
+                    ("output_per_mtok", m.value.output_per_mtok),
+                ] {
+                    if !(v.is_finite() && v >= 0.0) {
+                        issues.push(mp.issue(None, what(field, v)));
+                    }
                 }
                 if m.value.context_window == 0 {
                     issues.push(mp.issue(None, format!("model `{name}`: context_window is 0")));

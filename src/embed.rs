@@ -157,7 +157,14 @@ pub fn init_runtime(path: &Path) -> Result<(), EmbedError> {
         Err(e) => Err(e.to_string()),
     });
     match loaded {
-        Ok(_) => Ok(()),
+        Ok(first) if first == path => Ok(()),
+        Ok(first) => Err(EmbedError::RuntimeLoad {
+            path: path.to_path_buf(),
+            reason: format!(
+                "this process already loaded ONNX Runtime from {}; one library per process",
+                first.display()
+            ),
+        }),
         Err(reason) => Err(EmbedError::RuntimeLoad {
             path: path.to_path_buf(),
             reason: reason.clone(),
@@ -178,6 +185,7 @@ fn read(path: &Path) -> Result<Vec<u8>, EmbedError> {
 }
 
 /// The model files of a directory, read and hashed, without loading anything into ONNX Runtime.
+#[derive(Clone)]
 pub struct ModelFiles {
     onnx: Vec<u8>,
     tokenizer: TokenizerFiles,
@@ -249,26 +257,7 @@ impl OnnxEmbedder {
     pub fn load_many(spec: &ModelSpec, count: usize) -> Result<Vec<Self>, EmbedError> {
         let files = ModelFiles::read(&spec.model_dir)?;
         (0..count.max(1))
-            .map(|_| {
-                Self::from_files(
-                    spec,
-                    ModelFiles {
-                        onnx: files.onnx.clone(),
-                        tokenizer: TokenizerFiles {
-                            tokenizer_file: files.tokenizer.tokenizer_file.clone(),
-                            config_file: files.tokenizer.config_file.clone(),
-                            special_tokens_map_file: files
-                                .tokenizer
-                                .special_tokens_map_file
-                                .clone(),
-                            tokenizer_config_file: files.tokenizer.tokenizer_config_file.clone(),
-                        },
-                        id: files.id.clone(),
-                        model_sha256: files.model_sha256.clone(),
-                        tokenizer_sha256: files.tokenizer_sha256.clone(),
-                    },
-                )
-            })
+            .map(|_| Self::from_files(spec, files.clone()))
             .collect()
     }
 

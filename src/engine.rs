@@ -126,15 +126,17 @@ struct Job {
 
 /// A bounded LRU of prompt embeddings with hit and miss counters.
 struct EmbedCache {
-    entries: Mutex<LruCache<String, Arc<Embedded>>>,
+    entries: Mutex<LruCache<u128, Arc<Embedded>>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
-/// The cache key: the prompt with whitespace runs collapsed (the tokenizer splits on them
-/// anyway, so the embedding is the same).
-fn cache_key(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+/// The cache key: a 128-bit hash of the prompt with whitespace runs collapsed (the tokenizer
+/// splits on them anyway, so the embedding is the same). A hash, so that an entry costs the
+/// same whatever the prompt's size.
+fn cache_key(text: &str) -> u128 {
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    xxhash_rust::xxh3::xxh3_128(collapsed.as_bytes())
 }
 
 impl EmbedCache {
@@ -220,8 +222,8 @@ pub fn check_compatible(index: &Index, model: &ModelInfo) -> Result<(), IndexErr
     let detail = |m: &ModelInfo| {
         format!(
             "model sha256 {}…, tokenizer sha256 {}…, dimension {}, {:?} pooling, max {} tokens",
-            &m.model_sha256[..m.model_sha256.len().min(12)],
-            &m.tokenizer_sha256[..m.tokenizer_sha256.len().min(12)],
+            m.model_sha256.chars().take(12).collect::<String>(),
+            m.tokenizer_sha256.chars().take(12).collect::<String>(),
             m.dimension,
             m.pooling,
             m.max_tokens
@@ -315,7 +317,12 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Queues a prompt, or answers it at once from the embedding cache.
+    /// The cached embedding of `text`, if the cache is on and holds it.
+    fn cached(&self, text: &str) -> Option<Arc<Embedded>> {
+        self.shared.cache.as_ref().and_then(|c| c.get(text))
+    }
+
+    /// Queues a prompt for a worker.
     fn submit(
         &self,
         text: &str,
@@ -324,21 +331,6 @@ impl Engine {
             return Err(RouteError::EmptyPrompt);
         }
         let (reply, rx) = oneshot::channel();
-        if let Some(embedded) = self.shared.cache.as_ref().and_then(|c| c.get(text)) {
-            let start = Instant::now();
-            let result = decide(&self.index(), text, &embedded).map(|mut routed| {
-                let elapsed = ms(start.elapsed());
-                routed.timings = Timings {
-                    search_ms: elapsed,
-                    total_ms: elapsed,
-                    cached: true,
-                    ..Timings::default()
-                };
-                routed
-            });
-            let _ = reply.send(result);
-            return Ok(rx);
-        }
         let job = Job {
             text: text.to_string(),
             submitted: Instant::now(),
@@ -356,13 +348,27 @@ impl Engine {
     /// Routes one prompt, blocking the calling thread (for the CLI and benches; servers use
     /// [`Engine::route_async`]).
     pub fn route(&self, text: &str) -> Result<Routed, RouteError> {
+        if let Some(e) = self.cached(text) {
+            return decide_cached(&self.index(), text, &e);
+        }
         self.submit(text)?
             .blocking_recv()
             .map_err(|_| RouteError::ShuttingDown)?
     }
 
+    /// A cache hit still searches and decides: on the blocking pool, off the async runtime.
+    async fn route_cached(&self, text: &str, e: Arc<Embedded>) -> Result<Routed, RouteError> {
+        let (index, text) = (self.index(), text.to_string());
+        tokio::task::spawn_blocking(move || decide_cached(&index, &text, &e))
+            .await
+            .map_err(|_| RouteError::ShuttingDown)?
+    }
+
     /// Routes one prompt without blocking the async runtime.
     pub async fn route_async(&self, text: &str) -> Result<Routed, RouteError> {
+        if let Some(e) = self.cached(text) {
+            return self.route_cached(text, e).await;
+        }
         self.submit(text)?
             .await
             .map_err(|_| RouteError::ShuttingDown)?
@@ -380,13 +386,20 @@ impl Engine {
                 capacity: self.options.queue_capacity,
             });
         }
-        let receivers = texts
+        // queue every prompt that needs a forward pass first, so that they share batches
+        let pending = texts
             .iter()
-            .map(|t| self.submit(t))
+            .map(|t| match self.cached(t) {
+                Some(e) => Ok(Err(e)),
+                None => self.submit(t).map(Ok),
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut out = Vec::with_capacity(receivers.len());
-        for rx in receivers {
-            out.push(rx.await.map_err(|_| RouteError::ShuttingDown)??);
+        let mut out = Vec::with_capacity(pending.len());
+        for (p, text) in pending.into_iter().zip(texts) {
+            out.push(match p {
+                Ok(rx) => rx.await.map_err(|_| RouteError::ShuttingDown)??,
+                Err(e) => self.route_cached(text, e).await?,
+            });
         }
         Ok(out)
     }
@@ -394,6 +407,21 @@ impl Engine {
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// [`decide`] for an embedding from the cache, with its timings.
+fn decide_cached(index: &Index, text: &str, e: &Embedded) -> Result<Routed, RouteError> {
+    let start = Instant::now();
+    decide(index, text, e).map(|mut routed| {
+        let elapsed = ms(start.elapsed());
+        routed.timings = Timings {
+            search_ms: elapsed,
+            total_ms: elapsed,
+            cached: true,
+            ..Timings::default()
+        };
+        routed
+    })
 }
 
 /// Most routes listed in a decision (all of them still count).

@@ -231,12 +231,17 @@ pub fn cost_figures(
             output_tokens: output,
             capabilities: &[],
         };
-        let candidates = route.map_or(&table.default_candidates, |r| &r.candidates);
-        let (eligible, _) = filter(candidates, &table.catalog, &|_| false, &needs);
-        routed += eligible
-            .first()
-            .and_then(|e| e.estimated_cost_usd)
-            .unwrap_or(0.0);
+        // as the server does: the route's candidates, then the default route's
+        let first_fit = |candidates: &[String]| {
+            filter(candidates, &table.catalog, &|_| false, &needs)
+                .0
+                .into_iter()
+                .next()
+        };
+        let chosen = route
+            .and_then(|r| first_fit(&r.candidates))
+            .or_else(|| first_fit(&table.default_candidates));
+        routed += chosen.and_then(|e| e.estimated_cost_usd).unwrap_or(0.0);
         let costs = table.catalog.values().map(|m| m.cost_usd(tokens, output));
         premium += costs.clone().fold(0.0, f64::max);
         cheapest += costs.fold(f64::INFINITY, f64::min);

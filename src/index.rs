@@ -51,8 +51,9 @@ const GENERATION_PREFIX: &str = "gen-";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexParams {
     /// From this many vectors on, an HNSW graph is built; below it, search is an exact scan.
-    /// Chosen from `benches/search.rs`: the exact scan costs about 80 ns a vector, HNSW about
-    /// 0.3 ms flat, so they cross near 4k vectors.
+    /// Chosen from `benches/search.rs` (384-d, top-10, this 2-core machine): the exact scan
+    /// costs about 60 ns a vector (0.22 ms at 4k, 0.59 ms at 10k), a graph search with exact
+    /// re-scoring 0.35-0.7 ms, so they cross between 10k and 20k vectors.
     pub hnsw_min_vectors: usize,
     /// HNSW: links per node.
     pub m: usize,
@@ -65,7 +66,7 @@ pub struct IndexParams {
 impl Default for IndexParams {
     fn default() -> Self {
         IndexParams {
-            hnsw_min_vectors: 4096,
+            hnsw_min_vectors: 16_384,
             m: 16,
             ef_construction: 200,
             ef_search: 128,
@@ -310,9 +311,28 @@ fn remove_stale_generations(dir: &Path, keep: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut generations: Vec<String> = entries
+    let names: Vec<(String, Option<SystemTime>)> = entries
         .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            let modified = e.metadata().and_then(|m| m.modified()).ok();
+            (e.file_name().to_string_lossy().into_owned(), modified)
+        })
+        .collect();
+    // leftovers of builds that died: staging directories and CURRENT temp files an hour old
+    // (a younger one may belong to a build running now)
+    let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+    for (name, modified) in &names {
+        let staging =
+            name.starts_with(&format!(".{GENERATION_PREFIX}")) && name.ends_with(".partial");
+        let temp = name.starts_with(&format!(".{CURRENT_FILE}.")) && name.ends_with(".tmp");
+        if (staging || temp) && modified.is_some_and(|m| m < hour_ago) {
+            let path = dir.join(name);
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+    let mut generations: Vec<String> = names
+        .into_iter()
+        .map(|(name, _)| name)
         .filter(|name| name.starts_with(GENERATION_PREFIX) && name.as_str() != keep)
         .collect();
     generations.sort();
@@ -453,6 +473,13 @@ impl std::fmt::Debug for Index {
     }
 }
 
+/// Reads the live generation's manifest alone (no vectors, no graph).
+pub fn read_manifest(dir: &Path) -> Result<Manifest, IndexError> {
+    let path = current_generation(dir)?.join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+    parse_json(&path, &bytes)
+}
+
 /// Resolves the live generation of an index directory.
 pub fn current_generation(dir: &Path) -> Result<PathBuf, IndexError> {
     let current = dir.join(CURRENT_FILE);
@@ -575,7 +602,10 @@ impl Index {
             path: generation.to_path_buf(),
             reason,
         };
-        if raw.len() != n * dim * 4 || utterances.len() != n || dim == 0 {
+        if n.checked_mul(dim).and_then(|x| x.checked_mul(4)) != Some(raw.len())
+            || utterances.len() != n
+            || dim == 0
+        {
             return Err(corrupted(format!(
                 "{} vector bytes and {} utterances for {n} vectors of dimension {dim}",
                 raw.len(),
@@ -600,11 +630,14 @@ impl Index {
         let graph = match &manifest.search {
             SearchKind::Exact => None,
             SearchKind::Hnsw { basename } => {
+                // both files must be listed; their contents are verified by the loader thread
                 for suffix in ["hnsw.graph", "hnsw.data"] {
-                    // verified before hnsw_rs reads them: its loader asserts on bad input
-                    read_verified(generation, &format!("{basename}.{suffix}"), files)?;
+                    let name = format!("{basename}.{suffix}");
+                    if !files.contains_key(&name) {
+                        return Err(corrupted(format!("the manifest does not list {name}")));
+                    }
                 }
-                Some(GraphHandle::load(generation, basename, dim)?)
+                Some(GraphHandle::load(generation, basename, dim, files.clone())?)
             }
         };
         let classifier = match table.defaults.method {
@@ -759,12 +792,15 @@ impl Index {
     }
 }
 
+/// Best first; ties broken by id so results are stable.
+fn by_similarity(a: &Hit, b: &Hit) -> std::cmp::Ordering {
+    b.similarity
+        .total_cmp(&a.similarity)
+        .then_with(|| a.id.cmp(&b.id))
+}
+
 fn sort_hits(hits: &mut [Hit]) {
-    hits.sort_by(|a, b| {
-        b.similarity
-            .total_cmp(&a.similarity)
-            .then_with(|| a.id.cmp(&b.id))
-    });
+    hits.sort_by(by_similarity);
 }
 
 /// Exact top-k by scanning every vector; the oracle the HNSW path is tested against.
@@ -781,11 +817,7 @@ pub fn exact_search(vectors: &[f32], dim: usize, query: &[f32], k: usize) -> Vec
         })
         .collect();
     if hits.len() > k {
-        hits.select_nth_unstable_by(k - 1, |a, b| {
-            b.similarity
-                .total_cmp(&a.similarity)
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        hits.select_nth_unstable_by(k - 1, by_similarity);
         hits.truncate(k);
     }
     sort_hits(&mut hits);
@@ -819,7 +851,12 @@ struct GraphHandle {
 }
 
 impl GraphHandle {
-    fn load(generation: &Path, basename: &str, dim: usize) -> Result<Self, IndexError> {
+    fn load(
+        generation: &Path,
+        basename: &str,
+        dim: usize,
+        files: BTreeMap<String, FileEntry>,
+    ) -> Result<Self, IndexError> {
         let (jobs, rx) = mpsc::channel::<GraphJob>();
         let state = Arc::new((Mutex::new(GraphState::Loading), Condvar::new()));
         let dir = generation.to_path_buf();
@@ -833,6 +870,14 @@ impl GraphHandle {
         std::thread::Builder::new()
             .name("switchyard-hnsw".into())
             .spawn(move || {
+                // verified before hnsw_rs reads them: its loader asserts on bad input
+                for suffix in ["hnsw.graph", "hnsw.data"] {
+                    if let Err(e) = read_verified(&dir, &format!("{basename}.{suffix}"), &files) {
+                        tracing::error!(error = %e, "HNSW graph is damaged; searching by exact scan");
+                        set(GraphState::Failed(e.to_string()));
+                        return;
+                    }
+                }
                 let io = HnswIo::new(&dir, &basename);
                 let hnsw = match io.load_hnsw_with_dist::<f32, UnitDot>(UnitDot) {
                     Ok(h) => h,
@@ -1061,6 +1106,28 @@ mod tests {
         std::fs::remove_file(generation.join(MANIFEST_FILE)).unwrap();
         let err = Index::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("manifest is missing"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_graph_leaves_the_exact_scan_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = IndexParams {
+            hnsw_min_vectors: 500,
+            ..IndexParams::default()
+        };
+        let vectors = build(dir.path(), 600, 8, params);
+        let generation = current_generation(dir.path()).unwrap();
+        let data = generation.join(format!("{GRAPH_BASENAME}.hnsw.data"));
+        let mut bytes = std::fs::read(&data).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        std::fs::write(&data, bytes).unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let err = index.wait_for_graph().unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        assert!(matches!(index.graph_state(), Some(GraphState::Failed(_))));
+        let hits = index.search(&vectors[8 * 5..8 * 6], 1).unwrap();
+        assert_eq!(hits[0].id, 5);
     }
 
     #[test]

@@ -207,11 +207,11 @@ pub fn decide(table: &RouteTable, evidence: &[Evidence]) -> Decision {
         .collect();
     scores.sort_by(|(ia, a), (ib, b)| b.score.total_cmp(&a.score).then_with(|| ia.cmp(ib)));
     let winner = scores.iter().position(|(_, s)| s.passed);
+    // the winner against the next-best route (routes above it failed their thresholds)
     let ambiguous = match (winner, table.defaults.margin) {
         (Some(w), Some(margin)) => scores
-            .iter()
-            .enumerate()
-            .any(|(i, (_, s))| i != w && scores[w].1.score - s.score < margin),
+            .get(w + 1)
+            .is_some_and(|(_, next)| scores[w].1.score - next.score < margin),
         _ => false,
     };
     let (outcome, model) = match winner {
@@ -419,6 +419,15 @@ mod tests {
         assert_eq!(d.route(), Some("r0"));
         // a lone route cannot be ambiguous
         assert_eq!(decide_votes(&t, &[vote(1, 0.3)]).route(), Some("r1"));
+        // a route above the winner that failed its threshold does not make it ambiguous
+        t.routes[0].threshold = Some(0.95);
+        let d = decide_votes(&t, &[vote(0, 0.9), vote(1, 0.7)]);
+        assert_eq!(d.route(), Some("r1"));
+        t.defaults.margin = Some(0.0);
+        assert_eq!(
+            decide_votes(&t, &[vote(0, 0.9), vote(1, 0.9)]).route(),
+            Some("r1")
+        );
     }
 
     #[test]

@@ -37,8 +37,6 @@ pub struct ServerOptions {
     pub max_batch_prompts: usize,
     /// Longest a route request may take before it is answered with 503.
     pub request_timeout_ms: u64,
-    /// `Retry-After` seconds sent with 429.
-    pub retry_after_s: u64,
 }
 
 impl Default for ServerOptions {
@@ -47,7 +45,6 @@ impl Default for ServerOptions {
             body_limit_bytes: 1024 * 1024,
             max_batch_prompts: 64,
             request_timeout_ms: 10_000,
-            retry_after_s: 1,
         }
     }
 }
@@ -61,6 +58,7 @@ pub struct AppState {
     health: Arc<Health>,
     ledger: Arc<Ledger>,
     decision_log: Option<Arc<DecisionLog>>,
+    admin_key: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -74,6 +72,34 @@ impl AppState {
             health: Arc::new(Health::default()),
             ledger: Arc::new(Ledger::in_memory()),
             decision_log: None,
+            admin_key: None,
+        }
+    }
+
+    /// Turns the admin endpoints on, for callers sending `Authorization: Bearer <key>`.
+    pub fn with_admin_key(mut self, key: &str) -> Self {
+        self.admin_key = Some(Arc::from(key));
+        self
+    }
+
+    /// Admits a caller of an admin endpoint, comparing keys in constant time.
+    fn admit_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(key) = &self.admin_key else {
+            return Err(ApiError::Forbidden(
+                "the admin endpoints are off; start `switchyard serve` with --admin-key".into(),
+            ));
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized(
+                "send the admin key as `Authorization: Bearer <key>`".into(),
+            ))
         }
     }
 
@@ -111,6 +137,11 @@ impl AppState {
     }
 }
 
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The kinds of error the API answers with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -141,9 +172,18 @@ pub enum ApiError {
     /// No candidate model can serve the request (down, too small, lacking a capability).
     #[error("{0}")]
     NoCandidate(String),
-    /// No such endpoint.
-    #[error("no such endpoint: {0}")]
+    /// No such endpoint, or no such thing.
+    #[error("{0}")]
     NotFound(String),
+    /// The endpoint exists but not for this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The caller did not prove who it is.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The endpoint is turned off.
+    #[error("{0}")]
+    Forbidden(String),
     /// Anything else: a bug or a broken environment.
     #[error("internal error")]
     Internal(String),
@@ -174,6 +214,9 @@ impl ApiError {
             ApiError::BudgetExhausted(_) => (StatusCode::PAYMENT_REQUIRED, "budget_exhausted"),
             ApiError::NoCandidate(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_candidate"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -190,7 +233,11 @@ impl IntoResponse for ApiError {
             kind: kind.to_string(),
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        // only where trying again soon can help
+        if matches!(
+            self,
+            ApiError::Overloaded(_) | ApiError::NotReady | ApiError::Timeout(_)
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -380,13 +427,32 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(playground))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::NotFound(format!("{} {}", req.method(), req.uri().path()))
+    ApiError::NotFound(format!(
+        "no such endpoint: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} does not take {}",
+        req.uri().path(),
+        req.method()
+    ))
+}
+
+/// The playground page: static, embedded in the binary.
+async fn playground() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("playground.html"))
 }
 
 fn timing_headers(response: &RouteResponse) -> HeaderMap {
@@ -444,14 +510,17 @@ fn record_decision(state: &AppState, response: &RouteResponse) {
         &routed.decision.model,
         routed.truncated,
     );
-    state
-        .metrics
-        .embed_latency
-        .observe(routed.timings.embed_ms / 1e3);
-    state
-        .metrics
-        .queue_latency
-        .observe(routed.timings.queue_ms / 1e3);
+    // a cache hit neither waited nor embedded: it would only pull the histograms down
+    if !routed.timings.cached {
+        state
+            .metrics
+            .embed_latency
+            .observe(routed.timings.embed_ms / 1e3);
+        state
+            .metrics
+            .queue_latency
+            .observe(routed.timings.queue_ms / 1e3);
+    }
 }
 
 /// Who a request is for: `x-switchyard-tenant`, `x-switchyard-tier`, and the API key from
@@ -576,6 +645,35 @@ async fn choose_model(
     }
 }
 
+/// Routes one request as `POST /v1/route` does: an explicit route, else the static rules,
+/// else the scores; then the model among the route's candidates.
+pub async fn route_request(
+    state: &AppState,
+    text: &str,
+    route_override: Option<String>,
+    who: &Identity,
+    capabilities: &[String],
+) -> Result<RouteResponse, ApiError> {
+    let engine = state.engine()?;
+    if let Some(r) = &route_override {
+        if engine.index().table().route(r).is_none() {
+            return Err(ApiError::Validation(format!(
+                "`route`: no route named `{r}`"
+            )));
+        }
+    }
+    let timeout = Duration::from_millis(state.options.request_timeout_ms);
+    let mut routed = match tokio::time::timeout(timeout, engine.route_async(text)).await {
+        Ok(r) => r.map_err(ApiError::from)?,
+        Err(_) => return Err(ApiError::Timeout(state.options.request_timeout_ms)),
+    };
+    match route_override {
+        Some(r) => routed.decision.outcome = Outcome::Override { route: r },
+        None => apply_rules(engine, text, who, &mut routed),
+    }
+    select(state, engine, routed, text, who, capabilities).await
+}
+
 async fn route(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -585,25 +683,8 @@ async fn route(
     let result = async {
         let ApiJson(mut body) = body?;
         let text = body.text()?;
-        let engine = state.engine()?;
-        if let Some(r) = &body.route {
-            if engine.index().table().route(r).is_none() {
-                return Err(ApiError::Validation(format!(
-                    "`route`: no route named `{r}`"
-                )));
-            }
-        }
-        let timeout = Duration::from_millis(state.options.request_timeout_ms);
-        let mut routed = match tokio::time::timeout(timeout, engine.route_async(&text)).await {
-            Ok(r) => r.map_err(ApiError::from)?,
-            Err(_) => return Err(ApiError::Timeout(state.options.request_timeout_ms)),
-        };
         let who = identity(&headers);
-        match body.route.take() {
-            Some(r) => routed.decision.outcome = Outcome::Override { route: r },
-            None => apply_rules(engine, &text, &who, &mut routed),
-        }
-        select(&state, engine, routed, &text, &who, &body.capabilities).await
+        route_request(&state, &text, body.route.take(), &who, &body.capabilities).await
     }
     .await;
     record(&state, "/v1/route", &result, started);
@@ -618,6 +699,7 @@ async fn route_batch(
     headers: HeaderMap,
     body: Result<ApiJson<BatchRequest>, ApiError>,
 ) -> Response {
+    let started = Instant::now();
     let result = async {
         let ApiJson(body) = body?;
         let max = state.options.max_batch_prompts;
@@ -642,10 +724,25 @@ async fn route_batch(
             Err(_) => return Err(ApiError::Timeout(state.options.request_timeout_ms)),
         };
         let who = identity(&headers);
-        let mut out = Vec::with_capacity(routed.len());
+        let mut out: Vec<RouteResponse> = Vec::with_capacity(routed.len());
         for (mut r, text) in routed.into_iter().zip(&body.prompts) {
             apply_rules(engine, text, &who, &mut r);
-            out.push(select(&state, engine, r, text, &who, &body.capabilities).await?);
+            match select(&state, engine, r, text, &who, &body.capabilities).await {
+                Ok(response) => out.push(response),
+                Err(e) => {
+                    // the batch fails as a whole: give back what its earlier prompts reserved
+                    let caps = caps_for(&engine.index().table().budgets, &who, SystemTime::now());
+                    for reserved in &out {
+                        if let (Some(cost), Some(_)) = (
+                            reserved.selection.estimated_cost_usd,
+                            &reserved.selection.counted,
+                        ) {
+                            state.ledger.adjust(&caps, -cost).await;
+                        }
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(out)
     }
@@ -653,6 +750,10 @@ async fn route_batch(
     match result {
         Ok(results) => {
             state.metrics.request("/v1/route/batch", 200);
+            state
+                .metrics
+                .request_latency
+                .observe(started.elapsed().as_secs_f64());
             for r in &results {
                 record_decision(&state, r);
             }
@@ -702,9 +803,12 @@ async fn usage(
     }
     let cost = model.cost_usd(report.input_tokens, report.output_tokens);
     let caps = caps_for(&table.budgets, &identity(&headers), SystemTime::now());
-    let delta = cost - report.estimated_cost_usd;
+    // only what exceeds the estimate is added: an overestimate is not refunded, so that no
+    // caller can lower its own counters
+    let delta = (cost - report.estimated_cost_usd).max(0.0);
     let counted = state.ledger.adjust(&caps, delta).await;
     state.metrics.usage(&report.model, cost);
+    state.metrics.request("/v1/usage", 200);
     Ok(Json(serde_json::json!({
         "cost_usd": cost,
         "adjusted_by_usd": delta,
@@ -726,28 +830,53 @@ fn default_down_ttl_s() -> u64 {
     300
 }
 
-async fn admin_models(State(state): State<AppState>) -> Json<serde_json::Value> {
+async fn admin_models(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admit_admin(&headers)?;
     let down: Vec<serde_json::Value> = state
         .health
         .snapshot()
         .into_iter()
         .map(|(model, left)| serde_json::json!({"model": model, "down_for_s": left}))
         .collect();
-    Json(serde_json::json!({ "down": down }))
+    Ok(Json(serde_json::json!({ "down": down })))
+}
+
+/// Refuses names that are neither in the catalog nor a candidate of any route.
+fn known_model(state: &AppState, model: &str) -> Result<(), ApiError> {
+    let engine = state.engine()?;
+    let index = engine.index();
+    let table = index.table();
+    let known = table.catalog.contains_key(model)
+        || table.default_candidates.iter().any(|m| m == model)
+        || table
+            .routes
+            .iter()
+            .any(|r| r.candidates.iter().any(|m| m == model));
+    if known {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "no model named `{model}` in the catalog or the routes"
+        )))
+    }
 }
 
 async fn admin_model_down(
     State(state): State<AppState>,
+    headers: HeaderMap,
     axum::extract::Path(model): axum::extract::Path<String>,
-    body: axum::body::Bytes,
+    body: Result<ApiJson<DownRequest>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    // the body is optional: `{"ttl_s": N}`, or nothing for the default
-    let ttl_s = if body.iter().all(u8::is_ascii_whitespace) {
-        default_down_ttl_s()
-    } else {
-        serde_json::from_slice::<DownRequest>(&body)
-            .map_err(|e| ApiError::Validation(format!("expected {{\"ttl_s\": seconds}}: {e}")))?
-            .ttl_s
+    state.admit_admin(&headers)?;
+    known_model(&state, &model)?;
+    // the body is optional: `{"ttl_s": N}`, or none for the default
+    let ttl_s = match body {
+        Ok(ApiJson(b)) => b.ttl_s,
+        Err(ApiError::UnsupportedMediaType(_)) => default_down_ttl_s(),
+        Err(e) => return Err(e),
     };
     if ttl_s == 0 || ttl_s > 7 * 86_400 {
         return Err(ApiError::Validation(
@@ -756,6 +885,7 @@ async fn admin_model_down(
     }
     state.health.mark_down(&model, Duration::from_secs(ttl_s));
     tracing::info!(%model, ttl_s, "model marked down");
+    state.metrics.request("/v1/admin/models/down", 200);
     Ok(Json(
         serde_json::json!({"model": model, "down_for_s": ttl_s}),
     ))
@@ -763,17 +893,24 @@ async fn admin_model_down(
 
 async fn admin_model_up(
     State(state): State<AppState>,
+    headers: HeaderMap,
     axum::extract::Path(model): axum::extract::Path<String>,
-) -> Json<serde_json::Value> {
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admit_admin(&headers)?;
+    known_model(&state, &model)?;
     let was_down = state.health.mark_up(&model);
     tracing::info!(%model, "model marked up");
-    Json(serde_json::json!({"model": model, "was_down": was_down}))
+    state.metrics.request("/v1/admin/models/up", 200);
+    Ok(Json(
+        serde_json::json!({"model": model, "was_down": was_down}),
+    ))
 }
 
 #[derive(Serialize)]
 struct RouteInfo<'a> {
     name: &'a str,
     model: &'a str,
+    models: &'a [String],
     threshold: Option<f32>,
     description: Option<&'a str>,
     utterances: usize,
@@ -782,6 +919,9 @@ struct RouteInfo<'a> {
 #[derive(Serialize)]
 struct RoutesResponse<'a> {
     default_model: &'a str,
+    default_models: &'a [String],
+    models: &'a std::collections::BTreeMap<String, crate::config::CatalogModel>,
+    rules: &'a [crate::config::Rule],
     defaults: &'a crate::config::Defaults,
     routes: Vec<RouteInfo<'a>>,
 }
@@ -791,6 +931,9 @@ async fn routes(State(state): State<AppState>) -> Result<Response, ApiError> {
     let table = index.table();
     let body = RoutesResponse {
         default_model: &table.default_model,
+        default_models: &table.default_candidates,
+        models: &table.catalog,
+        rules: &table.rules,
         defaults: &table.defaults,
         routes: table
             .routes
@@ -798,6 +941,7 @@ async fn routes(State(state): State<AppState>) -> Result<Response, ApiError> {
             .map(|r| RouteInfo {
                 name: &r.name,
                 model: &r.model,
+                models: &r.candidates,
                 threshold: r.effective_threshold(&table.defaults),
                 description: r.description.as_deref(),
                 utterances: r.utterances.len(),

@@ -40,7 +40,14 @@ routes:
     utterances: [goodbye for now, see you later]
 ";
 
+const ADMIN_KEY: &str = "test-admin-key";
+
 fn state() -> (AppState, tempfile::TempDir) {
+    let (state, dir) = state_without_admin();
+    (state.with_admin_key(ADMIN_KEY), dir)
+}
+
+fn state_without_admin() -> (AppState, tempfile::TempDir) {
     let table = config::parse_sources(&[("cost.yaml".into(), COST_ROUTES.into())]).unwrap();
     let mut fake = FakeEmbedder::new("fake");
     let dir = tempfile::tempdir().unwrap();
@@ -60,11 +67,13 @@ fn state() -> (AppState, tempfile::TempDir) {
 }
 
 async fn call(state: &AppState, uri: &str, tenant: &str, body: Value) -> (StatusCode, Value) {
-    let req = Request::post(uri)
+    let mut req = Request::post(uri)
         .header(header::CONTENT_TYPE, "application/json")
-        .header("x-switchyard-tenant", tenant)
-        .body(Body::from(body.to_string()))
-        .unwrap();
+        .header("x-switchyard-tenant", tenant);
+    if uri.starts_with("/v1/admin/") {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}"));
+    }
+    let req = req.body(Body::from(body.to_string())).unwrap();
     let res = app(state.clone()).oneshot(req).await.unwrap();
     let status = res.status();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
@@ -167,6 +176,15 @@ async fn usage_reports_adjust_the_budget() {
     // 0.75 spent: the next request cannot afford premium
     let (_, v) = route(&state, "acme", json!({"prompt": "hello there"})).await;
     assert_eq!(v["model"], "mid");
+    // an overestimate is not refunded: no caller can lower its own counters
+    let (_, u) = call(
+        &state,
+        "/v1/usage",
+        "acme",
+        json!({"model": "premium", "input_tokens": 0, "output_tokens": 0, "estimated_cost_usd": 1e9}),
+    )
+    .await;
+    assert_eq!(u["adjusted_by_usd"], 0.0);
     let (status, u) = call(
         &state,
         "/v1/usage",
@@ -217,6 +235,7 @@ async fn down_models_are_skipped_until_up_or_expired() {
     let listed = app(state.clone())
         .oneshot(
             Request::get("/v1/admin/models")
+                .header(header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}"))
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -249,8 +268,52 @@ async fn down_models_are_skipped_until_up_or_expired() {
     std::thread::sleep(std::time::Duration::from_millis(5));
     let (_, v) = route(&state, "t", json!({"prompt": "hello there"})).await;
     assert_eq!(v["model"], "premium");
-    let (status, _) = call(&state, "/v1/admin/models/x/down", "", json!({"ttl_s": 0})).await;
+    let (status, _) = call(
+        &state,
+        "/v1/admin/models/premium/down",
+        "",
+        json!({"ttl_s": 0}),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, v) = call(&state, "/v1/admin/models/typo/down", "", json!({})).await;
+    assert_eq!(
+        (status, v["type"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_the_admin_key() {
+    let (state, _dir) = state();
+    let send = |auth: Option<&'static str>, state: AppState| async move {
+        let mut req = Request::post("/v1/admin/models/premium/down");
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        app(state)
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(send(None, state.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(Some("Bearer wrong"), state.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // no body: the default time-to-live
+    assert_eq!(
+        send(Some("Bearer test-admin-key"), state.clone()).await,
+        StatusCode::OK
+    );
+    assert!(state.health().is_down("premium"));
+    // without a configured key the endpoints are off
+    let (open_state, _dir2) = state_without_admin();
+    assert_eq!(
+        send(Some("Bearer test-admin-key"), open_state).await,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,43 @@
+# switchyard: a multi-stage image. The build stage compiles the binary and fetches ONNX Runtime
+# and the default model (pinned sha256s, scripts/setup.sh); the runtime stage is Debian slim,
+# non-root, with the binary, the library, the model and the example routes' index.
+#
+#   docker build -t switchyard .
+#   docker run --rm -p 8080:8080 switchyard
+#
+# Serve your own routes by mounting them and building the index at start-up:
+#   docker run --rm -p 8080:8080 -v $PWD/routes:/app/routes:ro switchyard \
+#     sh -c 'switchyard build routes/ --out /tmp/index && switchyard serve --index /tmp/index --routes routes/ --addr 0.0.0.0:8080'
+#
+# (Not built in this project's CI: the machines it runs on have no Docker engine.)
+
+FROM rust:1.95-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN scripts/setup.sh > /tmp/env \
+ && cargo build --release --locked \
+ && . /tmp/env \
+ && target/release/switchyard build routes/ --out /out/index
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home /app switchyard
+WORKDIR /app
+COPY --from=build /src/target/release/switchyard /usr/local/bin/switchyard
+COPY --from=build /src/.cache/switchyard/onnxruntime/ /app/onnxruntime/
+COPY --from=build /src/.cache/switchyard/models/ /app/models/
+COPY --from=build /src/routes/ /app/routes/
+COPY --from=build --chown=switchyard /out/index/ /app/index/
+ENV SWITCHYARD_ORT_LIB=/app/onnxruntime/libonnxruntime.so.1.31.1 \
+    SWITCHYARD_MODEL_DIR=/app/models/all-MiniLM-L6-v2 \
+    SWITCHYARD_INDEX=/app/index \
+    SWITCHYARD_ADDR=0.0.0.0:8080 \
+    SWITCHYARD_LOG_FORMAT=json
+USER switchyard
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=2s CMD curl -fs http://127.0.0.1:8080/readyz || exit 1
+ENTRYPOINT ["switchyard"]
+CMD ["serve", "--routes", "/app/routes"]
