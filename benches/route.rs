@@ -39,7 +39,8 @@ fn spec() -> ModelSpec {
         ),
         pooling: PoolingKind::Mean,
         max_tokens: DEFAULT_MAX_TOKENS,
-        intra_threads: 1,
+        // as `switchyard serve` runs by default
+        intra_threads: 2,
         spinning: false,
     }
 }
@@ -126,9 +127,42 @@ fn bench(c: &mut Criterion) {
     });
 }
 
+/// ONNX Runtime session settings, side by side: one prompt and a batch of 32, by intra-op
+/// threads and spinning. The figures chose the defaults (1 thread, no spinning).
+fn session_settings(c: &mut Criterion) {
+    let prompts: Vec<String> = (0..32)
+        .map(|i| format!("Where is my order #{i}? It should have arrived by now."))
+        .collect();
+    let batch: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let mut g = c.benchmark_group("session_settings");
+    g.throughput(criterion::Throughput::Elements(1));
+    for (threads, spinning) in [(1, false), (2, false), (1, true), (2, true)] {
+        let mut s = spec();
+        s.intra_threads = threads;
+        s.spinning = spinning;
+        let mut e = OnnxEmbedder::load(&s).expect("model");
+        let name = format!("threads{threads}_spin{}", u8::from(spinning));
+        g.bench_function(format!("{name}/one"), |b| {
+            b.iter(|| black_box(e.embed(&[black_box(PROMPT)]).unwrap()))
+        });
+        g.throughput(criterion::Throughput::Elements(32));
+        g.bench_function(format!("{name}/batch32"), |b| {
+            b.iter(|| black_box(e.embed(black_box(&batch)).unwrap()))
+        });
+        g.throughput(criterion::Throughput::Elements(1));
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(200);
     targets = bench
 }
-criterion_main!(benches);
+
+criterion_group! {
+    name = settings;
+    config = Criterion::default().sample_size(20);
+    targets = session_settings
+}
+criterion_main!(benches, settings);

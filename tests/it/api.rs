@@ -256,7 +256,7 @@ async fn info_endpoints() {
     );
 
     let v = get(&state, "/v1/index").await.json();
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], switchyard::index::FORMAT_VERSION);
     assert_eq!(v["model"]["dimension"], 384);
     assert_eq!(v["model"]["pooling"], "mean");
     assert_eq!(v["search"]["kind"], "exact");
