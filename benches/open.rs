@@ -90,6 +90,7 @@ fn main() {
             candidates: vec!["m".into()],
             expected_output_tokens: 256,
             utterances: vec![],
+            tests: Default::default(),
         }],
     };
     let queries = clustered(QUERIES, 7);

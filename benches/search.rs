@@ -84,6 +84,7 @@ fn bench(c: &mut Criterion) {
             candidates: vec!["m".into()],
             expected_output_tokens: 256,
             utterances: vec![],
+            tests: Default::default(),
         }],
     };
     let queries = clustered(200, 7);

@@ -328,10 +328,17 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
     let mut embedder =
         OnnxEmbedder::load(&args.model.spec()).context("cannot load the embedding model")?;
     let bar = progress_bar(table.utterance_count(), "embedding utterances");
-    let report = indexer::build(&table, &mut embedder, &args.out, params, &mut |done, _| {
+    let built = indexer::build(&table, &mut embedder, &args.out, params, &mut |done, _| {
         bar.set_position(done as u64)
-    })
-    .with_context(|| format!("building the index in {}", args.out.display()))?;
+    });
+    let report = match built {
+        Err(indexer::BuildError::Index(e @ IndexError::RouteTests(_))) => {
+            bar.finish_and_clear();
+            eprintln!("{e}");
+            return Ok(Outcome::CheckFailed);
+        }
+        other => other.with_context(|| format!("building the index in {}", args.out.display()))?,
+    };
     bar.finish_and_clear();
     println!(
         "built {} ({} routes, {} utterances, {} search{}) in {:.2}s ({:.2}s embedding)",

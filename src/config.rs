@@ -185,6 +185,28 @@ pub struct Route {
     pub description: Option<String>,
     /// Example utterances, as written (trimmed).
     pub utterances: Vec<String>,
+    /// Prompts `build` checks against the new index before publishing it.
+    #[serde(default, skip_serializing_if = "RouteTests::is_empty")]
+    pub tests: RouteTests,
+}
+
+/// A route's test prompts: `match` must route here, `no_match` must not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTests {
+    /// Prompts that must be routed to this route.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub should_match: Vec<String>,
+    /// Prompts that must not be routed to this route.
+    #[serde(default, rename = "no_match", skip_serializing_if = "Vec::is_empty")]
+    pub should_not_match: Vec<String>,
+}
+
+impl RouteTests {
+    /// Whether there is nothing to check.
+    pub fn is_empty(&self) -> bool {
+        self.should_match.is_empty() && self.should_not_match.is_empty()
+    }
 }
 
 impl Route {
@@ -269,6 +291,8 @@ struct OutDefault<'a> {
 
 #[derive(Serialize)]
 struct OutRoute<'a> {
+    #[serde(skip_serializing_if = "RouteTests::is_empty")]
+    tests: &'a RouteTests,
     name: &'a str,
     models: &'a [String],
     expected_output_tokens: u32,
@@ -304,6 +328,7 @@ pub fn to_yaml(table: &RouteTable) -> String {
             .routes
             .iter()
             .map(|r| OutRoute {
+                tests: &r.tests,
                 name: &r.name,
                 models: &r.candidates,
                 expected_output_tokens: r.expected_output_tokens,
@@ -441,6 +466,8 @@ struct RawRoute {
     models: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     expected_output_tokens: Option<Spanned<u32>>,
+    #[serde(default)]
+    tests: Option<Spanned<RouteTests>>,
     #[serde(default)]
     threshold: Option<Spanned<f32>>,
     #[serde(default)]
@@ -919,6 +946,16 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
                     label.map(str::to_string),
                 )
             }));
+            let tests = match &r.tests {
+                Some(t) => {
+                    let mut all = t.value.should_match.iter().chain(&t.value.should_not_match);
+                    if all.any(|p| p.trim().is_empty()) {
+                        issues.push(place(file, t).issue(label, "empty test prompt"));
+                    }
+                    t.value.clone()
+                }
+                None => RouteTests::default(),
+            };
             routes.push(Route {
                 name,
                 model: route_candidates.first().cloned().unwrap_or_default(),
@@ -930,6 +967,7 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
                 threshold: r.threshold.as_ref().map(|t| t.value),
                 description: r.description.clone(),
                 utterances: texts,
+                tests,
             });
         }
     }

@@ -483,6 +483,7 @@ mod tests {
                     candidates: vec!["m".into()],
                     expected_output_tokens: 256,
                     utterances: vec![],
+                    tests: Default::default(),
                 })
                 .collect(),
         }
@@ -799,6 +800,7 @@ mod calibrate_tests {
                     candidates: vec!["m".into()],
                     expected_output_tokens: 256,
                     utterances: vec![],
+                    tests: Default::default(),
                 })
                 .collect(),
         };

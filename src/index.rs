@@ -215,6 +215,9 @@ pub enum IndexError {
     /// The HNSW graph could not be built, written or loaded.
     #[error("HNSW graph: {0}")]
     Graph(String),
+    /// Route tests of the route files failed; the index was not published.
+    #[error("{} route test(s) failed; the new index was not published:\n{}", .0.len(), .0.join("\n"))]
+    RouteTests(Vec<String>),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
@@ -249,6 +252,17 @@ pub struct ArtifactInput<'a> {
 /// The previous generation stays on disk until the next build, so a server that is reading it
 /// while it is replaced still finds its files.
 pub fn write_artifact(dir: &Path, input: ArtifactInput<'_>) -> Result<PathBuf, IndexError> {
+    write_checked_artifact(dir, input, |_| Ok(()))
+}
+
+/// [`write_artifact`], running `check` on the complete generation (opened from its staging
+/// directory) before it is published; if the check fails, nothing is published and the
+/// previous index stays live.
+pub fn write_checked_artifact(
+    dir: &Path,
+    input: ArtifactInput<'_>,
+    check: impl FnOnce(&Index) -> Result<(), IndexError>,
+) -> Result<PathBuf, IndexError> {
     let dim = input.model.dimension;
     let n = input.utterances.len();
     if n == 0 {
@@ -271,7 +285,8 @@ pub fn write_artifact(dir: &Path, input: ArtifactInput<'_>) -> Result<PathBuf, I
         std::process::id()
     );
     let staging = dir.join(format!(".{gen_name}.partial"));
-    let result = write_generation(&staging, &input, now.as_secs());
+    let result = write_generation(&staging, &input, now.as_secs())
+        .and_then(|()| check(&Index::open_generation(&staging)?));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
@@ -1002,6 +1017,7 @@ mod tests {
                 candidates: vec!["m".into()],
                 expected_output_tokens: 256,
                 utterances: vec![],
+                tests: Default::default(),
             }],
         }
     }

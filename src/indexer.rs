@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Method, RouteTable};
 use crate::embed::{EmbedError, Embedder};
-use crate::index::{self, ArtifactInput, IndexError, IndexParams, Utterance};
+use crate::index::{self, ArtifactInput, Index, IndexError, IndexParams, Utterance};
 use crate::scoring::Classifier;
 
 /// Utterances embedded per forward pass while building.
@@ -39,6 +39,61 @@ pub struct BuildReport {
     pub embed_seconds: f64,
     /// Wall time of the whole build.
     pub total_seconds: f64,
+}
+
+/// Checks every route's `tests` against a freshly built index: `match` prompts must be routed to
+/// their route, `no_match` prompts must not (static rules apply, as in the server).
+pub fn run_route_tests(index: &Index, embedder: &mut dyn Embedder) -> Result<(), IndexError> {
+    let table = index.table();
+    let cases: Vec<(&str, &str, bool)> = table
+        .routes
+        .iter()
+        .flat_map(|r| {
+            let yes = r
+                .tests
+                .should_match
+                .iter()
+                .map(move |p| (r.name.as_str(), p.as_str(), true));
+            let no = r
+                .tests
+                .should_not_match
+                .iter()
+                .map(move |p| (r.name.as_str(), p.as_str(), false));
+            yes.chain(no)
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for chunk in cases.chunks(BUILD_BATCH) {
+        let texts: Vec<&str> = chunk.iter().map(|c| c.1).collect();
+        let embedded = embedder
+            .embed(&texts)
+            .map_err(|e| IndexError::Graph(e.to_string()))?;
+        for ((route, prompt, should), e) in chunk.iter().zip(embedded) {
+            let chosen = match index.rules().first_match(prompt, None) {
+                Some(rule) => Some(rule.route.clone()),
+                None => crate::engine::decide(index, prompt, &e)
+                    .map_err(|e| IndexError::Graph(e.to_string()))?
+                    .decision
+                    .route()
+                    .map(str::to_string),
+            };
+            let matched = chosen.as_deref() == Some(*route);
+            if matched != *should {
+                let went =
+                    chosen.map_or("the default route".to_string(), |r| format!("route `{r}`"));
+                failures.push(if *should {
+                    format!("  route `{route}`: {prompt:?} should match it, but went to {went}")
+                } else {
+                    format!("  route `{route}`: {prompt:?} should not match it, but did")
+                });
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(IndexError::RouteTests(failures))
+    }
 }
 
 /// Embeds `table` with `embedder` and writes the artifact into `out`. `progress` is called with
@@ -90,16 +145,18 @@ pub fn build(
         Classifier::train(&vectors, dim, &labels, table.routes.len())
     });
     let hnsw = total >= params.hnsw_min_vectors;
-    let generation = index::write_artifact(
+    let model = embedder.info().clone();
+    let generation = index::write_checked_artifact(
         out,
         ArtifactInput {
             table,
-            model: embedder.info(),
+            model: &model,
             utterances,
             vectors,
             params,
             classifier,
         },
+        |index| run_route_tests(index, embedder),
     )?;
     Ok(BuildReport {
         generation,

@@ -275,6 +275,7 @@ mod tests {
                     candidates: vec![format!("m{i}")],
                     expected_output_tokens: 256,
                     utterances: vec![format!("u{i}")],
+                    tests: Default::default(),
                 })
                 .collect(),
         }

@@ -275,3 +275,57 @@ fn eval_and_calibrate_on_the_example_labelled_set() {
         "{r}\n{c}"
     );
 }
+
+#[test]
+fn failing_route_tests_stop_a_build_and_keep_the_live_index() {
+    let dir = tempfile::tempdir().unwrap();
+    build(&example_routes(), dir.path());
+    let before = switchyard::index::current_generation(dir.path()).unwrap();
+    let routes = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(example_routes()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, routes.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let cs = routes.path().join("customer-support.yaml");
+    let text = std::fs::read_to_string(&cs).unwrap();
+    // a test that cannot pass: a gardening question must go to order_status
+    std::fs::write(
+        &cs,
+        text.replace(
+            r#"match: ["Where is my order #12345?", "has my parcel shipped yet"]"#,
+            r#"match: ["Where is my order #12345?", "How deep should I plant tulip bulbs?"]"#,
+        ),
+    )
+    .unwrap();
+    let out = switchyard()
+        .arg("build")
+        .arg(routes.path())
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1 route test(s) failed")
+            && err.contains("tulip")
+            && err.contains("order_status"),
+        "{err}"
+    );
+    assert_eq!(
+        switchyard::index::current_generation(dir.path()).unwrap(),
+        before
+    );
+    // no staging directory is left behind
+    let leftovers = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".partial")
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+}
