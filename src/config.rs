@@ -1115,6 +1115,10 @@ routes:
         t.routes[0]
             .utterances
             .push("Where is my order #12345?".into());
+        t.routes[1].tests = RouteTests {
+            should_match: vec!["refund please".into()],
+            should_not_match: vec!["track it".into()],
+        };
         let yaml = to_yaml(&t);
         let back = parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         assert_eq!(back, t);
