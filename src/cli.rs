@@ -54,6 +54,35 @@ pub enum Command {
     /// Fit thresholds on labelled prompts (with out-of-scope lines) and write them into a new
     /// route file for review.
     Calibrate(CalibrateArgs),
+    /// Write a commented starter route file.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "routes.yaml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Route one prompt and explain the decision as a table (scores as bars); JSON with --json.
+    Explain {
+        /// Index directory written by `switchyard build`.
+        #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+        index: PathBuf,
+        /// The prompt to explain.
+        prompt: String,
+        /// Print the JSON of `POST /v1/route` instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) for switchyard.
+    Man,
     /// Route one prompt and print the decision as JSON (the same JSON as `POST /v1/route`).
     Route {
         /// Index directory written by `switchyard build`.
@@ -284,7 +313,31 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             index,
             prompt,
             model,
-        } => route(&index, &prompt, &model),
+        } => route(&index, &prompt, &model, false),
+        Command::Explain {
+            index,
+            prompt,
+            json,
+            model,
+        } => route(&index, &prompt, &model, !json),
+        Command::Init { path, force } => init(&path, force),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "switchyard",
+                &mut std::io::stdout(),
+            );
+            Ok(Outcome::Success)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
+            Ok(Outcome::Success)
+        }
     }
 }
 
@@ -560,7 +613,119 @@ fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
     }
 }
 
-fn route(index: &Path, prompt: &str, model: &ModelArgs) -> anyhow::Result<Outcome> {
+/// The starter route file written by `init`.
+pub const STARTER_ROUTES: &str = include_str!("starter.yaml");
+
+fn init(path: &Path, force: bool) -> anyhow::Result<Outcome> {
+    if path.exists() && !force {
+        bail!(
+            "{} already exists; choose another path or pass --force to overwrite it",
+            path.display()
+        );
+    }
+    std::fs::write(path, STARTER_ROUTES)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "wrote {}; next: `switchyard check {0}`, then `switchyard build {0} --out index/`",
+        path.display()
+    );
+    Ok(Outcome::Success)
+}
+
+/// A bar of `width` cells for `value` in [0, 1], with `|` where `mark` falls.
+fn bar(value: f32, mark: Option<f32>, width: usize) -> String {
+    let filled = (value.clamp(0.0, 1.0) * width as f32).round() as usize;
+    let mark = mark.map(|m| ((m.clamp(0.0, 1.0) * width as f32).round() as usize).min(width - 1));
+    (0..width)
+        .map(|i| match (Some(i) == mark, i < filled) {
+            (true, _) => '|',
+            (false, true) => '█',
+            (false, false) => '·',
+        })
+        .collect()
+}
+
+/// The decision as a readable table.
+fn explain_text(r: &server::RouteResponse) -> String {
+    use std::fmt::Write;
+    let d = &r.routed.decision;
+    let mut s = String::new();
+    let outcome = serde_json::to_value(&d.outcome).unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "{} → {} → model {}",
+        outcome["outcome"].as_str().unwrap_or(""),
+        d.route().map_or_else(
+            || format!("no route ({})", outcome["reason"].as_str().unwrap_or("")),
+            |r| format!("route {r}")
+        ),
+        d.model
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<24} {:<30} {:>6} {:>9} {:>10}",
+        "route", "score (| = threshold)", "score", "threshold", "similarity"
+    );
+    for rs in &d.routes {
+        let _ = writeln!(
+            s,
+            "{:<24} {} {:>6.3} {:>9} {:>10.3}{}",
+            rs.route,
+            bar(rs.score, rs.threshold, 30),
+            rs.score,
+            rs.threshold.map_or("-".into(), |t| format!("{t:.3}")),
+            rs.similarity,
+            if rs.passed { "  passes" } else { "" }
+        );
+    }
+    let sel = &r.selection;
+    let _ = writeln!(s, "\ncandidates:");
+    for sk in &sel.skipped {
+        let reason = serde_json::to_value(&sk.reason).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {:<28} skipped: {}",
+            sk.model,
+            reason["reason"].as_str().unwrap_or("")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  {:<28} chosen{}{}",
+        sel.model,
+        sel.estimated_cost_usd
+            .map_or(String::new(), |c| format!(", estimated ${c:.6}")),
+        if sel.from_default {
+            " (default route)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(s, "\nnearest utterances:");
+    for n in &r.routed.neighbours {
+        let _ = writeln!(
+            s,
+            "  {:.3}  {:<24} {:?}",
+            n.similarity, n.route, n.utterance
+        );
+    }
+    let t = &r.routed.timings;
+    let _ = writeln!(
+        s,
+        "\n{} tokens{}; embedding {:.2} ms, search {:.2} ms",
+        r.routed.tokens,
+        if r.routed.truncated {
+            " (truncated)"
+        } else {
+            ""
+        },
+        t.embed_ms,
+        t.search_ms
+    );
+    s
+}
+
+fn route(index: &Path, prompt: &str, model: &ModelArgs, as_table: bool) -> anyhow::Result<Outcome> {
     let engine = open_engine(index, None, model, 1, EngineOptions::default())?;
     let state = AppState::with_engine(Arc::new(engine), ServerOptions::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -572,7 +737,11 @@ fn route(index: &Path, prompt: &str, model: &ModelArgs) -> anyhow::Result<Outcom
     let response = runtime
         .block_on(server::route_request(&state, prompt, None, &who, &[]))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{}", serde_json::to_string_pretty(&response)?);
+    if as_table {
+        print!("{}", explain_text(&response));
+    } else {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+    }
     Ok(Outcome::Success)
 }
 
@@ -732,6 +901,40 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_starter_route_file_is_valid() {
+        let table =
+            config::parse_sources(&[(PathBuf::from("starter.yaml"), STARTER_ROUTES.into())])
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(table.routes.len(), 2);
+        assert!(!table.catalog.is_empty());
+    }
+
+    #[test]
+    fn bars_mark_the_threshold() {
+        assert_eq!(bar(0.5, Some(0.8), 10), "█████···|·");
+        assert_eq!(bar(1.0, None, 4), "████");
+        assert_eq!(bar(0.0, Some(0.0), 4), "|···");
+    }
+
+    #[test]
+    fn completions_and_man_page_render() {
+        use clap::CommandFactory;
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "switchyard",
+            &mut out,
+        );
+        assert!(String::from_utf8(out).unwrap().contains("calibrate"));
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        assert!(String::from_utf8(man).unwrap().contains(".TH switchyard"));
+    }
 
     #[test]
     fn redis_passwords_never_reach_messages() {
