@@ -11,3 +11,5 @@ if ! command -v redis-server >/dev/null; then
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 fi
 cargo test --locked "$@"
+# the playground page in a real browser (Debian's Chromium, driven by Playwright)
+scripts/browser-test.sh
