@@ -251,6 +251,10 @@ pub struct ServeArgs {
     /// Prefix of switchyard's Redis keys.
     #[arg(long, env = "SWITCHYARD_REDIS_PREFIX", default_value = "switchyard:")]
     pub redis_prefix: String,
+    /// Reload the index when its `CURRENT` file changes (checked every second); SIGHUP and
+    /// `POST /v1/admin/reload` reload it anyway.
+    #[arg(long, env = "SWITCHYARD_WATCH")]
+    pub watch: bool,
     /// Key for the admin endpoints (`Authorization: Bearer <key>`); without it they are off.
     #[arg(long, env = "SWITCHYARD_ADMIN_KEY")]
     pub admin_key: Option<Secret>,
@@ -803,6 +807,43 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// SIGHUP reloads the index; with `watch`, so does a change of its `CURRENT` file.
+fn spawn_reloaders(state: &AppState, index_dir: &Path, watch: bool) {
+    #[cfg(unix)]
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the index");
+                // the outcome is logged and counted by reload_index
+                let _ = server::reload_index(&state).await;
+            }
+        });
+    }
+    if watch {
+        let state = state.clone();
+        let current = index_dir.join(crate::index::CURRENT_FILE);
+        tokio::spawn(async move {
+            let mut seen = tokio::fs::read_to_string(&current).await.ok();
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now = tokio::fs::read_to_string(&current).await.ok();
+                if now.is_some() && now != seen {
+                    tracing::info!(file = %current.display(), "index changed: reloading");
+                    let _ = server::reload_index(&state).await;
+                    seen = now;
+                }
+            }
+        });
+    }
+}
+
 async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
     let options = ServerOptions {
         body_limit_bytes: args.body_limit_bytes,
@@ -823,6 +864,11 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
     if let Some(Secret(key)) = &args.admin_key {
         state = state.with_admin_key(key);
     }
+    state = state.with_reload(server::ReloadSource {
+        index_dir: args.index.clone(),
+        routes: args.routes.clone(),
+    });
+    spawn_reloaders(&state, &args.index, args.watch);
     if let Some(path) = &args.decision_log {
         let log = crate::decision_log::DecisionLog::open(crate::decision_log::LogOptions {
             path: path.clone(),

@@ -284,6 +284,27 @@ impl Engine {
         })
     }
 
+    /// Opens the index in `dir`, checks it against the model, warms it up (graph loaded, one
+    /// search) and swaps it in. Requests already running finish on the index they started with;
+    /// on any failure the current index keeps serving.
+    /// `check` may refuse the new index (e.g. built from other route files) before the swap.
+    pub fn reload(
+        &self,
+        dir: &Path,
+        check: impl FnOnce(&Index) -> Result<(), IndexError>,
+    ) -> Result<Arc<Index>, RouteError> {
+        let index = Index::open(dir)?;
+        check_compatible(&index, &self.shared.model)?;
+        check(&index)?;
+        index.wait_for_graph()?;
+        let mut probe = vec![0.0f32; self.shared.model.dimension];
+        probe[0] = 1.0;
+        index.search(&probe, 1)?;
+        let index = Arc::new(index);
+        *self.shared.index.write().expect("index lock poisoned") = Arc::clone(&index);
+        Ok(index)
+    }
+
     /// The live index.
     pub fn index(&self) -> Arc<Index> {
         Arc::clone(&self.shared.index.read().expect("index lock poisoned"))

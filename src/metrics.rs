@@ -86,6 +86,8 @@ pub struct Metrics {
     /// Reported (actual) spend by model.
     usage: Mutex<BTreeMap<String, f64>>,
     fallbacks: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
     truncated: AtomicU64,
     overloaded: AtomicU64,
     /// End-to-end latency of route requests.
@@ -143,6 +145,16 @@ impl Metrics {
         *self.premium_spend.lock().expect("metrics lock") += premium_usd;
     }
 
+    /// Counts an index reload.
+    pub fn reload(&self, ok: bool) {
+        let c = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts reported usage.
     pub fn usage(&self, model: &str, cost_usd: f64) {
         *self
@@ -197,6 +209,12 @@ impl Metrics {
                 escape(model)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_reloads_total Index reloads by result.\n# TYPE switchyard_reloads_total counter\nswitchyard_reloads_total{{result=\"ok\"}} {}\nswitchyard_reloads_total{{result=\"failed\"}} {}",
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed)
+        );
         let counters = [
             (
                 "switchyard_fallbacks_total",

@@ -59,6 +59,16 @@ pub struct AppState {
     ledger: Arc<Ledger>,
     decision_log: Option<Arc<DecisionLog>>,
     admin_key: Option<Arc<str>>,
+    reload: Option<Arc<ReloadSource>>,
+}
+
+/// Where a reload finds the new index, and the route files it must match.
+#[derive(Debug, Clone)]
+pub struct ReloadSource {
+    /// The index directory (its `CURRENT` generation is opened).
+    pub index_dir: std::path::PathBuf,
+    /// Route files the index must have been built from, if `serve --routes` was given.
+    pub routes: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -73,7 +83,14 @@ impl AppState {
             ledger: Arc::new(Ledger::in_memory()),
             decision_log: None,
             admin_key: None,
+            reload: None,
         }
+    }
+
+    /// Lets the index be reloaded (admin endpoint, SIGHUP, watch) from `source`.
+    pub fn with_reload(mut self, source: ReloadSource) -> Self {
+        self.reload = Some(Arc::new(source));
+        self
     }
 
     /// Turns the admin endpoints on, for callers sending `Authorization: Bearer <key>`.
@@ -184,6 +201,9 @@ pub enum ApiError {
     /// The endpoint is turned off.
     #[error("{0}")]
     Forbidden(String),
+    /// A new index was refused; the previous one keeps serving.
+    #[error("{0}")]
+    ReloadFailed(String),
     /// Anything else: a bug or a broken environment.
     #[error("internal error")]
     Internal(String),
@@ -217,6 +237,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::ReloadFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -420,6 +441,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/route/batch", post(route_batch))
         .route("/v1/usage", post(usage))
         .route("/v1/admin/models", get(admin_models))
+        .route("/v1/admin/reload", post(admin_reload))
         .route("/v1/admin/models/{model}/down", post(admin_model_down))
         .route("/v1/admin/models/{model}/up", post(admin_model_up))
         .route("/v1/routes", get(routes))
@@ -842,6 +864,75 @@ async fn admin_models(
         .map(|(model, left)| serde_json::json!({"model": model, "down_for_s": left}))
         .collect();
     Ok(Json(serde_json::json!({ "down": down })))
+}
+
+/// Reloads the index from the state's [`ReloadSource`] (off the async runtime); the current
+/// index keeps serving if anything fails. Reports the outcome in the log and the metrics.
+pub async fn reload_index(state: &AppState) -> Result<serde_json::Value, ApiError> {
+    let source = state.reload.clone().ok_or_else(|| {
+        ApiError::Forbidden("this server was not started with a reloadable index".into())
+    })?;
+    let engine = Arc::clone(state.engine()?);
+    let started = Instant::now();
+    let result =
+        tokio::task::spawn_blocking(move || -> Result<Arc<crate::index::Index>, String> {
+            // the route files are read first, so that a broken one refuses the reload
+            let expected = match &source.routes {
+                Some(routes) => Some((
+                    routes.clone(),
+                    crate::config::load(routes)
+                        .map_err(|e| e.to_string())?
+                        .canonical_hash(),
+                )),
+                None => None,
+            };
+            engine
+                .reload(&source.index_dir, |index| match &expected {
+                    Some((routes, hash)) if *hash != index.manifest().route_table_sha256 => {
+                        Err(crate::index::IndexError::RoutesMismatch {
+                            path: index.generation().to_path_buf(),
+                            routes: routes.clone(),
+                            built: index
+                                .manifest()
+                                .route_table_sha256
+                                .chars()
+                                .take(12)
+                                .collect(),
+                            current: hash.chars().take(12).collect(),
+                        })
+                    }
+                    _ => Ok(()),
+                })
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    match result {
+        Ok(index) => {
+            state.metrics.reload(true);
+            tracing::info!(generation = %index.generation().display(), vectors = index.len(), seconds = started.elapsed().as_secs_f64(), "index reloaded");
+            Ok(serde_json::json!({
+                "reloaded": true,
+                "generation": index.generation().display().to_string(),
+                "vectors": index.len(),
+            }))
+        }
+        Err(reason) => {
+            state.metrics.reload(false);
+            tracing::error!(%reason, "index reload failed; the previous index keeps serving");
+            Err(ApiError::ReloadFailed(format!(
+                "reload failed, the previous index keeps serving: {reason}"
+            )))
+        }
+    }
+}
+
+async fn admin_reload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admit_admin(&headers)?;
+    reload_index(&state).await.map(Json)
 }
 
 /// Refuses names that are neither in the catalog nor a candidate of any route.

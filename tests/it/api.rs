@@ -416,3 +416,78 @@ async fn request_timeout_answers_503() {
     let msg = r.error(StatusCode::SERVICE_UNAVAILABLE, "timeout");
     assert!(msg.contains("100 ms"), "{msg}");
 }
+
+#[tokio::test]
+async fn reload_swaps_in_a_rebuilt_index_and_refuses_a_broken_one() {
+    use switchyard::server::ReloadSource;
+    let mut fake = FakeEmbedder::new("fake");
+    let dir = fake_index(&mut fake);
+    let engine = fake_engine(&fake, dir.path(), EngineOptions::default());
+    let state = AppState::with_engine(engine, ServerOptions::default())
+        .with_admin_key("k")
+        .with_reload(ReloadSource {
+            index_dir: dir.path().to_path_buf(),
+            routes: None,
+        });
+    let reload = |state: AppState| async move {
+        let req = Request::post("/v1/admin/reload")
+            .header(header::AUTHORIZATION, "Bearer k")
+            .body(Body::empty())
+            .unwrap();
+        send(&state, req).await
+    };
+    assert_eq!(
+        post(&state, "/v1/route", r#"{"prompt": "hello there"}"#)
+            .await
+            .json()["route"],
+        "greet"
+    );
+    // rebuild the same directory with the route renamed
+    let renamed = FAKE_ROUTES.replace("name: greet", "name: salute");
+    let table =
+        switchyard::config::parse_sources(&[("r.yaml".into(), renamed.into_bytes())]).unwrap();
+    switchyard::indexer::build(
+        &table,
+        &mut fake,
+        dir.path(),
+        Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    // not swapped until asked
+    assert_eq!(
+        post(&state, "/v1/route", r#"{"prompt": "hello there"}"#)
+            .await
+            .json()["route"],
+        "greet"
+    );
+    let r = reload(state.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["reloaded"], true);
+    assert_eq!(
+        post(&state, "/v1/route", r#"{"prompt": "good morning friend"}"#)
+            .await
+            .json()["route"],
+        "salute"
+    );
+    // a broken CURRENT: refused, and the index in use keeps serving
+    std::fs::write(dir.path().join("CURRENT"), "gen-does-not-exist\n").unwrap();
+    let r = reload(state.clone()).await;
+    let msg = r.error(StatusCode::UNPROCESSABLE_ENTITY, "reload_failed");
+    assert!(msg.contains("previous index keeps serving"), "{msg}");
+    assert_eq!(
+        post(&state, "/v1/route", r#"{"prompt": "good morning friend"}"#)
+            .await
+            .json()["route"],
+        "salute"
+    );
+    let m = get(&state, "/metrics").await.text;
+    assert!(
+        m.contains("switchyard_reloads_total{result=\"ok\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("switchyard_reloads_total{result=\"failed\"} 1"),
+        "{m}"
+    );
+}

@@ -329,3 +329,76 @@ fn failing_route_tests_stop_a_build_and_keep_the_live_index() {
         .count();
     assert_eq!(leftovers, 0);
 }
+
+#[test]
+fn sighup_reloads_a_rebuilt_index_without_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    build(&example_routes(), dir.path());
+    let mut child = switchyard()
+        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("switchyard listening on ")
+        .unwrap()
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let routes_now = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            let r = reqwest::get(format!("{base}/v1/routes")).await.unwrap();
+            if r.status() != 200 {
+                return Vec::new();
+            }
+            let v: serde_json::Value = r.json().await.unwrap();
+            v["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !routes_now(&rt).contains(&"order_status".to_string()) {
+        assert!(Instant::now() < deadline, "not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // rebuild with one route renamed, then SIGHUP
+    let routes = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(example_routes()).unwrap() {
+        let f = f.unwrap().path();
+        let text = std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("name: order_status", "name: orders");
+        std::fs::write(routes.path().join(f.file_name().unwrap()), text).unwrap();
+    }
+    build(routes.path(), dir.path());
+    assert!(routes_now(&rt).contains(&"order_status".to_string()));
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !routes_now(&rt).contains(&"orders".to_string()) {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+}
