@@ -8,49 +8,20 @@
 //! Building the graph costs about 2 minutes per 100k vectors on this machine's two cores.
 
 use std::path::PathBuf;
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{DIM, clustered, one_route_table, synthetic_model};
 use std::time::Instant;
 
-use switchyard::config::{Defaults, Method, Route, RouteTable};
-use switchyard::embed::{ModelInfo, PoolingKind};
 use switchyard::index::{
     ArtifactInput, Index, IndexParams, Utterance, exact_search, write_artifact,
 };
-use switchyard::similarity::normalise;
 
-const DIM: usize = 384;
 const CLUSTERS: usize = 1000;
 const QUERIES: usize = 200;
 const K: usize = 10;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
-fn clustered(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng(42);
-    let centres: Vec<Vec<f32>> = (0..CLUSTERS)
-        .map(|_| (0..DIM).map(|_| rng.next()).collect())
-        .collect();
-    let mut rng = Rng(seed);
-    let mut out = Vec::with_capacity(n * DIM);
-    for i in 0..n {
-        let mut v: Vec<f32> = centres[i % CLUSTERS]
-            .iter()
-            .map(|x| x + 0.6 * rng.next())
-            .collect();
-        normalise(&mut v);
-        out.extend(v);
-    }
-    out
-}
 
 fn main() {
     let sizes: Vec<usize> = std::env::args()
@@ -63,37 +34,9 @@ fn main() {
     } else {
         sizes
     };
-    let model = ModelInfo {
-        id: "synthetic".into(),
-        model_sha256: "-".into(),
-        tokenizer_sha256: "-".into(),
-        dimension: DIM,
-        pooling: PoolingKind::Mean,
-        normalized: true,
-        max_tokens: 256,
-    };
-    let table = RouteTable {
-        defaults: Defaults {
-            method: Method::Neighbours,
-            ..Defaults::default()
-        },
-        default_model: "d".into(),
-        default_candidates: vec!["d".into()],
-        catalog: Default::default(),
-        budgets: Vec::new(),
-        rules: Vec::new(),
-        routes: vec![Route {
-            name: "r".into(),
-            model: "m".into(),
-            threshold: None,
-            description: None,
-            candidates: vec!["m".into()],
-            expected_output_tokens: 256,
-            utterances: vec![],
-            tests: Default::default(),
-        }],
-    };
-    let queries = clustered(QUERIES, 7);
+    let model = synthetic_model();
+    let table = one_route_table();
+    let queries = clustered(QUERIES, CLUSTERS, 7);
     println!(
         "| vectors | build s | open s | first query ms | graph ready s | recall@10 | HNSW query ms | exact query ms |"
     );
@@ -101,7 +44,7 @@ fn main() {
     for n in sizes {
         let dir =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/open-{n}"));
-        let vectors = clustered(n, 1);
+        let vectors = clustered(n, CLUSTERS, 1);
         let mut build_s = f64::NAN;
         if Index::open(&dir).is_err() {
             let t = Instant::now();

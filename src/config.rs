@@ -210,6 +210,20 @@ impl RouteTests {
 }
 
 impl Route {
+    /// A route with one target model, no threshold and no tests.
+    pub fn new(name: &str, model: &str, utterances: &[&str]) -> Self {
+        Route {
+            name: name.to_string(),
+            model: model.to_string(),
+            candidates: vec![model.to_string()],
+            expected_output_tokens: DEFAULT_EXPECTED_OUTPUT_TOKENS,
+            threshold: None,
+            description: None,
+            utterances: utterances.iter().map(|u| u.to_string()).collect(),
+            tests: RouteTests::default(),
+        }
+    }
+
     /// The threshold in force for this route.
     pub fn effective_threshold(&self, defaults: &Defaults) -> Option<f32> {
         self.threshold.or(defaults.threshold)
@@ -236,6 +250,19 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// A table with default settings, no catalog, budgets or rules.
+    pub fn new(defaults: Defaults, default_model: &str, routes: Vec<Route>) -> Self {
+        RouteTable {
+            defaults,
+            default_model: default_model.to_string(),
+            default_candidates: vec![default_model.to_string()],
+            catalog: BTreeMap::new(),
+            budgets: Vec::new(),
+            rules: Vec::new(),
+            routes,
+        }
+    }
+
     /// A stable hash of the canonical table (its JSON form): the index records it, so a served
     /// index can be checked against the route files it claims to come from.
     pub fn canonical_hash(&self) -> String {
@@ -629,6 +656,25 @@ fn place<'a, T>(file: &'a Path, s: &Spanned<T>) -> Place<'a> {
     }
 }
 
+/// Reports `what` declared again at `p` when `seen` says where it was declared first.
+fn declared_once(
+    seen: &mut Option<(PathBuf, usize)>,
+    p: &Place<'_>,
+    what: &str,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    if let Some((other, line)) = seen {
+        issues.push(p.issue(
+            None,
+            format!(
+                "{what} is already set in {}:{line}; set it in one file only",
+                other.display()
+            ),
+        ));
+    }
+    *seen = Some((p.file.to_path_buf(), p.line));
+}
+
 fn check_threshold(p: &Place<'_>, route: Option<&str>, t: f32, issues: &mut Vec<ConfigIssue>) {
     if !(-1.0..=1.0).contains(&t) {
         issues.push(p.issue(
@@ -713,16 +759,7 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
         }
         if let Some(d) = &raw.defaults {
             let p = place(file, d);
-            if let Some((other, line)) = &defaults_seen {
-                issues.push(p.issue(
-                    None,
-                    format!(
-                        "`defaults` is already set in {}:{line}; set it in one file only",
-                        other.display()
-                    ),
-                ));
-            }
-            defaults_seen = Some((file.to_path_buf(), p.line));
+            declared_once(&mut defaults_seen, &p, "`defaults`", issues);
             if let Some(t) = &d.value.threshold {
                 check_threshold(&place(file, t), None, t.value, issues);
                 defaults.threshold = Some(t.value);
@@ -809,16 +846,7 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
         }
         if let Some(models) = &raw.models {
             let p = place(file, models);
-            if let Some((other, line)) = &catalog_seen {
-                issues.push(p.issue(
-                    None,
-                    format!(
-                        "the `models` catalog is already declared in {}:{line}; declare it in one file only",
-                        other.display()
-                    ),
-                ));
-            }
-            catalog_seen = Some((file.to_path_buf(), p.line));
+            declared_once(&mut catalog_seen, &p, "the `models` catalog", issues);
             for (name, m) in &models.value {
                 let mp = place(file, m);
                 let what = |field: &str, v: f64| {
@@ -840,16 +868,7 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
         }
         if let Some(d) = &raw.default_route {
             let p = place(file, d);
-            if let Some((other, line)) = &default_seen {
-                issues.push(p.issue(
-                    None,
-                    format!(
-                        "`default_route` is already set in {}:{line}; set it in one file only",
-                        other.display()
-                    ),
-                ));
-            }
-            default_seen = Some((file.to_path_buf(), p.line));
+            declared_once(&mut default_seen, &p, "`default_route`", issues);
             if let Some(c) = candidates(file, &p, None, &d.value.model, &d.value.models, issues) {
                 used_models.extend(
                     c.iter()

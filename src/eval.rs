@@ -466,27 +466,11 @@ mod tests {
     use crate::config::{Defaults, Route};
 
     fn table() -> RouteTable {
-        RouteTable {
-            defaults: Defaults::default(),
-            default_model: "d".into(),
-            default_candidates: vec!["d".into()],
-            catalog: Default::default(),
-            budgets: Vec::new(),
-            rules: Vec::new(),
-            routes: ["a", "b"]
-                .iter()
-                .map(|n| Route {
-                    name: n.to_string(),
-                    model: "m".into(),
-                    threshold: None,
-                    description: None,
-                    candidates: vec!["m".into()],
-                    expected_output_tokens: 256,
-                    utterances: vec![],
-                    tests: Default::default(),
-                })
-                .collect(),
-        }
+        RouteTable::new(
+            Defaults::default(),
+            "d",
+            vec![Route::new("a", "m", &[]), Route::new("b", "m", &[])],
+        )
     }
 
     fn ex(text: &str, route: Option<&str>) -> Example {
@@ -783,27 +767,11 @@ mod calibrate_tests {
 
     #[test]
     fn fits_a_threshold_that_separates_out_of_scope_lines() {
-        let table = RouteTable {
-            defaults: Defaults::default(),
-            default_model: "d".into(),
-            default_candidates: vec!["d".into()],
-            catalog: Default::default(),
-            budgets: Vec::new(),
-            rules: Vec::new(),
-            routes: ["a", "b"]
-                .iter()
-                .map(|n| Route {
-                    name: n.to_string(),
-                    model: "m".into(),
-                    threshold: None,
-                    description: None,
-                    candidates: vec!["m".into()],
-                    expected_output_tokens: 256,
-                    utterances: vec![],
-                    tests: Default::default(),
-                })
-                .collect(),
-        };
+        let table = RouteTable::new(
+            Defaults::default(),
+            "d",
+            vec![Route::new("a", "m", &[]), Route::new("b", "m", &[])],
+        );
         let mut examples = Vec::new();
         let mut evidence = Vec::new();
         for i in 0..40 {

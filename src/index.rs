@@ -999,27 +999,14 @@ mod tests {
     }
 
     fn table() -> RouteTable {
-        RouteTable {
-            defaults: Defaults {
+        RouteTable::new(
+            Defaults {
                 method: Method::Neighbours,
                 ..Defaults::default()
             },
-            default_model: "d".into(),
-            default_candidates: vec!["d".into()],
-            catalog: Default::default(),
-            budgets: Vec::new(),
-            rules: Vec::new(),
-            routes: vec![Route {
-                name: "r".into(),
-                model: "m".into(),
-                threshold: None,
-                description: None,
-                candidates: vec!["m".into()],
-                expected_output_tokens: 256,
-                utterances: vec![],
-                tests: Default::default(),
-            }],
-        }
+            "d",
+            vec![Route::new("r", "m", &[])],
+        )
     }
 
     fn build(dir: &Path, n: usize, dim: usize, params: IndexParams) -> Vec<f32> {

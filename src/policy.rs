@@ -252,33 +252,23 @@ mod tests {
     use proptest::prelude::*;
 
     fn table(thresholds: &[Option<f32>], default: Option<f32>, agg: Aggregation) -> RouteTable {
-        RouteTable {
-            defaults: Defaults {
+        RouteTable::new(
+            Defaults {
                 threshold: default,
                 top_k: 5,
                 aggregation: agg,
                 ..Defaults::default()
             },
-            default_model: "default-model".into(),
-            default_candidates: vec!["default-model".into()],
-            catalog: Default::default(),
-            budgets: Vec::new(),
-            rules: Vec::new(),
-            routes: thresholds
+            "default-model",
+            thresholds
                 .iter()
                 .enumerate()
                 .map(|(i, t)| Route {
-                    name: format!("r{i}"),
-                    model: format!("m{i}"),
                     threshold: *t,
-                    description: None,
-                    candidates: vec![format!("m{i}")],
-                    expected_output_tokens: 256,
-                    utterances: vec![format!("u{i}")],
-                    tests: Default::default(),
+                    ..Route::new(&format!("r{i}"), &format!("m{i}"), &[&format!("u{i}")])
                 })
                 .collect(),
-        }
+        )
     }
 
     fn vote(route: usize, similarity: f32) -> Vote {

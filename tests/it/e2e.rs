@@ -16,6 +16,17 @@ fn switchyard() -> Command {
     cmd
 }
 
+/// A copy of the example route files with `edit` applied to each file's text.
+fn edited_example_routes(edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let routes = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(example_routes()).unwrap() {
+        let f = f.unwrap().path();
+        let text = edit(std::fs::read_to_string(&f).unwrap());
+        std::fs::write(routes.path().join(f.file_name().unwrap()), text).unwrap();
+    }
+    routes
+}
+
 fn build(routes: &Path, out: &Path) {
     let status = switchyard()
         .arg("build")
@@ -133,14 +144,8 @@ fn serve_refuses_stale_corrupted_or_foreign_indexes() {
     build(&example_routes(), dir.path());
 
     // routes changed since the build
-    let routes = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(example_routes()).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, routes.path().join(f.file_name().unwrap())).unwrap();
-    }
-    let cs = routes.path().join("customer-support.yaml");
-    let text = std::fs::read_to_string(&cs).unwrap();
-    std::fs::write(&cs, text.replace("Track order 98765", "Track order 55555")).unwrap();
+    let routes =
+        edited_example_routes(|text| text.replace("Track order 98765", "Track order 55555"));
     let out = switchyard()
         .args(["serve", "--addr", "127.0.0.1:0", "--index"])
         .arg(dir.path())
@@ -281,22 +286,13 @@ fn failing_route_tests_stop_a_build_and_keep_the_live_index() {
     let dir = tempfile::tempdir().unwrap();
     build(&example_routes(), dir.path());
     let before = switchyard::index::current_generation(dir.path()).unwrap();
-    let routes = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(example_routes()).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, routes.path().join(f.file_name().unwrap())).unwrap();
-    }
-    let cs = routes.path().join("customer-support.yaml");
-    let text = std::fs::read_to_string(&cs).unwrap();
     // a test that cannot pass: a gardening question must go to order_status
-    std::fs::write(
-        &cs,
+    let routes = edited_example_routes(|text| {
         text.replace(
             r#"match: ["Where is my order #12345?", "has my parcel shipped yet"]"#,
             r#"match: ["Where is my order #12345?", "How deep should I plant tulip bulbs?"]"#,
-        ),
-    )
-    .unwrap();
+        )
+    });
     let out = switchyard()
         .arg("build")
         .arg(routes.path())
@@ -371,14 +367,7 @@ fn sighup_reloads_a_rebuilt_index_without_stopping() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // rebuild with one route renamed, then SIGHUP
-    let routes = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(example_routes()).unwrap() {
-        let f = f.unwrap().path();
-        let text = std::fs::read_to_string(&f)
-            .unwrap()
-            .replace("name: order_status", "name: orders");
-        std::fs::write(routes.path().join(f.file_name().unwrap()), text).unwrap();
-    }
+    let routes = edited_example_routes(|text| text.replace("name: order_status", "name: orders"));
     build(routes.path(), dir.path());
     assert!(routes_now(&rt).contains(&"order_status".to_string()));
     assert!(
