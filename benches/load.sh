@@ -10,6 +10,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+. scripts/lib.sh
 eval "$(scripts/setup.sh)"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release --locked --quiet
@@ -27,15 +28,8 @@ mkdir -p "$(dirname "$out")"
 duration="${DURATION:-15s}"
 
 # the cache is off so that every request pays its forward pass, as unique prompts do
-"$bin" serve --index "$index" --addr 127.0.0.1:0 --embed-cache-entries 0 ${SERVE_ARGS:-} \
-  > "$work/serve.out" 2> "$work/serve.err" &
-pid=$!
-for _ in $(seq 1 200); do
-  addr=$(sed -n 's/^switchyard listening on //p' "$work/serve.out")
-  [ -n "$addr" ] && curl -fs "$addr/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-[ -n "${addr:-}" ] || { echo "server did not start:" >&2; cat "$work/serve.err" >&2; exit 2; }
+# shellcheck disable=SC2086
+start_server "$bin" "$index" --embed-cache-entries 0 ${SERVE_ARGS:-}
 
 peak_rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$pid/status"; }
 {

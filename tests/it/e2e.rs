@@ -27,6 +27,27 @@ fn edited_example_routes(edit: impl Fn(String) -> String) -> tempfile::TempDir {
     routes
 }
 
+/// Starts `switchyard serve` on a free port; returns the process and its base URL.
+fn serve(index: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    let mut child = switchyard()
+        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
+        .arg(index)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("switchyard listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base)
+}
+
 fn build(routes: &Path, out: &Path) {
     let status = switchyard()
         .arg("build")
@@ -42,23 +63,10 @@ fn build(routes: &Path, out: &Path) {
 fn build_serve_query_and_shut_down() {
     let dir = tempfile::tempdir().unwrap();
     build(&example_routes(), dir.path());
-    let mut child = switchyard()
-        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
-        .arg(dir.path())
-        .arg("--routes")
-        .arg(example_routes())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("switchyard listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let (mut child, base) = serve(
+        dir.path(),
+        &["--routes", example_routes().to_str().unwrap()],
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -330,21 +338,7 @@ fn failing_route_tests_stop_a_build_and_keep_the_live_index() {
 fn sighup_reloads_a_rebuilt_index_without_stopping() {
     let dir = tempfile::tempdir().unwrap();
     build(&example_routes(), dir.path());
-    let mut child = switchyard()
-        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("switchyard listening on ")
-        .unwrap()
-        .to_string();
+    let (mut child, base) = serve(dir.path(), &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let routes_now = |rt: &tokio::runtime::Runtime| {
         rt.block_on(async {

@@ -1,0 +1,17 @@
+# Shared by the scripts that run a server: source it, then `start_server BIN INDEX [ARGS...]`.
+# Sets $pid and $addr (http://127.0.0.1:PORT) once /readyz answers; logs go to $work/serve.*.
+start_server() {
+  local bin="$1" index="$2"
+  shift 2
+  "$bin" serve --index "$index" --addr 127.0.0.1:0 "$@" > "$work/serve.out" 2> "$work/serve.err" &
+  pid=$!
+  addr=""
+  for _ in $(seq 1 300); do
+    addr=$(sed -n 's/^switchyard listening on //p' "$work/serve.out")
+    [ -n "$addr" ] && curl -fs "$addr/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "server did not start:" >&2
+  cat "$work/serve.err" >&2
+  return 2
+}
