@@ -12,12 +12,10 @@ use std::path::PathBuf;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{DIM, clustered, one_route_table, synthetic_model};
+use common::{DIM, clustered, write_synthetic};
 use std::time::Instant;
 
-use switchyard::index::{
-    ArtifactInput, Index, IndexParams, Utterance, exact_search, write_artifact,
-};
+use switchyard::index::{Index, IndexParams, exact_search};
 
 const CLUSTERS: usize = 1000;
 const QUERIES: usize = 200;
@@ -34,8 +32,6 @@ fn main() {
     } else {
         sizes
     };
-    let model = synthetic_model();
-    let table = one_route_table();
     let queries = clustered(QUERIES, CLUSTERS, 7);
     println!(
         "| vectors | build s | open s | first query ms | graph ready s | recall@10 | HNSW query ms | exact query ms |"
@@ -48,23 +44,7 @@ fn main() {
         let mut build_s = f64::NAN;
         if Index::open(&dir).is_err() {
             let t = Instant::now();
-            write_artifact(
-                &dir,
-                ArtifactInput {
-                    table: &table,
-                    model: &model,
-                    utterances: (0..n)
-                        .map(|i| Utterance {
-                            route: 0,
-                            text: i.to_string(),
-                        })
-                        .collect(),
-                    vectors: vectors.clone(),
-                    params: IndexParams::default(),
-                    classifier: None,
-                },
-            )
-            .expect("artifact writes");
+            write_synthetic(&dir, &vectors, IndexParams::default());
             build_s = t.elapsed().as_secs_f64();
         }
         let t = Instant::now();

@@ -8,11 +8,9 @@ use std::hint::black_box;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{DIM, clustered, one_route_table, synthetic_model};
+use common::{DIM, clustered, write_synthetic};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use switchyard::index::{
-    ArtifactInput, Index, IndexParams, Utterance, exact_search, write_artifact,
-};
+use switchyard::index::{Index, IndexParams, exact_search};
 
 const CLUSTERS: usize = 150;
 const K: usize = 10;
@@ -26,33 +24,19 @@ fn sizes() -> Vec<usize> {
 }
 
 fn bench(c: &mut Criterion) {
-    let model = synthetic_model();
-    let table = one_route_table();
     let queries = clustered(200, CLUSTERS, 7);
     let mut g = c.benchmark_group("search_top10");
     for n in sizes() {
         let vectors = clustered(n, CLUSTERS, 1);
         let dir = tempfile::tempdir().unwrap();
-        write_artifact(
+        write_synthetic(
             dir.path(),
-            ArtifactInput {
-                table: &table,
-                model: &model,
-                utterances: (0..n)
-                    .map(|i| Utterance {
-                        route: 0,
-                        text: i.to_string(),
-                    })
-                    .collect(),
-                vectors: vectors.clone(),
-                params: IndexParams {
-                    hnsw_min_vectors: 1,
-                    ..IndexParams::default()
-                },
-                classifier: None,
+            &vectors,
+            IndexParams {
+                hnsw_min_vectors: 1,
+                ..IndexParams::default()
             },
-        )
-        .unwrap();
+        );
         let index = Index::open(dir.path()).unwrap();
         index.wait_for_graph().unwrap();
         let mut recall_hits = 0;

@@ -247,7 +247,7 @@ pub struct ServeArgs {
     /// Count spend caps in Redis (shared by replicas), e.g. `redis://127.0.0.1:6379/0`;
     /// without it they are counted in this process's memory.
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
-    pub redis_url: Option<SecretUrl>,
+    pub redis_url: Option<Secret>,
     /// Prefix of switchyard's Redis keys.
     #[arg(long, env = "SWITCHYARD_REDIS_PREFIX", default_value = "switchyard:")]
     pub redis_prefix: String,
@@ -761,7 +761,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
     runtime.block_on(serve_async(args))
 }
 
-/// A secret value: its `Debug` form is `***`.
+/// A secret flag value (a key, or a URL that may carry a password). Its `Debug` form shows a
+/// URL with the password replaced by `***`, and anything else as `***`.
 #[derive(Clone)]
 pub struct Secret(pub String);
 
@@ -774,24 +775,11 @@ impl std::str::FromStr for Secret {
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-/// A URL that may carry a password: its `Debug` form hides it.
-#[derive(Clone)]
-pub struct SecretUrl(pub String);
-
-impl std::str::FromStr for SecretUrl {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(SecretUrl(s.to_string()))
-    }
-}
-
-impl std::fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", redact_url(&self.0))
+        if self.0.contains("://") {
+            write!(f, "{:?}", redact_url(&self.0))
+        } else {
+            f.write_str("\"***\"")
+        }
     }
 }
 
@@ -878,7 +866,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot open the decision log {}", path.display()))?;
         state = state.with_decision_log(log);
     }
-    if let Some(SecretUrl(url)) = &args.redis_url {
+    if let Some(Secret(url)) = &args.redis_url {
         let store = crate::budget::RedisStore::connect(url, &args.redis_prefix)
             .await
             .with_context(|| {

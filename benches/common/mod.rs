@@ -2,6 +2,7 @@
 
 use switchyard::config::{Defaults, Method, Route, RouteTable};
 use switchyard::embed::{ModelInfo, PoolingKind};
+use switchyard::index::{ArtifactInput, IndexParams, Utterance, write_artifact};
 use switchyard::similarity::normalise;
 
 /// Vector dimension (all-MiniLM-L6-v2's).
@@ -65,4 +66,26 @@ pub fn one_route_table() -> RouteTable {
         "d",
         vec![Route::new("r", "m", &[])],
     )
+}
+
+/// Writes an index of `vectors` (one route, utterance texts are row numbers) into `dir`.
+pub fn write_synthetic(dir: &std::path::Path, vectors: &[f32], params: IndexParams) {
+    let n = vectors.len() / DIM;
+    write_artifact(
+        dir,
+        ArtifactInput {
+            table: &one_route_table(),
+            model: &synthetic_model(),
+            utterances: (0..n)
+                .map(|i| Utterance {
+                    route: 0,
+                    text: i.to_string(),
+                })
+                .collect(),
+            vectors: vectors.to_vec(),
+            params,
+            classifier: None,
+        },
+    )
+    .expect("artifact writes");
 }
