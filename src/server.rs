@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
 use crate::budget::{Identity, Ledger, caps_for};
 use crate::config::DEFAULT_EXPECTED_OUTPUT_TOKENS;
@@ -433,6 +436,36 @@ pub struct BatchResponse {
     pub results: Vec<RouteResponse>,
 }
 
+/// Request ids: a per-process random prefix and a counter, cheap and unique enough to follow
+/// one request through logs.
+#[derive(Clone)]
+struct RequestIds {
+    prefix: u32,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        RequestIds {
+            prefix: nanos ^ std::process::id().rotate_left(16),
+            next: Arc::default(),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:08x}-{n:x}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
 /// Builds the router.
 pub fn app(state: AppState) -> Router {
     let limit = state.options.body_limit_bytes;
@@ -453,6 +486,9 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        // every response carries `x-request-id`: the caller's own, or a new one
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
         .with_state(state)
 }
 

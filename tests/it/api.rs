@@ -238,6 +238,19 @@ async fn batch_routes_many_prompts_in_order_and_bounds_the_size() {
 }
 
 #[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let state = real_state();
+    let req = Request::get("/healthz")
+        .header("x-request-id", "caller-42")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&state, req).await.headers["x-request-id"], "caller-42");
+    let a = get(&state, "/healthz").await.headers["x-request-id"].clone();
+    let b = get(&state, "/healthz").await.headers["x-request-id"].clone();
+    assert_ne!(a, b);
+}
+
+#[tokio::test]
 async fn info_endpoints() {
     let state = real_state();
     let r = get(&state, "/v1/routes").await;
