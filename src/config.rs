@@ -614,8 +614,17 @@ pub fn parse_sources(sources: &[(PathBuf, Vec<u8>)]) -> Result<RouteTable, Confi
     }
 }
 
+/// The parser's message without its own `error: line L column C:` prefix (the place is
+/// reported once, as `file:line:col`).
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).trim().to_string()
+    let line = s.lines().next().unwrap_or(s).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    let without_place = line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+        .filter(|(place, _)| place.contains(" column "))
+        .map(|(_, message)| message);
+    without_place.unwrap_or(line).to_string()
 }
 
 fn line_of_offset(bytes: &[u8], offset: usize) -> usize {
@@ -1164,6 +1173,17 @@ routes:
         let is = issues("version: 1\nroutes:\n  - name: [unclosed\n");
         assert_eq!(is.len(), 1);
         assert!(is[0].line >= 3, "{:?}", is[0]);
+    }
+
+    #[test]
+    fn parser_messages_do_not_repeat_the_place() {
+        let is = issues("version: 1\nextra: 1\n");
+        assert_eq!((is[0].line, is[0].column), (2, 1));
+        assert!(
+            is[0].message.starts_with("unknown field `extra`"),
+            "{}",
+            is[0].message
+        );
     }
 
     #[test]
