@@ -479,13 +479,10 @@ fn embed_all(
     embedder: &mut OnnxEmbedder,
     texts: &[&str],
 ) -> anyhow::Result<Vec<crate::embed::Embedded>> {
-    use crate::embed::Embedder;
     let bar = progress_bar(texts.len(), "embedding");
-    let mut out = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(indexer::BUILD_BATCH) {
-        out.extend(embedder.embed(chunk)?);
-        bar.set_position(out.len() as u64);
-    }
+    let out = indexer::embed_batched(embedder, texts, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     Ok(out)
 }

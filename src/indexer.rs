@@ -1,10 +1,10 @@
 //! Offline index building: embeds every utterance of a route table and writes the artifact.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::{Method, RouteTable};
-use crate::embed::{EmbedError, Embedder};
+use crate::embed::{EmbedError, Embedded, Embedder};
 use crate::index::{self, ArtifactInput, Index, IndexError, IndexParams, Utterance};
 use crate::scoring::Classifier;
 
@@ -41,6 +41,21 @@ pub struct BuildReport {
     pub total_seconds: f64,
 }
 
+/// Embeds `texts` in batches of [`BUILD_BATCH`], calling `progress` with (done, total) after
+/// each batch.
+pub fn embed_batched(
+    embedder: &mut dyn Embedder,
+    texts: &[&str],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Embedded>, EmbedError> {
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(BUILD_BATCH) {
+        out.extend(embedder.embed(chunk)?);
+        progress(out.len(), texts.len());
+    }
+    Ok(out)
+}
+
 /// Checks every route's `tests` against a freshly built index: `match` prompts must be routed to
 /// their route, `no_match` prompts must not (static rules apply, as in the server).
 pub fn run_route_tests(index: &Index, embedder: &mut dyn Embedder) -> Result<(), IndexError> {
@@ -63,30 +78,26 @@ pub fn run_route_tests(index: &Index, embedder: &mut dyn Embedder) -> Result<(),
         })
         .collect();
     let mut failures = Vec::new();
-    for chunk in cases.chunks(BUILD_BATCH) {
-        let texts: Vec<&str> = chunk.iter().map(|c| c.1).collect();
-        let embedded = embedder
-            .embed(&texts)
-            .map_err(|e| IndexError::Graph(e.to_string()))?;
-        for ((route, prompt, should), e) in chunk.iter().zip(embedded) {
-            let chosen = match index.rules().first_match(prompt, None) {
-                Some(rule) => Some(rule.route.clone()),
-                None => crate::engine::decide(index, prompt, &e)
-                    .map_err(|e| IndexError::Graph(e.to_string()))?
-                    .decision
-                    .route()
-                    .map(str::to_string),
-            };
-            let matched = chosen.as_deref() == Some(*route);
-            if matched != *should {
-                let went =
-                    chosen.map_or("the default route".to_string(), |r| format!("route `{r}`"));
-                failures.push(if *should {
-                    format!("  route `{route}`: {prompt:?} should match it, but went to {went}")
-                } else {
-                    format!("  route `{route}`: {prompt:?} should not match it, but did")
-                });
-            }
+    let texts: Vec<&str> = cases.iter().map(|c| c.1).collect();
+    let embedded = embed_batched(embedder, &texts, &mut |_, _| {})
+        .map_err(|e| IndexError::Graph(e.to_string()))?;
+    for ((route, prompt, should), e) in cases.iter().zip(embedded) {
+        let chosen = match index.rules().first_match(prompt, None) {
+            Some(rule) => Some(rule.route.clone()),
+            None => crate::engine::decide(index, prompt, &e)
+                .map_err(|e| IndexError::Graph(e.to_string()))?
+                .decision
+                .route()
+                .map(str::to_string),
+        };
+        let matched = chosen.as_deref() == Some(*route);
+        if matched != *should {
+            let went = chosen.map_or("the default route".to_string(), |r| format!("route `{r}`"));
+            failures.push(if *should {
+                format!("  route `{route}`: {prompt:?} should match it, but went to {went}")
+            } else {
+                format!("  route `{route}`: {prompt:?} should not match it, but did")
+            });
         }
     }
     if failures.is_empty() {
@@ -119,26 +130,22 @@ pub fn build(
         .collect();
     let total = utterances.len();
     let dim = embedder.info().dimension;
+    let texts: Vec<&str> = utterances.iter().map(|u| u.text.as_str()).collect();
+    let t = Instant::now();
+    let embedded = embed_batched(embedder, &texts, progress)?;
+    let embed_time = t.elapsed();
     let mut vectors = Vec::with_capacity(total * dim);
     let mut truncated = 0;
-    let mut embed_time = Duration::ZERO;
-    for chunk in utterances.chunks(BUILD_BATCH) {
-        let texts: Vec<&str> = chunk.iter().map(|u| u.text.as_str()).collect();
-        let t = Instant::now();
-        let embedded = embedder.embed(&texts)?;
-        embed_time += t.elapsed();
-        for e in embedded {
-            if e.vector.len() != dim {
-                return Err(IndexError::DimMismatch {
-                    expected: dim,
-                    got: e.vector.len(),
-                }
-                .into());
+    for e in embedded {
+        if e.vector.len() != dim {
+            return Err(IndexError::DimMismatch {
+                expected: dim,
+                got: e.vector.len(),
             }
-            truncated += usize::from(e.truncated);
-            vectors.extend(e.vector);
+            .into());
         }
-        progress(vectors.len() / dim, total);
+        truncated += usize::from(e.truncated);
+        vectors.extend(e.vector);
     }
     let classifier = (table.defaults.method == Method::Classifier).then(|| {
         let labels: Vec<usize> = utterances.iter().map(|u| u.route as usize).collect();

@@ -48,6 +48,17 @@ fn serve(index: &Path, extra: &[&str]) -> (std::process::Child, String) {
     (child, base)
 }
 
+/// Runs a command that must succeed and prints JSON; returns the JSON.
+fn json_of(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn build(routes: &Path, out: &Path) {
     let status = switchyard()
         .arg("build")
@@ -203,19 +214,13 @@ fn serve_refuses_stale_corrupted_or_foreign_indexes() {
 fn eval_and_calibrate_on_the_example_labelled_set() {
     let data = repo().join("examples/customer-support.jsonl");
     let index = example_index().dir.path();
-    let out = switchyard()
-        .args(["eval", "--json", "--index"])
-        .arg(index)
-        .arg("--data")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = json_of(
+        switchyard()
+            .args(["eval", "--json", "--index"])
+            .arg(index)
+            .arg("--data")
+            .arg(&data),
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in [
         "in_scope_accuracy",
         "oos_recall",
@@ -253,21 +258,15 @@ fn eval_and_calibrate_on_the_example_labelled_set() {
 
     let dir = tempfile::tempdir().unwrap();
     let calibrated = dir.path().join("calibrated.yaml");
-    let out = switchyard()
-        .args(["calibrate", "--json", "--min-support", "3", "--index"])
-        .arg(index)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&calibrated)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let c = json_of(
+        switchyard()
+            .args(["calibrate", "--json", "--min-support", "3", "--index"])
+            .arg(index)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&calibrated),
     );
-    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let objective = |f: &serde_json::Value| {
         (f["in_scope_accuracy"].as_f64().unwrap() + f["oos_recall"].as_f64().unwrap()) / 2.0
     };
@@ -275,14 +274,13 @@ fn eval_and_calibrate_on_the_example_labelled_set() {
     assert!(!c["too_little_data"].as_array().unwrap().is_empty());
     // the written file is a valid route file that builds and evaluates as reported
     build(&calibrated, &dir.path().join("index"));
-    let out = switchyard()
-        .args(["eval", "--json", "--index"])
-        .arg(dir.path().join("index"))
-        .arg("--data")
-        .arg(&data)
-        .output()
-        .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = json_of(
+        switchyard()
+            .args(["eval", "--json", "--index"])
+            .arg(dir.path().join("index"))
+            .arg("--data")
+            .arg(&data),
+    );
     assert!(
         (objective(&r) - objective(&c["after"])).abs() < 1e-9,
         "{r}\n{c}"
