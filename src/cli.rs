@@ -280,6 +280,20 @@ pub struct ServeArgs {
     /// Longest a route request may take, in milliseconds, before it is answered with 503.
     #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT_MS", default_value_t = ServerOptions::default().request_timeout_ms)]
     pub request_timeout_ms: u64,
+    /// Serve the OpenAI-compatible proxy (`/v1/chat/completions`, `/v1/models`) with the
+    /// providers, timeouts and retries of this file (see examples/proxy.yaml).
+    #[arg(long, env = "SWITCHYARD_PROXY")]
+    pub proxy: Option<PathBuf>,
+    /// API keys the route, usage and proxy endpoints require (`Authorization: Bearer <key>`);
+    /// comma-separated in the environment. Without any, those endpoints are open.
+    #[arg(long = "api-key", env = "SWITCHYARD_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<Secret>,
+    /// Requests per second each caller may make (by API key, else tenant header); 0 = no limit.
+    #[arg(long, env = "SWITCHYARD_RATE_LIMIT_PER_S", default_value_t = 0.0)]
+    pub rate_limit_per_s: f64,
+    /// Requests a caller may make at once above its rate.
+    #[arg(long, env = "SWITCHYARD_RATE_LIMIT_BURST", default_value_t = 20)]
+    pub rate_limit_burst: u32,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -849,6 +863,30 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
     if let Some(Secret(key)) = &args.admin_key {
         state = state.with_admin_key(key);
     }
+    let api_keys: Vec<String> = args
+        .api_keys
+        .iter()
+        .map(|Secret(k)| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if !api_keys.is_empty() {
+        tracing::info!(
+            keys = api_keys.len(),
+            "API keys required on the route and proxy endpoints"
+        );
+        state = state.with_api_keys(api_keys);
+    }
+    if !(args.rate_limit_per_s.is_finite() && args.rate_limit_per_s >= 0.0) {
+        bail!("--rate-limit-per-s must be a number of requests per second, 0 or more");
+    }
+    if args.rate_limit_per_s > 0.0 {
+        state = state.with_rate_limit(args.rate_limit_per_s, args.rate_limit_burst);
+    }
+    if let Some(path) = &args.proxy {
+        let config = crate::proxy::ProxyConfig::load(path, &|var| std::env::var(var).ok())?;
+        tracing::info!(file = %path.display(), providers = config.providers.len(), "OpenAI-compatible proxy on");
+        state = state.with_proxy(config).map_err(anyhow::Error::msg)?;
+    }
     state = state.with_reload(server::ReloadSource {
         index_dir: args.index.clone(),
         routes: args.routes.clone(),
@@ -892,7 +930,12 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
             &args.model,
             args.workers,
             engine_options,
-        ) {
+        )
+        .and_then(|engine| {
+            // the proxy file must serve every model these routes may choose
+            let routes_fit = loader_state.check_proxy(engine.index().table());
+            routes_fit.map(|()| engine).map_err(anyhow::Error::msg)
+        }) {
             Ok(engine) => {
                 let index = engine.index();
                 tracing::info!(

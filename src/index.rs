@@ -201,6 +201,14 @@ pub enum IndexError {
         /// Hash of the route files now.
         current: String,
     },
+    /// The artifact is sound but does not fit the server's other configuration.
+    #[error("index at {path} does not fit this server: {reason}")]
+    Unfit {
+        /// The generation directory.
+        path: PathBuf,
+        /// What does not fit, and what to do.
+        reason: String,
+    },
     /// Vectors do not agree with the model or each other.
     #[error("dimension mismatch: expected {expected}, got {got}")]
     DimMismatch {

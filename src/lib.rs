@@ -15,6 +15,7 @@ pub mod index;
 pub mod indexer;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod scoring;
 pub mod selection;
 pub mod server;

@@ -85,6 +85,8 @@ pub struct Metrics {
     premium_spend: Mutex<f64>,
     /// Reported (actual) spend by model.
     usage: Mutex<BTreeMap<String, f64>>,
+    /// Proxy tries of upstream models by (model, result).
+    upstream: Mutex<BTreeMap<(String, &'static str), u64>>,
     fallbacks: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -165,6 +167,17 @@ impl Metrics {
             .or_default() += cost_usd;
     }
 
+    /// Counts one try of an upstream model by the proxy: `result` is `ok`, `status_429`,
+    /// `status_5xx`, `status_4xx`, `timeout` or `connect`.
+    pub fn upstream(&self, model: &str, result: &'static str) {
+        *self
+            .upstream
+            .lock()
+            .expect("metrics lock")
+            .entry((model.to_string(), result))
+            .or_default() += 1;
+    }
+
     /// Renders everything in the Prometheus text format.
     pub fn render(&self, gauges: Option<Gauges>) -> String {
         let mut out = String::new();
@@ -206,6 +219,14 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "switchyard_reported_spend_usd_total{{model=\"{}\"}} {usd}",
+                escape(model)
+            );
+        }
+        out.push_str("# HELP switchyard_upstream_requests_total Proxy tries of upstream models by model and result.\n# TYPE switchyard_upstream_requests_total counter\n");
+        for ((model, result), n) in self.upstream.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_upstream_requests_total{{model=\"{}\",result=\"{result}\"}} {n}",
                 escape(model)
             );
         }

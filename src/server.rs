@@ -31,6 +31,8 @@ use crate::metrics::{Gauges, Metrics};
 use crate::policy::Outcome;
 use crate::selection::{self, Choice, Health, Needs};
 
+mod proxy;
+
 /// Limits of the HTTP API.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
@@ -62,7 +64,10 @@ pub struct AppState {
     ledger: Arc<Ledger>,
     decision_log: Option<Arc<DecisionLog>>,
     admin_key: Option<Arc<str>>,
+    api_keys: Option<Arc<[String]>>,
+    rate_limit: Option<Arc<RateLimiter>>,
     reload: Option<Arc<ReloadSource>>,
+    proxy: Option<Arc<proxy::Proxy>>,
 }
 
 /// Where a reload finds the new index, and the route files it must match.
@@ -86,8 +91,81 @@ impl AppState {
             ledger: Arc::new(Ledger::in_memory()),
             decision_log: None,
             admin_key: None,
+            api_keys: None,
+            rate_limit: None,
             reload: None,
+            proxy: None,
         }
+    }
+
+    /// Requires one of `keys` (`Authorization: Bearer <key>`) on the route, usage and proxy
+    /// endpoints. Without this they are open.
+    pub fn with_api_keys(mut self, keys: Vec<String>) -> Self {
+        self.api_keys = Some(keys.into());
+        self
+    }
+
+    /// Limits each caller (API key, else tenant, else everyone without either together) to
+    /// `per_second` requests with bursts of `burst`; beyond, 429 with `Retry-After`.
+    pub fn with_rate_limit(mut self, per_second: f64, burst: u32) -> Self {
+        self.rate_limit = Some(Arc::new(RateLimiter::new(per_second, burst)));
+        self
+    }
+
+    /// Turns on the OpenAI-compatible proxy (`/v1/chat/completions`, `/v1/models`).
+    pub fn with_proxy(mut self, config: crate::proxy::ProxyConfig) -> Result<Self, String> {
+        let proxy = proxy::Proxy::new(config)
+            .map_err(|e| format!("cannot set up the proxy's HTTP client: {e}"))?;
+        self.proxy = Some(Arc::new(proxy));
+        Ok(self)
+    }
+
+    /// Whether the proxy (if on) can serve `table`'s routes; the problems otherwise.
+    pub fn check_proxy(&self, table: &crate::config::RouteTable) -> Result<(), String> {
+        let Some(proxy) = &self.proxy else {
+            return Ok(());
+        };
+        let problems = proxy.config.check(table);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the proxy file does not fit the routes: {}",
+                problems.join("; ")
+            ))
+        }
+    }
+
+    /// Admits a caller of the route, usage and proxy endpoints: its API key (when keys are
+    /// required, compared in constant time), then its request rate.
+    fn admit_caller(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let given = bearer(headers);
+        if let Some(keys) = &self.api_keys {
+            // every key is compared, so that the time taken does not say which one was close
+            let known = keys.iter().fold(false, |found, k| {
+                found | constant_time_eq(given.as_bytes(), k.as_bytes())
+            });
+            if !known {
+                return Err(ApiError::Unauthorized(
+                    "send an API key as `Authorization: Bearer <key>` (this server requires one)"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(limiter) = &self.rate_limit {
+            let who = identity(headers);
+            let caller = who
+                .key
+                .map(|k| format!("key:{k}"))
+                .or(who.tenant.map(|t| format!("tenant:{t}")))
+                .unwrap_or_default();
+            if let Err(wait) = limiter.check(&caller, Instant::now()) {
+                return Err(ApiError::RateLimited {
+                    retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Lets the index be reloaded (admin endpoint, SIGHUP, watch) from `source`.
@@ -109,11 +187,7 @@ impl AppState {
                 "the admin endpoints are off; start `switchyard serve` with --admin-key".into(),
             ));
         };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let given = bearer(headers);
         if constant_time_eq(given.as_bytes(), key.as_bytes()) {
             Ok(())
         } else {
@@ -154,6 +228,62 @@ impl AppState {
 
     fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
         self.engine.get().ok_or(ApiError::NotReady)
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, or "".
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+/// Token buckets, one per caller, refilled continuously.
+struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, Instant)>>,
+}
+
+/// Callers tracked before idle, full buckets are swept.
+const RATE_LIMIT_SWEEP_AT: usize = 10_000;
+
+impl RateLimiter {
+    fn new(per_second: f64, burst: u32) -> Self {
+        RateLimiter {
+            per_second,
+            burst: f64::from(burst.max(1)),
+            buckets: Default::default(),
+        }
+    }
+
+    /// Takes one token from `caller`'s bucket, or says how long until one is there.
+    fn check(&self, caller: &str, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().expect("rate-limit lock");
+        if buckets.len() >= RATE_LIMIT_SWEEP_AT && !buckets.contains_key(caller) {
+            let (rate, burst) = (self.per_second, self.burst);
+            // a bucket that has refilled holds no information
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = buckets
+            .entry(caller.to_string())
+            .or_insert((self.burst, now));
+        let refilled = (*tokens
+            + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        *at = now;
+        if refilled >= 1.0 {
+            *tokens = refilled - 1.0;
+            Ok(())
+        } else {
+            *tokens = refilled;
+            Err(Duration::from_secs_f64((1.0 - refilled) / self.per_second))
+        }
     }
 }
 
@@ -204,6 +334,18 @@ pub enum ApiError {
     /// The endpoint is turned off.
     #[error("{0}")]
     Forbidden(String),
+    /// The caller sent more requests than its rate limit allows.
+    #[error("rate limit exceeded; retry in {retry_after_s} s")]
+    RateLimited {
+        /// Seconds until a request will be admitted.
+        retry_after_s: u64,
+    },
+    /// Every upstream model tried failed (proxy).
+    #[error("{0}")]
+    Upstream(String),
+    /// The upstreams did not answer in time (proxy).
+    #[error("{0}")]
+    UpstreamTimeout(String),
     /// A new index was refused; the previous one keeps serving.
     #[error("{0}")]
     ReloadFailed(String),
@@ -240,6 +382,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            ApiError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ApiError::ReloadFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -257,16 +402,20 @@ impl IntoResponse for ApiError {
             kind: kind.to_string(),
         };
         let mut response = (status, Json(body)).into_response();
-        // only where trying again soon can help
-        if matches!(
-            self,
-            ApiError::Overloaded(_) | ApiError::NotReady | ApiError::Timeout(_)
-        ) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
+        self.add_retry_after(response.headers_mut());
         response
+    }
+}
+
+impl ApiError {
+    /// `Retry-After`, only where trying again soon can help.
+    fn add_retry_after(&self, headers: &mut HeaderMap) {
+        let seconds = match self {
+            ApiError::Overloaded(_) | ApiError::NotReady | ApiError::Timeout(_) => 1,
+            ApiError::RateLimited { retry_after_s } => *retry_after_s,
+            _ => return,
+        };
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
 }
 
@@ -473,6 +622,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/route", post(route))
         .route("/v1/route/batch", post(route_batch))
         .route("/v1/usage", post(usage))
+        .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/v1/models", get(proxy::models))
         .route("/v1/admin/models", get(admin_models))
         .route("/v1/admin/reload", post(admin_reload))
         .route("/v1/admin/models/{model}/down", post(admin_model_down))
@@ -739,6 +890,7 @@ async fn route(
 ) -> Response {
     let started = Instant::now();
     let result = async {
+        state.admit_caller(&headers)?;
         let ApiJson(mut body) = body?;
         let text = body.text()?;
         let who = identity(&headers);
@@ -759,6 +911,7 @@ async fn route_batch(
 ) -> Response {
     let started = Instant::now();
     let result = async {
+        state.admit_caller(&headers)?;
         let ApiJson(body) = body?;
         let max = state.options.max_batch_prompts;
         if body.prompts.is_empty() {
@@ -847,6 +1000,7 @@ async fn usage(
     headers: HeaderMap,
     body: Result<ApiJson<UsageReport>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admit_caller(&headers)?;
     let ApiJson(report) = body?;
     let engine = state.engine()?;
     let index = engine.index();
@@ -909,6 +1063,7 @@ pub async fn reload_index(state: &AppState) -> Result<serde_json::Value, ApiErro
         ApiError::Forbidden("this server was not started with a reloadable index".into())
     })?;
     let engine = Arc::clone(state.engine()?);
+    let proxy_state = state.clone();
     let started = Instant::now();
     let result =
         tokio::task::spawn_blocking(move || -> Result<Arc<crate::index::Index>, String> {
@@ -937,7 +1092,12 @@ pub async fn reload_index(state: &AppState) -> Result<serde_json::Value, ApiErro
                             current: hash.chars().take(12).collect(),
                         })
                     }
-                    _ => Ok(()),
+                    _ => proxy_state.check_proxy(index.table()).map_err(|reason| {
+                        crate::index::IndexError::Unfit {
+                            path: index.generation().to_path_buf(),
+                            reason,
+                        }
+                    }),
                 })
                 .map_err(|e| e.to_string())
         })

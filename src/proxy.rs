@@ -1,0 +1,679 @@
+//! The OpenAI-compatible proxy's configuration and its pure parts: which provider serves a
+//! model, the multi-turn routing policy, and the cascade's answer check. The HTTP side (the
+//! `/v1/chat/completions` handler, retries, streaming) lives in `server::proxy`.
+//!
+//! The proxy file is separate from the route files on purpose: provider URLs, timeouts and
+//! keys change without re-embedding anything.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RouteTable;
+
+/// Largest proxy file read.
+const MAX_PROXY_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Problems with the proxy file.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    /// The file could not be read.
+    #[error("cannot read the proxy file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not the YAML expected.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line (0 when unknown).
+        line: usize,
+        /// 1-based column (0 when unknown).
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file parses but does not fit the routes or the environment; every problem listed.
+    #[error("{} problem(s) in the proxy file {}:\n{}", problems.len(), path.display(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Each problem, with what to do.
+        problems: Vec<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxyFile {
+    version: u32,
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    retries: Retries,
+    #[serde(default = "default_mark_down_s")]
+    mark_down_s: u64,
+    #[serde(default)]
+    conversation: ConversationPolicy,
+    #[serde(default)]
+    cascade: BTreeMap<String, CascadeCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    base_url: String,
+    #[serde(default)]
+    api_key_env: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    rename: BTreeMap<String, String>,
+    #[serde(default = "default_true")]
+    stream_usage: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_mark_down_s() -> u64 {
+    30
+}
+
+/// How long the proxy waits, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// To open a connection to the upstream.
+    pub connect_ms: u64,
+    /// From sending the request to the upstream's response headers (for a non-streaming request
+    /// the whole answer is generated before them).
+    pub first_byte_ms: u64,
+    /// Longest silence between two chunks of a streamed answer.
+    pub idle_ms: u64,
+    /// Whole request, retries and fallbacks included.
+    pub total_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: 5_000,
+            first_byte_ms: 120_000,
+            idle_ms: 60_000,
+            total_ms: 300_000,
+        }
+    }
+}
+
+/// Retries of one model before falling back to the next candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retries {
+    /// Tries per model (1 = no retry). Connection errors, timeouts, 429 and 5xx are retried.
+    pub attempts: u32,
+    /// First backoff; it doubles per retry (an upstream `Retry-After` is honoured up to
+    /// `max_backoff_ms`).
+    pub backoff_ms: u64,
+    /// Longest wait between two tries.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            attempts: 2,
+            backoff_ms: 200,
+            max_backoff_ms: 5_000,
+        }
+    }
+}
+
+impl Retries {
+    /// The wait before try `retry` (1 for the first retry), or the upstream's `Retry-After`.
+    pub fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let doubled = self
+            .backoff_ms
+            .saturating_mul(1u64 << retry.saturating_sub(1).min(20));
+        let wait = retry_after.unwrap_or(Duration::from_millis(doubled));
+        wait.min(Duration::from_millis(self.max_backoff_ms))
+    }
+}
+
+/// The multi-turn policy: what text a conversation is routed on.
+///
+/// The last user message is routed on its own and, when the conversation has earlier user
+/// turns, so are the last `window` user turns joined. The conversation's route is the
+/// window's; the last message moves the conversation to another route only when it matches
+/// that route by itself with a score at least `switch_margin` above the route's threshold.
+/// A short follow-up ("and what about Texas?") matches nothing clearly and stays on the
+/// conversation's route. Stateless: two replicas decide the same conversation the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversationPolicy {
+    /// Recent user turns routed together (1 = the last message only).
+    pub window: usize,
+    /// How clearly the last message alone must match another route to switch to it.
+    pub switch_margin: f32,
+}
+
+impl Default for ConversationPolicy {
+    fn default() -> Self {
+        ConversationPolicy {
+            window: 3,
+            switch_margin: 0.15,
+        }
+    }
+}
+
+/// The cascade's check of a cheap candidate's answer: failing it escalates to the route's next
+/// candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeCheck {
+    /// The answer must have some text (or tool calls).
+    #[serde(default = "default_true")]
+    pub non_empty: bool,
+    /// The answer must have at least this many characters.
+    #[serde(default)]
+    pub min_chars: usize,
+    /// When the request asked for JSON (`response_format` `json_object` or `json_schema`), the
+    /// answer must parse as JSON.
+    #[serde(default = "default_true")]
+    pub json: bool,
+}
+
+impl CascadeCheck {
+    /// Why `answer` fails the check, or `None` when it passes. `wants_json`: the request asked
+    /// for a JSON answer; `tool_calls`: the answer called tools instead of writing text.
+    pub fn failure(&self, answer: &str, tool_calls: bool, wants_json: bool) -> Option<String> {
+        if tool_calls {
+            return None;
+        }
+        let text = answer.trim();
+        if self.non_empty && text.is_empty() {
+            return Some("the answer is empty".into());
+        }
+        let chars = text.chars().count();
+        if chars < self.min_chars {
+            return Some(format!(
+                "the answer has {chars} characters; the check asks for at least {}",
+                self.min_chars
+            ));
+        }
+        if self.json && wants_json {
+            if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+                return Some(format!(
+                    "the request asked for JSON and the answer is not: {e}"
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// An upstream that speaks the OpenAI chat-completions API.
+#[derive(Clone)]
+pub struct Provider {
+    /// Its name in the proxy file (and in the catalog's `provider:`).
+    pub name: String,
+    /// Base URL, e.g. `https://api.openai.com/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    /// The API key read from the environment at start (never logged).
+    pub api_key: Option<String>,
+    /// Catalog names mapped to the upstream's own model names.
+    pub rename: BTreeMap<String, String>,
+    /// Whether streamed requests ask the upstream for a final usage chunk (which the client
+    /// does not see unless it asked for it too).
+    pub stream_usage: bool,
+    models: Vec<String>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("rename", &self.rename)
+            .field("stream_usage", &self.stream_usage)
+            .finish()
+    }
+}
+
+impl Provider {
+    /// The URL of its chat-completions endpoint.
+    pub fn chat_url(&self) -> String {
+        format!("{}/chat/completions", self.base_url.trim_end_matches('/'))
+    }
+
+    /// The name the upstream knows `model` by.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.rename.get(model).map_or(model, String::as_str)
+    }
+}
+
+/// The validated proxy file.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Upstreams by name.
+    pub providers: BTreeMap<String, Provider>,
+    /// Waits.
+    pub timeouts: Timeouts,
+    /// Retries per model.
+    pub retries: Retries,
+    /// How long a model that failed every try is marked down (0: never).
+    pub mark_down_s: u64,
+    /// The multi-turn policy.
+    pub conversation: ConversationPolicy,
+    /// Routes whose cheap candidate's answer is checked, by route name.
+    pub cascade: BTreeMap<String, CascadeCheck>,
+}
+
+impl ProxyConfig {
+    /// Reads and validates the proxy file at `path`; API keys are read from the environment
+    /// through `env` (`std::env::var` in the binary). Whether it fits the routes is
+    /// [`ProxyConfig::check`]'s to say, each time an index is opened.
+    pub fn load(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ProxyConfigError> {
+        let io = |source| ProxyConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_PROXY_FILE_BYTES {
+            return Err(ProxyConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems: vec![format!(
+                    "the file is {size} bytes; proxy files are limited to {MAX_PROXY_FILE_BYTES}"
+                )],
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        Self::parse(path, &text, env)
+    }
+
+    /// Parses and validates `text` (labelled `path` in errors).
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ProxyConfigError> {
+        let raw: RawProxyFile = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line() as usize, l.column() as usize))
+                .unwrap_or((0, 0));
+            ProxyConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.to_string().lines().next().unwrap_or_default().to_string(),
+            }
+        })?;
+        let mut problems = Vec::new();
+        if raw.version != 1 {
+            problems.push(format!(
+                "`version: {}` is not supported; this build reads `version: 1`",
+                raw.version
+            ));
+        }
+        let mut providers = BTreeMap::new();
+        for (name, p) in raw.providers {
+            let url = p.base_url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push(format!(
+                    "providers.{name}.base_url: `{url}` must start with http:// or https://"
+                ));
+            }
+            let api_key = match &p.api_key_env {
+                None => None,
+                Some(var) => match env(var).filter(|v| !v.trim().is_empty()) {
+                    Some(key) => Some(key.trim().to_string()),
+                    None => {
+                        problems.push(format!(
+                            "providers.{name}.api_key_env: the environment variable `{var}` is not set; export it, or remove `api_key_env` for an upstream without keys"
+                        ));
+                        None
+                    }
+                },
+            };
+            providers.insert(
+                name.clone(),
+                Provider {
+                    name,
+                    base_url: url.to_string(),
+                    api_key,
+                    rename: p.rename,
+                    stream_usage: p.stream_usage,
+                    models: p.models,
+                },
+            );
+        }
+        if providers.is_empty() {
+            problems.push("`providers` is empty; name at least one upstream".into());
+        }
+        if raw.retries.attempts == 0 {
+            problems.push("retries.attempts must be at least 1 (1 = no retry)".into());
+        }
+        if raw.conversation.window == 0 {
+            problems.push("conversation.window must be at least 1".into());
+        }
+        let t = raw.timeouts;
+        if [t.connect_ms, t.first_byte_ms, t.idle_ms, t.total_ms].contains(&0) {
+            problems.push("timeouts must all be above 0 ms".into());
+        }
+        let config = ProxyConfig {
+            providers,
+            timeouts: raw.timeouts,
+            retries: raw.retries,
+            mark_down_s: raw.mark_down_s,
+            conversation: raw.conversation,
+            cascade: raw.cascade,
+        };
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ProxyConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// What keeps this proxy file from serving `table`'s routes, one problem per line: models
+    /// no provider serves, cascades of routes that do not exist, names that are ambiguous.
+    pub fn check(&self, table: &RouteTable) -> Vec<String> {
+        let mut problems = Vec::new();
+        for route in self.cascade.keys() {
+            if table.route(route).is_none() {
+                problems.push(format!(
+                    "cascade.{route}: no route named `{route}` in the route files"
+                ));
+            }
+        }
+        for route in &table.routes {
+            if route.name == "auto" || self.provider_for(&route.name, table).is_some() {
+                problems.push(format!(
+                    "route `{}` has the name of a model (or `auto`), so `model: {}` would be ambiguous; rename the route",
+                    route.name, route.name
+                ));
+            }
+        }
+        problems.extend(self.unreachable_models(table));
+        problems
+    }
+
+    /// The provider serving `model`: the one that lists it under `models`, else the catalog's
+    /// `provider:` for it.
+    pub fn provider_for(&self, model: &str, table: &RouteTable) -> Option<&Provider> {
+        self.providers
+            .values()
+            .find(|p| p.models.iter().any(|m| m == model))
+            .or_else(|| {
+                let name = table.catalog.get(model)?.provider.as_deref()?;
+                self.providers.get(name)
+            })
+    }
+
+    /// One problem per model a route may choose that no provider serves.
+    pub fn unreachable_models(&self, table: &RouteTable) -> Vec<String> {
+        let mut models: Vec<&String> = table
+            .routes
+            .iter()
+            .flat_map(|r| r.candidates.iter())
+            .chain(table.default_candidates.iter())
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+            .into_iter()
+            .filter(|m| self.provider_for(m, table).is_none())
+            .map(|m| {
+                let hint = match table.catalog.get(m.as_str()).and_then(|c| c.provider.as_deref()) {
+                    Some(p) => format!("its catalog provider `{p}` is not under `providers`"),
+                    None => "it has no `provider:` in the catalog".into(),
+                };
+                format!(
+                    "model `{m}` can be chosen by the routes but no provider serves it ({hint}); add the provider, or list the model under a provider's `models`"
+                )
+            })
+            .collect()
+    }
+}
+
+/// The texts a conversation is routed on: its last user message and, when there are earlier
+/// user turns, the last `window` user turns joined by newlines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationText {
+    /// The last user message.
+    pub last: String,
+    /// The recent user turns together, when there is more than one.
+    pub window: Option<String>,
+}
+
+impl ConversationText {
+    /// Builds the texts from the user turns, oldest first (empty turns ignored). `None` when
+    /// there is no user text at all.
+    pub fn new(user_turns: &[String], window: usize) -> Option<Self> {
+        let turns: Vec<&str> = user_turns
+            .iter()
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let last = (*turns.last()?).to_string();
+        let recent = &turns[turns.len().saturating_sub(window.max(1))..];
+        Some(ConversationText {
+            last,
+            window: (recent.len() > 1).then(|| recent.join("\n")),
+        })
+    }
+}
+
+/// Which of the two decisions a conversation takes, by the multi-turn policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnChoice {
+    /// The last message's own decision.
+    Last,
+    /// The window's decision: the conversation stays on its route.
+    Window,
+}
+
+/// Applies the policy: `last` is the last message's matched route with its score and
+/// threshold (`None` when it matched nothing), `window_route` the window's matched route.
+pub fn choose_turn(
+    policy: &ConversationPolicy,
+    last: Option<(&str, f32, Option<f32>)>,
+    window_route: Option<&str>,
+) -> TurnChoice {
+    match (last, window_route) {
+        (_, None) => TurnChoice::Last,
+        (None, Some(_)) => TurnChoice::Window,
+        (Some((route, _, _)), Some(w)) if route == w => TurnChoice::Last,
+        (Some((_, score, threshold)), Some(_)) => {
+            if score >= threshold.unwrap_or(0.0) + policy.switch_margin {
+                TurnChoice::Last
+            } else {
+                TurnChoice::Window
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        crate::config::parse_sources(&[(
+            PathBuf::from("routes.yaml"),
+            br#"
+version: 1
+models:
+  small: {provider: local, input_per_mtok: 0.1, output_per_mtok: 0.2, context_window: 8000}
+  big: {provider: cloud, input_per_mtok: 1.0, output_per_mtok: 2.0, context_window: 8000}
+default_route: {models: [big]}
+routes:
+  - name: faq
+    models: [small, big]
+    utterances: [hello there]
+"#
+            .to_vec(),
+        )])
+        .unwrap()
+    }
+
+    fn parse(text: &str) -> Result<ProxyConfig, ProxyConfigError> {
+        let env = |v: &str| (v == "CLOUD_KEY").then(|| "sk-test".to_string());
+        ProxyConfig::parse(Path::new("proxy.yaml"), text, &env)
+    }
+
+    #[test]
+    fn providers_resolve_by_catalog_or_by_listing() {
+        let config = parse(
+            "version: 1\nproviders:\n  local: {base_url: 'http://127.0.0.1:1/v1'}\n  cloud: {base_url: 'https://api.example.com/v1/', api_key_env: CLOUD_KEY, rename: {big: big-2025}}\n",
+        )
+        .unwrap();
+        let t = table();
+        let cloud = config.provider_for("big", &t).unwrap();
+        assert_eq!(cloud.name, "cloud");
+        assert_eq!(cloud.api_key.as_deref(), Some("sk-test"));
+        assert_eq!(cloud.upstream_model("big"), "big-2025");
+        assert_eq!(
+            cloud.chat_url(),
+            "https://api.example.com/v1/chat/completions"
+        );
+        assert_eq!(config.provider_for("small", &t).unwrap().name, "local");
+        assert!(!format!("{cloud:?}").contains("sk-test"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_what_to_do() {
+        let err = parse(
+            "version: 1\nproviders:\n  cloud: {base_url: 'ftp://x', api_key_env: MISSING}\nretries: {attempts: 0}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "ftp://x",
+            "`MISSING` is not set",
+            "attempts must be at least 1",
+        ] {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+    }
+
+    #[test]
+    fn a_proxy_file_that_does_not_fit_the_routes_says_why() {
+        let config = parse(
+            "version: 1\nproviders:\n  cloud: {base_url: 'https://x', models: [faq]}\ncascade:\n  nope: {min_chars: 3}\n",
+        )
+        .unwrap();
+        let problems = config.check(&table()).join("\n");
+        for needle in [
+            "cascade.nope: no route named `nope`",
+            "route `faq` has the name of a model",
+            "model `small` can be chosen by the routes but no provider serves it (its catalog provider `local` is not under `providers`)",
+        ] {
+            assert!(problems.contains(needle), "{needle:?} not in {problems}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_line() {
+        let err = parse("version: 1\nproviders:\n  local: {base_url: 'http://h', tiemout: 3}\n")
+            .unwrap_err();
+        match err {
+            ProxyConfigError::Parse { line, message, .. } => {
+                assert_eq!(line, 3);
+                assert!(message.contains("tiemout"), "{message}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn the_window_holds_recent_user_turns() {
+        let turns: Vec<String> = ["a", " ", "b", "c", "d"].map(String::from).to_vec();
+        let t = ConversationText::new(&turns, 3).unwrap();
+        assert_eq!(t.last, "d");
+        assert_eq!(t.window.as_deref(), Some("b\nc\nd"));
+        let one = ConversationText::new(&["only".to_string()], 3).unwrap();
+        assert_eq!(one.window, None);
+        assert_eq!(ConversationText::new(&[" ".to_string()], 3), None);
+        assert_eq!(ConversationText::new(&turns, 1).unwrap().window, None);
+    }
+
+    #[test]
+    fn a_follow_up_keeps_the_route_unless_it_clearly_matches_another() {
+        let p = ConversationPolicy {
+            window: 3,
+            switch_margin: 0.2,
+        };
+        // a follow-up that matches nothing stays
+        assert_eq!(choose_turn(&p, None, Some("weather")), TurnChoice::Window);
+        // a weak match elsewhere stays
+        assert_eq!(
+            choose_turn(&p, Some(("billing", 0.6, Some(0.5))), Some("weather")),
+            TurnChoice::Window
+        );
+        // a clear match elsewhere switches
+        assert_eq!(
+            choose_turn(&p, Some(("billing", 0.75, Some(0.5))), Some("weather")),
+            TurnChoice::Last
+        );
+        // no conversation route: the last message decides
+        assert_eq!(choose_turn(&p, None, None), TurnChoice::Last);
+    }
+
+    #[test]
+    fn the_cascade_check_catches_empty_short_and_broken_json_answers() {
+        let check = CascadeCheck {
+            non_empty: true,
+            min_chars: 5,
+            json: true,
+        };
+        assert!(check.failure("  ", false, false).unwrap().contains("empty"));
+        assert!(
+            check
+                .failure("abc", false, false)
+                .unwrap()
+                .contains("3 characters")
+        );
+        assert_eq!(check.failure("a long answer", false, false), None);
+        assert!(
+            check
+                .failure("{not json", false, true)
+                .unwrap()
+                .contains("JSON")
+        );
+        assert_eq!(check.failure("{\"a\": 1}", false, true), None);
+        assert_eq!(check.failure("", true, true), None);
+    }
+
+    #[test]
+    fn backoff_doubles_and_honours_retry_after_within_the_cap() {
+        let r = Retries {
+            attempts: 3,
+            backoff_ms: 100,
+            max_backoff_ms: 1_000,
+        };
+        assert_eq!(r.backoff(1, None), Duration::from_millis(100));
+        assert_eq!(r.backoff(2, None), Duration::from_millis(200));
+        assert_eq!(r.backoff(9, None), Duration::from_millis(1_000));
+        assert_eq!(
+            r.backoff(1, Some(Duration::from_secs(30))),
+            Duration::from_millis(1_000)
+        );
+    }
+}

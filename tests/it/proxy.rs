@@ -1,0 +1,666 @@
+//! The OpenAI-compatible proxy against a fake upstream on loopback: routing to the right
+//! upstream, streaming, retries and fallbacks, timeouts, the cascade, usage accounting and
+//! multi-turn routing.
+
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use switchyard::config;
+use switchyard::engine::{Engine, EngineOptions};
+use switchyard::index::IndexParams;
+use switchyard::indexer;
+use switchyard::proxy::ProxyConfig;
+use switchyard::server::{AppState, ServerOptions, app};
+use tower::ServiceExt;
+
+use crate::common::*;
+use crate::upstream::{Behaviour, COMPLETION_TOKENS, PROMPT_TOKENS, Upstream};
+
+/// `premium` costs $0.30 for the upstream's 1,000 + 2,000 tokens; the others next to nothing.
+const PROXY_ROUTES: &str = "\
+version: 1
+defaults: {method: neighbours, threshold: 0.9, top_k: 3}
+models:
+  premium: {provider: up, input_per_mtok: 100, output_per_mtok: 100, context_window: 100000}
+  mid: {provider: up, input_per_mtok: 1, output_per_mtok: 1, context_window: 100000}
+  cheap: {provider: up, input_per_mtok: 1, output_per_mtok: 1, context_window: 100000}
+budgets:
+  - {scope: tenant, period: day, limit_usd: 0.5}
+default_route: {models: [cheap]}
+routes:
+  - name: greet
+    models: [premium, mid, cheap]
+    expected_output_tokens: 100
+    utterances: [hello there, good morning friend]
+  - name: data
+    models: [cheap, premium]
+    utterances: [give me json data]
+";
+
+const UPSTREAM_KEY: &str = "sk-upstream-secret";
+
+struct Proxied {
+    state: AppState,
+    upstream: Upstream,
+    _dir: tempfile::TempDir,
+}
+
+fn proxy_file(upstream: &Upstream, extra: &str) -> String {
+    let defaults = [
+        "timeouts: {connect_ms: 500, first_byte_ms: 400, idle_ms: 400, total_ms: 4000}",
+        "retries: {attempts: 2, backoff_ms: 10, max_backoff_ms: 50}",
+        "mark_down_s: 0",
+        "cascade: {data: {min_chars: 12}}",
+    ];
+    // `extra` replaces the defaults it names
+    let kept: Vec<&str> = defaults
+        .into_iter()
+        .filter(|d| {
+            let key = d.split(':').next().unwrap();
+            !extra.lines().any(|l| l.starts_with(key))
+        })
+        .collect();
+    format!(
+        "version: 1
+providers:
+  up:
+    base_url: {}
+    api_key_env: UP_KEY
+    rename: {{premium: premium-v2}}
+{}
+{extra}",
+        upstream.base_url,
+        kept.join("\n")
+    )
+}
+
+fn parse_proxy(text: &str) -> ProxyConfig {
+    let env = |v: &str| (v == "UP_KEY").then(|| UPSTREAM_KEY.to_string());
+    ProxyConfig::parse("proxy.yaml".as_ref(), text, &env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A server over [`PROXY_ROUTES`] (fake embedder) proxying to a fresh fake upstream.
+async fn proxied(extra: &str) -> Proxied {
+    let upstream = Upstream::start().await;
+    let table = config::parse_sources(&[("proxy.yaml".into(), PROXY_ROUTES.into())]).unwrap();
+    let mut fake = FakeEmbedder::new("fake");
+    let dir = tempfile::tempdir().unwrap();
+    indexer::build(
+        &table,
+        &mut fake,
+        dir.path(),
+        IndexParams::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let engine = Engine::open(dir.path(), vec![fake], EngineOptions::default()).unwrap();
+    let config = parse_proxy(&proxy_file(&upstream, extra));
+    assert_eq!(config.check(engine.index().table()), Vec::<String>::new());
+    let state = AppState::with_engine(std::sync::Arc::new(engine), ServerOptions::default())
+        .with_proxy(config)
+        .unwrap();
+    Proxied {
+        state,
+        upstream,
+        _dir: dir,
+    }
+}
+
+async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+    let res = app(state.clone()).oneshot(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+fn chat_request(body: &Value, tenant: &str) -> Request<Body> {
+    Request::post("/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-switchyard-tenant", tenant)
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+async fn chat(state: &AppState, body: Value) -> (StatusCode, HeaderMap, Value) {
+    let (status, headers, bytes) = send(state, chat_request(&body, "t")).await;
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)));
+    (status, headers, v)
+}
+
+fn ask(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}], "temperature": 0.2})
+}
+
+fn h<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or_else(|| panic!("no {name} header in {headers:?}"))
+}
+
+#[tokio::test]
+async fn auto_routes_to_the_chosen_model_at_its_provider() {
+    let p = proxied("").await;
+    let (status, headers, body) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // the catalog name is renamed for the provider; the answer is the upstream's, untouched
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "answer from premium-v2"
+    );
+    assert_eq!(h(&headers, "x-switchyard-route"), "greet");
+    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+    assert_eq!(h(&headers, "x-switchyard-outcome"), "matched");
+    assert_eq!(h(&headers, "x-switchyard-fallback"), "false");
+    assert!(h(&headers, "x-switchyard-score").parse::<f32>().unwrap() > 0.9);
+    let sent = &p.upstream.received()[0];
+    assert_eq!(sent.model, "premium-v2");
+    // the provider's key, never the caller's; other fields pass as they came
+    assert_eq!(
+        sent.authorization.as_deref(),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
+    assert_eq!(sent.body["temperature"], 0.2);
+    assert_eq!(
+        sent.body["messages"],
+        ask("auto", "hello there")["messages"]
+    );
+
+    // a prompt no route takes goes to the default route's model
+    let (_, headers, _) = chat(&p.state, ask("auto", "quantum chromodynamics lecture")).await;
+    assert_eq!(h(&headers, "x-switchyard-outcome"), "fallback");
+    assert_eq!(h(&headers, "x-switchyard-model"), "cheap");
+    assert!(headers.get("x-switchyard-route").is_none());
+}
+
+#[tokio::test]
+async fn a_route_name_pins_the_route_and_a_model_name_passes_through() {
+    let p = proxied("").await;
+    let (status, headers, _) = chat(&p.state, ask("data", "hello there")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-switchyard-outcome"), "override");
+    assert_eq!(h(&headers, "x-switchyard-route"), "data");
+    assert_eq!(h(&headers, "x-switchyard-model"), "cheap");
+
+    let (status, headers, body) = chat(&p.state, ask("mid", "hello there")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h(&headers, "x-switchyard-outcome"), "passthrough");
+    assert_eq!(body["choices"][0]["message"]["content"], "answer from mid");
+
+    // unknown models get OpenAI's error shape, with what to do
+    let (status, _, body) = chat(&p.state, ask("gpt-9", "hello")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["type"], "not_found");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("GET /v1/models")
+    );
+    let (status, _, body) = chat(&p.state, json!({"model": "auto", "messages": "hi"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`messages`")
+    );
+
+    let (status, _, models) = send(
+        &p.state,
+        Request::get("/v1/models").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let models: Value = serde_json::from_slice(&models).unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["auto", "greet", "data", "cheap", "mid", "premium"]);
+}
+
+#[tokio::test]
+async fn errors_retry_with_backoff_then_fall_back_to_the_next_candidate() {
+    let p = proxied("").await;
+    // premium fails twice (both tries), mid is down once and then answers
+    p.upstream.script(
+        "premium-v2",
+        [Behaviour::Status(500), Behaviour::Status(503)],
+    );
+    p.upstream.script("mid", [Behaviour::Status(429)]);
+    let (status, headers, body) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "answer from mid");
+    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
+    assert_eq!(h(&headers, "x-switchyard-fallback"), "true");
+    assert_eq!(h(&headers, "x-switchyard-attempts"), "4");
+    assert_eq!(
+        p.upstream.models(),
+        ["premium-v2", "premium-v2", "mid", "mid"]
+    );
+
+    // a request the upstream refuses as malformed is the client's: passed on, not retried
+    p.upstream.script("premium-v2", [Behaviour::Status(400)]);
+    let (status, _, body) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["message"], "fake 400");
+    assert_eq!(p.upstream.models().len(), 5);
+
+    // every candidate failing is a 502 that names each failure
+    for m in ["premium-v2", "mid", "cheap"] {
+        p.upstream
+            .script(m, [Behaviour::Status(500), Behaviour::Status(502)]);
+    }
+    let (status, _, body) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body["error"]["type"], "upstream_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    for m in ["premium", "mid", "cheap"] {
+        assert!(
+            message.contains(&format!("{m}: upstream answered 5")),
+            "{message}"
+        );
+    }
+
+    let (_, _, metrics) = send(
+        &p.state,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(
+        metrics.contains(
+            "switchyard_upstream_requests_total{model=\"premium\",result=\"status_5xx\"} 4"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_model_that_failed_every_try_is_marked_down_for_a_while() {
+    let p = proxied("mark_down_s: 60\n").await;
+    p.upstream.script(
+        "premium-v2",
+        [Behaviour::Status(500), Behaviour::Status(500)],
+    );
+    let (_, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
+    // the next request does not try premium at all
+    let (_, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
+    assert_eq!(h(&headers, "x-switchyard-fallback"), "false");
+    assert_eq!(
+        p.upstream.models(),
+        ["premium-v2", "premium-v2", "mid", "mid"]
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_times_out_and_the_next_candidate_answers() {
+    let p = proxied("").await;
+    p.upstream.script(
+        "premium-v2",
+        [
+            Behaviour::Stall(Duration::from_secs(2)),
+            Behaviour::Stall(Duration::from_secs(2)),
+        ],
+    );
+    let started = Instant::now();
+    let (status, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
+    // two first-byte timeouts of 400 ms, not two 2 s stalls
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // the total deadline bounds the whole request: 504
+    let p =
+        proxied("timeouts: {connect_ms: 500, first_byte_ms: 400, idle_ms: 400, total_ms: 1000}\n")
+            .await;
+    for m in ["premium-v2", "mid", "cheap"] {
+        p.upstream
+            .script(m, vec![Behaviour::Stall(Duration::from_secs(5)); 2]);
+    }
+    let started = Instant::now();
+    let (status, _, body) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["type"], "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+fn streaming(model: &str, text: &str, include_usage: bool) -> Value {
+    let mut body = ask(model, text);
+    body["stream"] = json!(true);
+    if include_usage {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+#[tokio::test]
+async fn streams_pass_through_event_by_event_without_buffering() {
+    let p = proxied("").await;
+    p.upstream.script("premium-v2", [Behaviour::Gate]);
+    let res = app(p.state.clone())
+        .oneshot(chat_request(&streaming("auto", "hello there", true), "t"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(h(res.headers(), "content-type"), "text/event-stream");
+    assert_eq!(h(res.headers(), "x-switchyard-model"), "premium");
+    let mut body = res.into_body();
+    // the first event arrives while the upstream is still holding the rest back
+    let first = tokio::time::timeout(Duration::from_secs(2), body.frame())
+        .await
+        .expect("the first event is relayed before the answer is complete")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert!(first.starts_with(b"data: "), "{first:?}");
+    p.upstream.release();
+    let rest = body.collect().await.unwrap().to_bytes();
+    let got = [first.to_vec(), rest.to_vec()].concat();
+    // the client asked for usage: every byte is the upstream's
+    assert_eq!(got, p.upstream.streamed()[0]);
+    assert!(got.ends_with(b"data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn the_usage_chunk_switchyard_asked_for_is_not_shown_to_the_client() {
+    let p = proxied("").await;
+    let (status, _, got) = send(
+        &p.state,
+        chat_request(&streaming("auto", "hello there", false), "t"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        p.upstream.received()[0].body["stream_options"]["include_usage"],
+        true
+    );
+    let sent = String::from_utf8(p.upstream.streamed()[0].clone()).unwrap();
+    let got = String::from_utf8(got.to_vec()).unwrap();
+    let without_usage: String = sent
+        .split_inclusive("\n\n")
+        .filter(|e| !e.contains("\"usage\""))
+        .collect();
+    assert_ne!(sent, without_usage);
+    assert_eq!(got, without_usage);
+}
+
+#[tokio::test]
+async fn a_stream_cut_or_stalled_halfway_ends_with_an_error_event() {
+    for (behaviour, needle) in [
+        (Behaviour::CutAfter(3), "broke off"),
+        (
+            Behaviour::PauseAfterFirst(Duration::from_secs(3)),
+            "sent nothing for 400 ms",
+        ),
+    ] {
+        let p = proxied("").await;
+        p.upstream.script("premium-v2", [behaviour]);
+        let started = Instant::now();
+        let (status, _, got) = send(
+            &p.state,
+            chat_request(&streaming("auto", "hello there", true), "t"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let got = String::from_utf8(got.to_vec()).unwrap();
+        let events: Vec<&str> = got.split_inclusive("\n\n").collect();
+        let last: Value = serde_json::from_str(
+            events
+                .last()
+                .unwrap()
+                .trim()
+                .strip_prefix("data: ")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(last["error"]["type"], "upstream_error", "{got}");
+        assert!(
+            last["error"]["message"].as_str().unwrap().contains(needle),
+            "{last}"
+        );
+        // what came before the failure was relayed whole
+        assert!(events.len() >= 2, "{got}");
+        assert!(!got.contains("[DONE]"));
+        assert_eq!(
+            p.upstream.models().len(),
+            1,
+            "a stream begun is not retried"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_cascade_escalates_answers_that_fail_its_check() {
+    let p = proxied("").await;
+    // the cheap candidate's answer is too short for the route's check (12 characters)
+    p.upstream.script("cheap", [Behaviour::Says("ok".into())]);
+    let (status, headers, body) = chat(&p.state, ask("auto", "give me json data")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-switchyard-route"), "data");
+    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+    assert_eq!(h(&headers, "x-switchyard-escalations"), "1");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "answer from premium-v2"
+    );
+
+    // JSON asked for and not given: escalated too, also when streaming
+    p.upstream
+        .script("cheap", [Behaviour::Says("this is not json at all".into())]);
+    let mut req = streaming("auto", "give me json data", false);
+    req["response_format"] = json!({"type": "json_object"});
+    let (status, headers, got) = send(&p.state, chat_request(&req, "t2")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+    assert!(String::from_utf8_lossy(&got).contains("premium-v2"));
+
+    // an answer that passes is the cheap one's
+    p.upstream
+        .script("cheap", [Behaviour::Says("{\"valid\": \"json\"}".into())]);
+    let (_, headers, got) = send(&p.state, chat_request(&req, "t3")).await;
+    assert_eq!(h(&headers, "x-switchyard-model"), "cheap");
+    assert!(headers.get("x-switchyard-escalations").is_none());
+    assert!(String::from_utf8_lossy(&got).contains("valid"));
+}
+
+#[tokio::test]
+async fn upstream_usage_feeds_the_spend_caps() {
+    let p = proxied("").await;
+    // each premium answer really costs $0.30 (the estimate was ~$0.01); the cap is $0.50
+    let cost = (PROMPT_TOKENS + COMPLETION_TOKENS) as f64 * 100.0 / 1e6;
+    assert_eq!(cost, 0.3);
+    let (status, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+    // streamed answers are settled when the stream ends
+    let (status, _, _) = send(
+        &p.state,
+        chat_request(&streaming("auto", "hello there", false), "t"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut refused = None;
+    for _ in 0..50 {
+        let (status, _, body) = chat(&p.state, ask("auto", "hello there")).await;
+        if status == StatusCode::PAYMENT_REQUIRED {
+            refused = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = refused.expect("$0.60 of reported usage exhausts the $0.50 cap");
+    assert_eq!(body["error"]["type"], "budget_exhausted");
+    let (_, _, metrics) = send(
+        &p.state,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(
+        metrics.contains("switchyard_reported_spend_usd_total{model=\"premium\"} 0.6"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn api_keys_and_rate_limits_guard_the_route_and_proxy_endpoints() {
+    let p = proxied("").await;
+    let state = p
+        .state
+        .clone()
+        .with_api_keys(vec!["key-one".into(), "key-two".into()])
+        .with_rate_limit(1.0, 2);
+    let call = |key: Option<&str>, uri: &str| {
+        let mut req = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+        if let Some(k) = key {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        req.body(Body::from(ask("auto", "hello there").to_string()))
+            .unwrap()
+    };
+    for uri in ["/v1/route", "/v1/chat/completions"] {
+        let (status, _, body) = send(&state, call(None, uri)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(String::from_utf8_lossy(&body).contains("Authorization: Bearer"));
+        let (status, _, _) = send(&state, call(Some("key-on"), uri)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    // two requests of burst, then 429 with Retry-After; the other key has its own bucket
+    assert_eq!(
+        send(&state, call(Some("key-one"), "/v1/route")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&state, call(Some("key-one"), "/v1/chat/completions"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, headers, body) = send(&state, call(Some("key-one"), "/v1/route")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h(&headers, "retry-after"), "1");
+    assert!(String::from_utf8_lossy(&body).contains("rate_limited"));
+    assert_eq!(
+        send(&state, call(Some("key-two"), "/v1/route")).await.0,
+        StatusCode::OK
+    );
+    // the bucket refills at 1 per second
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        send(&state, call(Some("key-one"), "/v1/route")).await.0,
+        StatusCode::OK
+    );
+    // health and metrics stay open
+    let (status, _, _) = send(
+        &state,
+        Request::get("/healthz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_a_proxy_file_the_proxy_endpoints_say_how_to_turn_it_on() {
+    let (state, _dir) = {
+        let mut fake = FakeEmbedder::new("fake");
+        let dir = fake_index(&mut fake);
+        let engine = Engine::open(dir.path(), vec![fake], EngineOptions::default()).unwrap();
+        (
+            AppState::with_engine(std::sync::Arc::new(engine), ServerOptions::default()),
+            dir,
+        )
+    };
+    let (status, _, body) = chat(&state, ask("auto", "hello")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--proxy"),
+        "{body}"
+    );
+}
+
+/// The example routes on the real model, every provider pointing at the fake upstream.
+async fn proxied_examples() -> (AppState, Upstream) {
+    let upstream = Upstream::start().await;
+    let providers: String = ["openai", "groq", "anthropic", "vllm"]
+        .iter()
+        .map(|p| format!("  {p}: {{base_url: {}}}\n", upstream.base_url))
+        .collect();
+    let config = parse_proxy(&format!("version: 1\nproviders:\n{providers}"));
+    let engine = example_engine();
+    assert_eq!(config.check(engine.index().table()), Vec::<String>::new());
+    let state = AppState::with_engine(engine, ServerOptions::default())
+        .with_proxy(config)
+        .unwrap();
+    (state, upstream)
+}
+
+fn conversation(turns: &[(&str, &str)]) -> Value {
+    let messages: Vec<Value> = turns
+        .iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    json!({"model": "auto", "messages": messages})
+}
+
+#[tokio::test]
+async fn a_short_follow_up_stays_on_the_conversations_route() {
+    let (state, _upstream) = proxied_examples().await;
+    let order = [
+        (
+            "user",
+            "Where is my order #12345? It was supposed to arrive on Monday.",
+        ),
+        (
+            "assistant",
+            "It left our warehouse yesterday and is on its way.",
+        ),
+    ];
+    let (_, headers, _) = chat(&state, conversation(&order[..1])).await;
+    assert_eq!(h(&headers, "x-switchyard-route"), "order_status");
+
+    // alone, the follow-up matches nothing; in the conversation it stays on order_status
+    let follow_up = "and what about the other one?";
+    let (_, alone, _) = chat(&state, conversation(&[("user", follow_up)])).await;
+    assert_ne!(
+        alone.get("x-switchyard-route").map(|v| v.to_str().unwrap()),
+        Some("order_status")
+    );
+    let mut turns = order.to_vec();
+    turns.push(("user", follow_up));
+    let (status, headers, _) = chat(&state, conversation(&turns)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-switchyard-route"), "order_status");
+
+    // a new turn that clearly matches another route moves the conversation there
+    turns.push(("assistant", "The other one ships tomorrow."));
+    turns.push(("user", "How do I reset my password?"));
+    let (_, headers, _) = chat(&state, conversation(&turns)).await;
+    assert_eq!(h(&headers, "x-switchyard-route"), "account_basics");
+}
