@@ -48,7 +48,7 @@ pub enum Command {
     /// Embed every utterance and write the index artifact (offline).
     Build(BuildArgs),
     /// Serve the HTTP API over a built index.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Evaluate the router on labelled prompts; exit 1 below --min-accuracy.
     Eval(EvalArgs),
     /// Fit thresholds on labelled prompts (with out-of-scope lines) and write them into a new
@@ -277,6 +277,9 @@ pub struct ServeArgs {
     /// Most prompts in one /v1/route/batch request.
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_PROMPTS", default_value_t = ServerOptions::default().max_batch_prompts)]
     pub max_batch_prompts: usize,
+    /// Longest prompt in bytes on the route endpoints (422 beyond).
+    #[arg(long, env = "SWITCHYARD_MAX_PROMPT_BYTES", default_value_t = ServerOptions::default().max_prompt_bytes)]
+    pub max_prompt_bytes: usize,
     /// Longest a route request may take, in milliseconds, before it is answered with 503.
     #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT_MS", default_value_t = ServerOptions::default().request_timeout_ms)]
     pub request_timeout_ms: u64,
@@ -324,7 +327,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Check { routes } => check(&routes),
         Command::Build(args) => build(args),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Eval(args) => eval(args),
         Command::Calibrate(args) => calibrate(args),
         Command::Route {
@@ -847,6 +850,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
     let options = ServerOptions {
         body_limit_bytes: args.body_limit_bytes,
         max_batch_prompts: args.max_batch_prompts,
+        max_prompt_bytes: args.max_prompt_bytes,
         request_timeout_ms: args.request_timeout_ms,
     };
     let engine_options = EngineOptions {

@@ -519,6 +519,7 @@ mod tests {
             PathBuf::from("routes.yaml"),
             br#"
 version: 1
+defaults: {method: centroid}
 models:
   small: {provider: local, input_per_mtok: 0.1, output_per_mtok: 0.2, context_window: 8000}
   big: {provider: cloud, input_per_mtok: 1.0, output_per_mtok: 2.0, context_window: 8000}
@@ -555,6 +556,21 @@ routes:
         );
         assert_eq!(config.provider_for("small", &t).unwrap().name, "local");
         assert!(!format!("{cloud:?}").contains("sk-test"));
+    }
+
+    #[test]
+    fn the_shipped_proxy_file_fits_the_example_routes() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let table = crate::config::load(&root.join("routes")).unwrap();
+        let config = ProxyConfig::load(&root.join("examples/proxy.yaml"), &|_| Some("key".into()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.check(&table), Vec::<String>::new());
+        assert_eq!(config.providers.len(), 4);
+        // without the keys in the environment it says which variable to set
+        let err = ProxyConfig::load(&root.join("examples/proxy.yaml"), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`OPENAI_API_KEY` is not set"), "{err}");
     }
 
     #[test]

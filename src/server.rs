@@ -40,6 +40,9 @@ pub struct ServerOptions {
     pub body_limit_bytes: usize,
     /// Most prompts in one `/v1/route/batch` call (422 beyond).
     pub max_batch_prompts: usize,
+    /// Longest prompt in bytes on the route endpoints (422 beyond); the proxy routes on the
+    /// first this many bytes of each user turn instead of refusing.
+    pub max_prompt_bytes: usize,
     /// Longest a route request may take before it is answered with 503.
     pub request_timeout_ms: u64,
 }
@@ -49,6 +52,7 @@ impl Default for ServerOptions {
         ServerOptions {
             body_limit_bytes: 1024 * 1024,
             max_batch_prompts: 64,
+            max_prompt_bytes: 256 * 1024,
             request_timeout_ms: 10_000,
         }
     }
@@ -224,6 +228,19 @@ impl AppState {
     /// Makes the engine available; later calls are ignored.
     pub fn set_engine(&self, engine: Arc<Engine>) {
         let _ = self.engine.set(engine);
+    }
+
+    /// Refuses a prompt over `max_prompt_bytes`.
+    fn check_prompt_length(&self, text: &str, what: &str) -> Result<(), ApiError> {
+        let max = self.options.max_prompt_bytes;
+        if text.len() > max {
+            return Err(ApiError::Validation(format!(
+                "{what} is {} bytes; the limit is {max} (--max-prompt-bytes). Only its first {} tokens decide the route: send its beginning",
+                text.len(),
+                crate::embed::DEFAULT_MAX_TOKENS
+            )));
+        }
+        Ok(())
     }
 
     fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
@@ -893,6 +910,7 @@ async fn route(
         state.admit_caller(&headers)?;
         let ApiJson(mut body) = body?;
         let text = body.text()?;
+        state.check_prompt_length(&text, "the prompt")?;
         let who = identity(&headers);
         route_request(&state, &text, body.route.take(), &who, &body.capabilities).await
     }
@@ -927,6 +945,9 @@ async fn route_batch(
             return Err(ApiError::Validation(format!(
                 "prompt {i} is empty or only whitespace"
             )));
+        }
+        for (i, p) in body.prompts.iter().enumerate() {
+            state.check_prompt_length(p, &format!("prompt {i}"))?;
         }
         let engine = state.engine()?;
         let timeout = Duration::from_millis(state.options.request_timeout_ms);

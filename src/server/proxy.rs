@@ -243,8 +243,15 @@ async fn plan(
             caps,
         });
     }
-    let conversation = ConversationText::new(&request.user_turns, proxy.config.conversation.window)
-        .ok_or_else(|| {
+    // routing reads the beginning of each turn: a long document is forwarded whole, not refused
+    let max = state.options.max_prompt_bytes;
+    let turns: Vec<String> = request
+        .user_turns
+        .iter()
+        .map(|t| clip(t, max).to_string())
+        .collect();
+    let conversation =
+        ConversationText::new(&turns, proxy.config.conversation.window).ok_or_else(|| {
             ApiError::Validation("`messages` has no user message with text to route on".into())
         })?;
     let timeout = Duration::from_millis(state.options.request_timeout_ms);
@@ -261,8 +268,13 @@ async fn plan(
             route: request.model.clone(),
         };
     }
-    // the context window must hold the whole conversation, not just the routed turn
-    routed.prompt_tokens += request.other_text_bytes.div_ceil(4);
+    // the context window must hold the whole conversation, not just the routed text
+    let clipped_bytes: usize = request
+        .user_turns
+        .iter()
+        .map(|t| t.len() - clip(t, max).len())
+        .sum();
+    routed.prompt_tokens += (request.other_text_bytes + clipped_bytes).div_ceil(4);
     let response = super::select(state, engine, routed, &text, who, &request.capabilities).await?;
     super::record_decision(state, &response);
     let route = response
@@ -306,6 +318,18 @@ async fn plan(
         cascade,
         caps,
     })
+}
+
+/// The longest prefix of `text` of at most `max` bytes, cut at a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Routes the last user turn and, when there are earlier turns, the recent window together
@@ -1065,6 +1089,13 @@ fn stream_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_keeps_whole_characters() {
+        assert_eq!(clip("héllo", 2), "h");
+        assert_eq!(clip("héllo", 3), "hé");
+        assert_eq!(clip("hi", 10), "hi");
+    }
 
     #[test]
     fn events_split_on_blank_lines_and_usage_chunks_can_be_dropped() {

@@ -198,6 +198,30 @@ async fn body_over_the_limit_is_413() {
 }
 
 #[tokio::test]
+async fn prompts_over_the_length_limit_are_refused_with_the_flag_to_raise() {
+    let state = AppState::with_engine(
+        example_engine(),
+        ServerOptions {
+            max_prompt_bytes: 100,
+            ..ServerOptions::default()
+        },
+    );
+    let body = json!({"prompt": "x ".repeat(60)}).to_string();
+    let r = post(&state, "/v1/route", &body).await;
+    assert!(r.text.contains("--max-prompt-bytes"), "{}", r.text);
+    r.error(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+    let body = json!({"prompts": ["fine", "y ".repeat(60)]}).to_string();
+    let r = post(&state, "/v1/route/batch", &body).await;
+    assert!(r.text.contains("prompt 1 is 120 bytes"), "{}", r.text);
+    r.error(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+    let body = json!({"prompt": "x".repeat(100)}).to_string();
+    assert_eq!(
+        post(&state, "/v1/route", &body).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn batch_routes_many_prompts_in_order_and_bounds_the_size() {
     let state = AppState::with_engine(
         example_engine(),

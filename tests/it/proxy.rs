@@ -496,34 +496,36 @@ async fn upstream_usage_feeds_the_spend_caps() {
     let (status, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h(&headers, "x-switchyard-model"), "premium");
-    // streamed answers are settled when the stream ends
     let (status, _, _) = send(
         &p.state,
         chat_request(&streaming("auto", "hello there", false), "t"),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let mut refused = None;
-    for _ in 0..50 {
-        let (status, _, body) = chat(&p.state, ask("auto", "hello there")).await;
-        if status == StatusCode::PAYMENT_REQUIRED {
-            refused = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // streamed answers are settled when the stream ends, just after the client has it all
+    let metrics = || async {
+        let (_, _, m) = send(
+            &p.state,
+            Request::get("/metrics").body(Body::empty()).unwrap(),
+        )
+        .await;
+        String::from_utf8(m.to_vec()).unwrap()
+    };
+    let settled = "switchyard_reported_spend_usd_total{model=\"premium\"} 0.6";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !metrics().await.contains(settled) {
+        assert!(Instant::now() < deadline, "{}", metrics().await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let body = refused.expect("$0.60 of reported usage exhausts the $0.50 cap");
+    // $0.60 of reported usage leaves no room under the $0.50 cap
+    let (status, _, body) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
     assert_eq!(body["error"]["type"], "budget_exhausted");
-    let (_, _, metrics) = send(
-        &p.state,
-        Request::get("/metrics").body(Body::empty()).unwrap(),
-    )
-    .await;
-    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
-    assert!(
-        metrics.contains("switchyard_reported_spend_usd_total{model=\"premium\"} 0.6"),
-        "{metrics}"
-    );
+    // another tenant has its own cap
+    let (status, headers, _) =
+        send(&p.state, chat_request(&ask("auto", "hello there"), "other")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
 }
 
 #[tokio::test]
@@ -663,4 +665,123 @@ async fn a_short_follow_up_stays_on_the_conversations_route() {
     turns.push(("user", "How do I reset my password?"));
     let (_, headers, _) = chat(&state, conversation(&turns)).await;
     assert_eq!(h(&headers, "x-switchyard-route"), "account_basics");
+}
+
+/// The real binary serving the example routes on the real model, with every provider pointing
+/// at `upstream`; returns the process and its base URL.
+fn serve_proxy(upstream: &Upstream, dir: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let providers: String = ["openai", "groq", "anthropic", "vllm"]
+        .iter()
+        .map(|p| {
+            format!(
+                "  {p}: {{base_url: {}, api_key_env: UP_KEY}}\n",
+                upstream.base_url
+            )
+        })
+        .collect();
+    let file = dir.join("proxy.yaml");
+    std::fs::write(&file, format!("version: 1\nproviders:\n{providers}")).unwrap();
+    let spec = model_spec();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_MODEL_DIR", &spec.model_dir)
+        .env("SWITCHYARD_ORT_LIB", &spec.ort_library)
+        .env("SWITCHYARD_LOG", "warn")
+        .env("UP_KEY", UPSTREAM_KEY)
+        .env("SWITCHYARD_API_KEYS", "client-key,other-key")
+        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
+        .arg(example_index().dir.path())
+        .arg("--proxy")
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("switchyard listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base)
+}
+
+/// The `openai` Python package, unmodified, against the real binary. `scripts/test.sh`
+/// installs it and sets `SWITCHYARD_PYTHON`; without it this test fails, it does not skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmodified_openai_client_works_end_to_end() {
+    let python = std::env::var("SWITCHYARD_PYTHON").unwrap_or_else(|_| {
+        panic!("SWITCHYARD_PYTHON is not set: run scripts/test.sh, which installs the `openai` package and sets it")
+    });
+    let upstream = Upstream::start().await;
+    upstream.script("gpt-4o", [Behaviour::CutAfter(3)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = serve_proxy(&upstream, dir.path());
+    let script = repo().join("tests/python/openai_client.py");
+    // the index opens in the background: wait until ready
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "the server did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(&base)
+            .arg("client-key")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let models: Vec<&str> = seen["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(
+        models.contains(&"auto") && models.contains(&"order_status") && models.contains(&"gpt-4o")
+    );
+    assert_eq!(seen["completion"]["route"], "order_status", "{seen}");
+    assert_eq!(seen["completion"]["model"], "llama-3.1-8b-instruct");
+    assert_eq!(
+        seen["completion"]["content"],
+        "answer from llama-3.1-8b-instruct"
+    );
+    assert_eq!(
+        seen["completion"]["usage"],
+        PROMPT_TOKENS + COMPLETION_TOKENS
+    );
+    assert_eq!(seen["follow_up_route"], "order_status");
+    assert_eq!(seen["streamed"], "answer from llama-3.1-8b-instruct");
+    assert_eq!(seen["not_found"]["status"], 404);
+    assert!(
+        seen["cut_stream"].as_str().unwrap().contains("broke off"),
+        "{seen}"
+    );
+    assert_eq!(seen["wrong_key"], 401);
+    // the upstream saw the provider's key, never the client's
+    assert!(
+        upstream
+            .received()
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {UPSTREAM_KEY}")))
+    );
 }
