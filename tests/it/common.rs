@@ -1,6 +1,9 @@
-//! Shared fixtures: the real model, an index of the example routes built once, a fake embedder.
+//! Shared fixtures: the real model, an index of the example routes built once, a fake embedder,
+//! and the real binary (build, serve on a free port).
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use switchyard::config::{self, RouteTable};
@@ -188,4 +191,47 @@ pub fn fake_index(embedder: &mut FakeEmbedder) -> tempfile::TempDir {
 
 pub fn fake_engine(embedder: &FakeEmbedder, dir: &Path, options: EngineOptions) -> Arc<Engine> {
     Arc::new(Engine::open(dir, vec![embedder.clone()], options).unwrap())
+}
+
+/// The real binary, pointed at the model.
+pub fn switchyard() -> Command {
+    let spec = model_spec();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.env("SWITCHYARD_MODEL_DIR", &spec.model_dir)
+        .env("SWITCHYARD_ORT_LIB", &spec.ort_library)
+        .env("SWITCHYARD_LOG", "warn");
+    cmd
+}
+
+/// Starts `switchyard serve` on a free port; returns the process and its base URL.
+pub fn serve(index: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    let mut child = switchyard()
+        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
+        .arg(index)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("switchyard listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base)
+}
+
+/// `switchyard build ROUTES --out OUT`, which must succeed.
+pub fn build(routes: &Path, out: &Path) {
+    let status = switchyard()
+        .arg("build")
+        .arg(routes)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

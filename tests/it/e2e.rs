@@ -1,20 +1,9 @@
 //! The real binary: build, serve on port 0, query over loopback, shut down with SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-
-fn switchyard() -> Command {
-    let spec = model_spec();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    cmd.env("SWITCHYARD_MODEL_DIR", &spec.model_dir)
-        .env("SWITCHYARD_ORT_LIB", &spec.ort_library)
-        .env("SWITCHYARD_LOG", "warn");
-    cmd
-}
 
 /// A copy of the example route files with `edit` applied to each file's text.
 fn edited_example_routes(edit: impl Fn(String) -> String) -> tempfile::TempDir {
@@ -27,27 +16,6 @@ fn edited_example_routes(edit: impl Fn(String) -> String) -> tempfile::TempDir {
     routes
 }
 
-/// Starts `switchyard serve` on a free port; returns the process and its base URL.
-fn serve(index: &Path, extra: &[&str]) -> (std::process::Child, String) {
-    let mut child = switchyard()
-        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
-        .arg(index)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("switchyard listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, base)
-}
-
 /// Runs a command that must succeed and prints JSON; returns the JSON.
 fn json_of(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().unwrap();
@@ -57,17 +25,6 @@ fn json_of(cmd: &mut Command) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn build(routes: &Path, out: &Path) {
-    let status = switchyard()
-        .arg("build")
-        .arg(routes)
-        .arg("--out")
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[test]

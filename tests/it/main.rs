@@ -5,5 +5,6 @@ mod api;
 mod common;
 mod cost;
 mod e2e;
+mod faults;
 mod model;
 mod redis;

@@ -1,0 +1,542 @@
+//! Faults, with the real binary and model: the index directory deleted or replaced by garbage
+//! while serving, the disk filling up during a build, SIGTERM with requests in flight.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const ADMIN_KEY: &str = "faults-admin-key";
+const ORDER_PROMPT: &str = "Where is my order #12345?";
+
+/// One HTTP/1.1 exchange on a new connection: the status and the body. A connection refused,
+/// reset or closed without a whole answer is an error, as the client saw it.
+fn http(base: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let host = base.strip_prefix("http://").expect("an http:// base URL");
+    let mut stream = TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let broken = || {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("no whole HTTP answer: {text:?}"),
+        )
+    };
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(broken)?;
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "this client reads Content-Length bodies only: {head}"
+    );
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .ok_or_else(broken)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(broken)?;
+    if body.len() != length {
+        return Err(broken());
+    }
+    Ok((status, body.to_string()))
+}
+
+/// A running `switchyard serve --admin-key`; killed if the test fails before it stops.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    /// Starts the server and waits until `/readyz` says the index is open.
+    fn start(index: &Path, extra: &[&str]) -> Server {
+        let mut args = vec!["--admin-key", ADMIN_KEY];
+        args.extend_from_slice(extra);
+        let (child, base) = serve(index, &args);
+        let server = Server { child, base };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !server.ready() {
+            assert!(Instant::now() < deadline, "not ready after 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn json(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let (status, text) = http(&self.base, method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}"));
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{method} {path}: {status} with a body not JSON ({e}): {text}")
+        });
+        (status, value)
+    }
+
+    fn ready(&self) -> bool {
+        matches!(http(&self.base, "GET", "/readyz", ""), Ok((200, _)))
+    }
+
+    /// The live index is open, ready, and routes an order question to `order_status`.
+    fn assert_serving(&self) {
+        let (status, v) = self.json("GET", "/readyz", "");
+        assert_eq!((status, &v["status"]), (200, &json!("ready")), "{v}");
+        let (status, v) = self.json(
+            "POST",
+            "/v1/route",
+            &json!({ "prompt": ORDER_PROMPT }).to_string(),
+        );
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["route"], "order_status", "{v}");
+    }
+
+    fn reload(&self) -> (u16, Value) {
+        self.json("POST", "/v1/admin/reload", "")
+    }
+
+    /// A reload the server refuses: 422 `reload_failed`; returns the error message.
+    fn failed_reload(&self) -> String {
+        let (status, v) = self.reload();
+        assert_eq!((status, &v["type"]), (422, &json!("reload_failed")), "{v}");
+        let error = v["error"].as_str().unwrap().to_string();
+        assert!(
+            error.starts_with("reload failed, the previous index keeps serving: "),
+            "{error}"
+        );
+        error
+    }
+
+    /// The value of one series from `/metrics`, e.g. `switchyard_queue_length`.
+    fn metric(&self, series: &str) -> f64 {
+        let (status, text) = http(&self.base, "GET", "/metrics", "").unwrap();
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit after a signal; it must exit 0 within `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "serve exited with {status}");
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "serve still running {limit:?} after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(&mut self) {
+        self.sigterm();
+        self.wait_exit(Duration::from_secs(10));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deterministic noise (xorshift).
+fn garbage(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The names in a directory, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn current_file(index: &Path) -> String {
+    std::fs::read_to_string(index.join(switchyard::index::CURRENT_FILE)).unwrap()
+}
+
+/// An index of the example routes in `root/index`.
+fn example_index_in(root: &Path) -> PathBuf {
+    let index = root.join("index");
+    build(&example_routes(), &index);
+    index
+}
+
+#[test]
+fn deleting_the_index_directory_keeps_the_open_index_serving() {
+    let root = tempfile::tempdir().unwrap();
+    let index = example_index_in(root.path());
+    let mut server = Server::start(&index, &[]);
+    server.assert_serving();
+
+    std::fs::remove_dir_all(&index).unwrap();
+    // the open index lives in memory: decisions go on without its files
+    for _ in 0..3 {
+        server.assert_serving();
+    }
+    let error = server.failed_reload();
+    assert!(
+        error.contains("no index found") && error.contains(&*index.to_string_lossy()),
+        "{error}"
+    );
+    server.assert_serving();
+    assert_eq!(
+        server.metric(r#"switchyard_reloads_total{result="failed"}"#),
+        1.0
+    );
+
+    // once the index is rebuilt, a reload takes it
+    build(&example_routes(), &index);
+    let (status, v) = server.reload();
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["generation"]
+            .as_str()
+            .unwrap()
+            .starts_with(&*index.to_string_lossy()),
+        "{v}"
+    );
+    server.assert_serving();
+    server.stop();
+}
+
+#[test]
+fn garbage_in_the_index_directory_is_refused_and_the_open_index_keeps_serving() {
+    let root = tempfile::tempdir().unwrap();
+    let index = example_index_in(root.path());
+    let live = switchyard::index::current_generation(&index).unwrap();
+    // the same routes with an HNSW graph, whose files are verified apart from the others
+    let hnsw = root.path().join("hnsw");
+    let out = switchyard()
+        .arg("build")
+        .arg(example_routes())
+        .arg("--out")
+        .arg(&hnsw)
+        .args(["--hnsw-min-vectors", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hnsw_live = switchyard::index::current_generation(&hnsw).unwrap();
+    assert!(
+        listing(&hnsw_live)
+            .iter()
+            .any(|f| f.ends_with(".hnsw.data")),
+        "{:?}",
+        listing(&hnsw_live)
+    );
+
+    let mut server = Server::start(&index, &[]);
+    server.assert_serving();
+
+    // a copy of generation `from` named `gen-9999...` (it sorts last, as the newest would), with
+    // `damage` done to it, made current
+    let fake_current = |from: &Path, damage: &dyn Fn(&Path)| {
+        let name = "gen-9999999999-000000000-1";
+        let generation = index.join(name);
+        let _ = std::fs::remove_dir_all(&generation);
+        std::fs::create_dir(&generation).unwrap();
+        for f in listing(from) {
+            std::fs::copy(from.join(&f), generation.join(&f)).unwrap();
+        }
+        damage(&generation);
+        std::fs::write(index.join("CURRENT"), format!("{name}\n")).unwrap();
+    };
+    let flip_middle_byte = |file: &Path| {
+        let mut bytes = std::fs::read(file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(file, bytes).unwrap();
+    };
+    let current = index.join("CURRENT");
+
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        (
+            "a flipped byte in vectors.f32",
+            Box::new(|| fake_current(&live, &|g| flip_middle_byte(&g.join("vectors.f32")))),
+            &["corrupted", "vectors.f32", "checksum"],
+        ),
+        (
+            "a truncated utterances.json",
+            Box::new(|| {
+                fake_current(&live, &|g| {
+                    let f = g.join("utterances.json");
+                    let bytes = std::fs::read(&f).unwrap();
+                    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+                })
+            }),
+            &["corrupted", "utterances.json", "truncated"],
+        ),
+        (
+            "a manifest of random bytes",
+            Box::new(|| {
+                fake_current(&live, &|g| {
+                    std::fs::write(g.join("manifest.json"), garbage(1000, 1)).unwrap()
+                })
+            }),
+            &["corrupted", "manifest.json"],
+        ),
+        (
+            "every file of random bytes",
+            Box::new(|| {
+                fake_current(&live, &|g| {
+                    for (i, f) in listing(g).iter().enumerate() {
+                        std::fs::write(g.join(f), garbage(4096, i as u64 + 7)).unwrap();
+                    }
+                })
+            }),
+            &["corrupted"],
+        ),
+        (
+            "a damaged HNSW graph",
+            Box::new(|| {
+                fake_current(&hnsw_live, &|g| {
+                    for f in listing(g) {
+                        if f.ends_with(".hnsw.data") {
+                            flip_middle_byte(&g.join(f));
+                        }
+                    }
+                })
+            }),
+            &["corrupted", "hnsw.data"],
+        ),
+        (
+            "CURRENT of random bytes",
+            Box::new(|| std::fs::write(&current, garbage(64, 3)).unwrap()),
+            &["CURRENT"],
+        ),
+        (
+            "CURRENT naming a generation that is not there",
+            Box::new(|| std::fs::write(&current, "gen-1-000000000-1\n").unwrap()),
+            &["gen-1-000000000-1", "missing"],
+        ),
+        (
+            "the directory replaced by a file of random bytes",
+            Box::new(|| {
+                std::fs::remove_dir_all(&index).unwrap();
+                std::fs::write(&index, garbage(10_000, 5)).unwrap();
+            }),
+            &["CURRENT"],
+        ),
+    ];
+    for (n, (what, damage, expected)) in cases.iter().enumerate() {
+        damage();
+        let error = server.failed_reload();
+        for e in *expected {
+            assert!(error.contains(e), "{what}: {e:?} not in {error}");
+        }
+        // still answering, from the index opened before
+        server.assert_serving();
+        assert_eq!(
+            server.metric(r#"switchyard_reloads_total{result="failed"}"#),
+            (n + 1) as f64,
+            "{what}"
+        );
+    }
+    assert_eq!(
+        server.metric(r#"switchyard_reloads_total{result="ok"}"#),
+        0.0
+    );
+
+    std::fs::remove_file(&index).unwrap();
+    build(&example_routes(), &index);
+    let (status, v) = server.reload();
+    assert_eq!(status, 200, "{v}");
+    server.assert_serving();
+    server.stop();
+}
+
+/// The binary run under `ulimit -f KIB` with SIGXFSZ ignored: a write past the limit fails with
+/// EFBIG, as a write to a full disk fails with ENOSPC, instead of killing the process.
+fn with_file_size_limit(kib: u64) -> Command {
+    let inner = switchyard();
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(r#"trap "" XFSZ; ulimit -f {kib}; exec "$0" "$@""#))
+        .arg(inner.get_program());
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd
+}
+
+#[test]
+fn a_build_that_runs_out_of_disk_leaves_the_live_index_serving() {
+    let root = tempfile::tempdir().unwrap();
+    let index = example_index_in(root.path());
+    let live = switchyard::index::current_generation(&index).unwrap();
+    let current = current_file(&index);
+    let before = listing(&index);
+    let mut server = Server::start(&index, &[]);
+
+    // 64 KiB a file: the route table and utterances fit, the vectors (95 KiB) do not
+    let out = with_file_size_limit(64)
+        .arg("build")
+        .arg(example_routes())
+        .arg("--out")
+        .arg(&index)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with(&format!("error: building the index in {}", index.display()))
+            && err.contains(".partial/vectors.f32")
+            && err.contains("File too large"),
+        "{err}"
+    );
+    // nothing published, nothing left behind: no new generation, no staging directory
+    assert_eq!(current_file(&index), current);
+    assert_eq!(listing(&index), before);
+
+    // the live generation is whole: the CLI opens it, verifying every file's checksum
+    let out = switchyard()
+        .args(["route", "--index"])
+        .arg(&index)
+        .arg(ORDER_PROMPT)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["route"], "order_status", "{v}");
+    // and the server, which never stopped answering, reloads it
+    server.assert_serving();
+    let (status, v) = server.reload();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["generation"], json!(live.to_string_lossy()), "{v}");
+    server.assert_serving();
+
+    // the limit is what failed the build: without it, the same build publishes
+    build(&example_routes(), &index);
+    assert_ne!(current_file(&index), current);
+    server.stop();
+}
+
+#[test]
+fn sigterm_lets_every_request_in_flight_finish_and_exits_0() {
+    const CLIENTS: usize = 16;
+    let root = tempfile::tempdir().unwrap();
+    let index = example_index_in(root.path());
+    // one prompt at a time on one thread, no cache: the requests queue behind each other
+    let mut server = Server::start(
+        &index,
+        &[
+            "--max-batch",
+            "1",
+            "--intra-threads",
+            "1",
+            "--embed-cache-entries",
+            "0",
+        ],
+    );
+    let start = Arc::new(Barrier::new(CLIENTS + 1));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (base, start) = (server.base.clone(), Arc::clone(&start));
+            let answered = Arc::clone(&answered);
+            // long and distinct: each costs a forward pass over the model's whole window
+            let body = json!({ "prompt": format!("Where is my order #{i}? ").repeat(40) });
+            std::thread::spawn(move || {
+                start.wait();
+                let answer = http(&base, "POST", "/v1/route", &body.to_string());
+                answered.fetch_add(1, Ordering::SeqCst);
+                (answer, Instant::now())
+            })
+        })
+        .collect();
+    start.wait();
+    // the signal goes once every request is inside the server: answered, or queued behind the
+    // one being embedded
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued = server.metric("switchyard_queue_length") as usize;
+        if queued + answered.load(Ordering::SeqCst) >= CLIENTS - 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the requests did not queue up (queue length {queued})"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let signalled = Instant::now();
+    server.sigterm();
+
+    let mut finished_after_signal = 0;
+    for (i, client) in clients.into_iter().enumerate() {
+        let (answer, at) = client.join().unwrap();
+        let (status, body) = answer.unwrap_or_else(|e| panic!("request {i} was not answered: {e}"));
+        assert_eq!(status, 200, "request {i}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["route"], "order_status", "request {i}: {v}");
+        if at > signalled {
+            finished_after_signal += 1;
+        }
+    }
+    // the signal came while requests were in flight, not after they were done
+    assert!(
+        finished_after_signal >= CLIENTS / 4,
+        "only {finished_after_signal} of {CLIENTS} requests were still in flight at SIGTERM"
+    );
+    server.wait_exit(Duration::from_secs(10));
+    let drained = signalled.elapsed();
+    eprintln!(
+        "sigterm: {finished_after_signal} of {CLIENTS} requests finished after the signal; exit 0 within {drained:?}"
+    );
+}
