@@ -139,7 +139,7 @@ pub struct Refusal {
 }
 
 /// Which counter answered.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "store")]
 pub enum Counted {
     /// This process's memory.

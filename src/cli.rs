@@ -83,6 +83,8 @@ pub enum Command {
     },
     /// Print the man page (roff) for switchyard.
     Man,
+    /// Print the OpenAPI document of the HTTP API (also served at `/openapi.json`).
+    Openapi,
     /// Route one prompt and print the decision as JSON (the same JSON as `POST /v1/route`).
     Route {
         /// Index directory written by `switchyard build`.
@@ -357,6 +359,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut std::io::stdout())
                 .context("cannot write the man page")?;
+            Ok(Outcome::Success)
+        }
+        Command::Openapi => {
+            let doc = server::openapi()
+                .to_pretty_json()
+                .context("cannot render the OpenAPI document")?;
+            println!("{doc}");
             Ok(Outcome::Success)
         }
     }

@@ -73,7 +73,7 @@ pub enum RouteError {
 }
 
 /// A nearest utterance behind a decision.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NeighbourOut {
     /// Its route.
     pub route: String,
@@ -84,7 +84,7 @@ pub struct NeighbourOut {
 }
 
 /// Where the time of one decision went, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default, utoipa::ToSchema)]
 pub struct Timings {
     /// Waiting in the queue for a worker.
     pub queue_ms: f64,
@@ -101,7 +101,7 @@ pub struct Timings {
 }
 
 /// One routed prompt: the decision and what it rests on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Routed {
     /// The decision.
     #[serde(flatten)]

@@ -33,7 +33,7 @@ pub struct Evidence {
 }
 
 /// A route's standing in one decision.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RouteScore {
     /// Route name.
     pub route: String,
@@ -51,7 +51,7 @@ pub struct RouteScore {
 }
 
 /// Why a prompt went to the default model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FallbackReason {
     /// Some routes scored, but none reached its threshold.
@@ -63,7 +63,7 @@ pub enum FallbackReason {
 }
 
 /// What the decision did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// A route matched.
@@ -93,7 +93,7 @@ pub enum Outcome {
 }
 
 /// The routing decision for one prompt.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Decision {
     /// Matched or fell back, and why.
     #[serde(flatten)]

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::CatalogModel;
 
 /// Why a candidate was not chosen.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum SkipReason {
     /// Marked down by an operator (until it expires).
@@ -45,7 +45,7 @@ pub enum SkipReason {
 }
 
 /// A skipped candidate.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Skipped {
     /// The model.
     pub model: String,
@@ -275,7 +275,7 @@ impl Health {
 }
 
 /// The model chosen for a request, and what was passed over on the way.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Choice {
     /// The chosen model.
     pub model: String,

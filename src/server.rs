@@ -11,7 +11,6 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -372,7 +371,7 @@ pub enum ApiError {
 }
 
 /// The one error body.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong and what to do.
     pub error: String,
@@ -479,7 +478,7 @@ where
 }
 
 /// One chat message (OpenAI shape); fields other than `role` and `content` are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     /// `user`, `assistant`, `system`, ...
     pub role: String,
@@ -489,7 +488,7 @@ pub struct Message {
 }
 
 /// Message content: a string or parts.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     /// Plain text.
@@ -499,7 +498,7 @@ pub enum Content {
 }
 
 /// One content part; only `text` parts carry routable text.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ContentPart {
     /// Part type (`text`, `image_url`, ...).
     #[serde(rename = "type")]
@@ -511,7 +510,7 @@ pub struct ContentPart {
 
 /// Body of `POST /v1/route`: a `prompt`, or chat `messages` (routed on the last user message).
 /// Other fields of a chat request (model, temperature, ...) are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RouteRequest {
     /// The prompt.
     #[serde(default)]
@@ -575,7 +574,7 @@ fn non_empty(text: String) -> Result<String, ApiError> {
 }
 
 /// Body of `POST /v1/route/batch`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// Prompts to route.
@@ -586,7 +585,7 @@ pub struct BatchRequest {
 }
 
 /// A routed prompt with the model chosen among its route's candidates.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RouteResponse {
     /// The decision; its `model` is the chosen candidate.
     #[serde(flatten)]
@@ -596,7 +595,7 @@ pub struct RouteResponse {
 }
 
 /// Answer of `POST /v1/route/batch`, one result per prompt in order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchResponse {
     /// The decisions.
     pub results: Vec<RouteResponse>,
@@ -632,25 +631,79 @@ impl MakeRequestId for RequestIds {
     }
 }
 
+/// The OpenAPI document's frame; the paths come from the handlers mounted in [`app`].
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "switchyard", description = "A semantic LLM router: routes each prompt to the right model."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "routing", description = "Decisions and usage"),
+        (name = "proxy", description = "The OpenAI-compatible proxy"),
+        (name = "admin", description = "Reload and model health (admin key)"),
+        (name = "introspection", description = "The live routes and index"),
+        (name = "operations", description = "Health, readiness, metrics, the playground"),
+    )
+)]
+struct ApiDoc;
+
+/// `Authorization: Bearer <key>`: an API key (`--api-key`) or the admin key.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The endpoints with their OpenAPI descriptions: everything [`app`] mounts is here, so the
+/// document cannot miss a route.
+fn endpoints() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(route))
+        .routes(routes!(route_batch))
+        .routes(routes!(usage))
+        .routes(routes!(proxy::chat_completions))
+        .routes(routes!(proxy::models))
+        .routes(routes!(admin_models))
+        .routes(routes!(admin_reload))
+        .routes(routes!(admin_model_down))
+        .routes(routes!(admin_model_up))
+        .routes(routes!(routes))
+        .routes(routes!(index_manifest))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(playground))
+        .routes(routes!(openapi_json))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of this server's HTTP API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    endpoints().1
+}
+
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = serde_json::Value)))]
+async fn openapi_json() -> Response {
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(|| openapi().to_json().unwrap_or_default());
+    ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
+}
+
 /// Builds the router.
 pub fn app(state: AppState) -> Router {
     let limit = state.options.body_limit_bytes;
-    Router::new()
-        .route("/v1/route", post(route))
-        .route("/v1/route/batch", post(route_batch))
-        .route("/v1/usage", post(usage))
-        .route("/v1/chat/completions", post(proxy::chat_completions))
-        .route("/v1/models", get(proxy::models))
-        .route("/v1/admin/models", get(admin_models))
-        .route("/v1/admin/reload", post(admin_reload))
-        .route("/v1/admin/models/{model}/down", post(admin_model_down))
-        .route("/v1/admin/models/{model}/up", post(admin_model_up))
-        .route("/v1/routes", get(routes))
-        .route("/v1/index", get(index_manifest))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/", get(playground))
+    endpoints()
+        .0
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -677,6 +730,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 /// The playground page: static, embedded in the binary.
+#[utoipa::path(get, path = "/", tag = "operations", responses((status = 200, description = "HTML page", content_type = "text/html")))]
 async fn playground() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("playground.html"))
 }
@@ -900,6 +954,11 @@ pub async fn route_request(
     select(state, engine, routed, text, who, capabilities).await
 }
 
+/// Routes one prompt (or chat messages) and chooses its model.
+#[utoipa::path(post, path = "/v1/route", tag = "routing", request_body = RouteRequest,
+    responses((status = 200, description = "The decision and the chosen model", body = RouteResponse),
+        (status = 422, description = "Invalid request", body = ErrorBody), (status = 402, description = "Spend caps leave no candidate", body = ErrorBody),
+        (status = 401, description = "API key missing or wrong", body = ErrorBody), (status = 429, description = "Rate limited or overloaded; see Retry-After", body = ErrorBody), (status = 503, description = "Not ready, timed out, or no candidate", body = ErrorBody)))]
 async fn route(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -922,6 +981,10 @@ async fn route(
     }
 }
 
+/// Routes many prompts in one call (one forward-pass batch).
+#[utoipa::path(post, path = "/v1/route/batch", tag = "routing", request_body = BatchRequest,
+    responses((status = 200, description = "One result per prompt, in order", body = BatchResponse),
+        (status = 422, description = "Invalid request or batch too large", body = ErrorBody), (status = 401, description = "API key missing or wrong", body = ErrorBody), (status = 429, description = "Rate limited or overloaded; see Retry-After", body = ErrorBody)))]
 async fn route_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -1001,7 +1064,7 @@ async fn route_batch(
 }
 
 /// Body of `POST /v1/usage`: what a request really used, reported after the LLM answered.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageReport {
     /// The model that answered (must be in the catalog).
@@ -1016,6 +1079,10 @@ pub struct UsageReport {
     pub estimated_cost_usd: f64,
 }
 
+/// Reports a request's real token usage for the spend caps.
+#[utoipa::path(post, path = "/v1/usage", tag = "routing", request_body = UsageReport,
+    responses((status = 200, description = "Cost counted", body = serde_json::Value),
+        (status = 422, description = "Unknown model or bad numbers", body = ErrorBody), (status = 401, description = "API key missing or wrong", body = ErrorBody), (status = 429, description = "Rate limited or overloaded; see Retry-After", body = ErrorBody)))]
 async fn usage(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -1051,7 +1118,7 @@ async fn usage(
 }
 
 /// Body of `POST /v1/admin/models/{model}/down`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DownRequest {
     /// How long the mark lasts, in seconds (default 300); it expires by itself.
@@ -1063,6 +1130,10 @@ fn default_down_ttl_s() -> u64 {
     300
 }
 
+/// Lists the models marked down.
+#[utoipa::path(get, path = "/v1/admin/models", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Models marked down, with seconds left", body = serde_json::Value),
+        (status = 401, description = "Wrong admin key", body = ErrorBody), (status = 403, description = "Admin endpoints off", body = ErrorBody)))]
 async fn admin_models(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -1144,6 +1215,11 @@ pub async fn reload_index(state: &AppState) -> Result<serde_json::Value, ApiErro
     }
 }
 
+/// Reloads the index from its directory; the old one keeps serving on failure.
+#[utoipa::path(post, path = "/v1/admin/reload", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Reloaded", body = serde_json::Value),
+        (status = 422, description = "Refused; the previous index keeps serving", body = ErrorBody),
+        (status = 401, description = "Wrong admin key", body = ErrorBody), (status = 403, description = "Admin endpoints off", body = ErrorBody)))]
 async fn admin_reload(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -1172,6 +1248,11 @@ fn known_model(state: &AppState, model: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Marks a model down (skipped by the choice) for `ttl_s` seconds.
+#[utoipa::path(post, path = "/v1/admin/models/{model}/down", tag = "admin", security(("bearer" = [])),
+    params(("model" = String, Path, description = "A catalog or candidate model")), request_body(content = DownRequest, description = "Optional"),
+    responses((status = 200, description = "Marked down", body = serde_json::Value),
+        (status = 404, description = "No such model", body = ErrorBody), (status = 401, description = "Wrong admin key", body = ErrorBody)))]
 async fn admin_model_down(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -1199,6 +1280,11 @@ async fn admin_model_down(
     ))
 }
 
+/// Clears a model's down mark.
+#[utoipa::path(post, path = "/v1/admin/models/{model}/up", tag = "admin", security(("bearer" = [])),
+    params(("model" = String, Path, description = "A catalog or candidate model")),
+    responses((status = 200, description = "Marked up", body = serde_json::Value),
+        (status = 404, description = "No such model", body = ErrorBody), (status = 401, description = "Wrong admin key", body = ErrorBody)))]
 async fn admin_model_up(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -1234,6 +1320,9 @@ struct RoutesResponse<'a> {
     routes: Vec<RouteInfo<'a>>,
 }
 
+/// The route table: default model, catalog, rules, defaults and each route.
+#[utoipa::path(get, path = "/v1/routes", tag = "introspection",
+    responses((status = 200, description = "The route table", body = serde_json::Value), (status = 503, description = "Not ready", body = ErrorBody)))]
 async fn routes(State(state): State<AppState>) -> Result<Response, ApiError> {
     let index = state.engine()?.index();
     let table = index.table();
@@ -1259,15 +1348,23 @@ async fn routes(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(body).into_response())
 }
 
+/// The live index's manifest (model, checksums, parameters).
+#[utoipa::path(get, path = "/v1/index", tag = "introspection",
+    responses((status = 200, description = "The manifest", body = serde_json::Value), (status = 503, description = "Not ready", body = ErrorBody)))]
 async fn index_manifest(State(state): State<AppState>) -> Result<Response, ApiError> {
     let index = state.engine()?.index();
     Ok(Json(index.manifest().clone()).into_response())
 }
 
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = serde_json::Value)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// Readiness: 503 until the index is open.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready, with the search in use", body = serde_json::Value), (status = 503, description = "Not ready", body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let engine = state.engine()?;
     let index = engine.index();
@@ -1284,6 +1381,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     })))
 }
 
+/// Prometheus metrics (text format), every name prefixed `switchyard_`.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let gauges = state.engine.get().map(|e| {
         let cache = e.cache_stats();

@@ -68,6 +68,9 @@ fn proxy_of(state: &AppState) -> Result<Arc<Proxy>, ApiError> {
 
 /// `GET /v1/models`: `auto`, every route (a group of candidate models), and every model a
 /// provider serves.
+#[utoipa::path(get, path = "/v1/models", tag = "proxy",
+    responses((status = 200, description = "OpenAI's model list", body = serde_json::Value),
+        (status = 404, description = "The proxy is off (OpenAI error shape)", body = serde_json::Value)))]
 pub(super) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let result = (|| {
         state.admit_caller(&headers)?;
@@ -195,7 +198,15 @@ struct Plan {
     caps: Vec<CapKey>,
 }
 
-/// `POST /v1/chat/completions`.
+/// `POST /v1/chat/completions`: OpenAI's chat-completions request; `model` is `auto`, a route
+/// name, or a model name. Answers are the upstream's (streamed as server-sent events with
+/// `stream: true`); errors use OpenAI's shape.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "proxy",
+    request_body(content = serde_json::Value, description = "OpenAI chat-completions request"),
+    responses((status = 200, description = "The upstream's answer, with x-switchyard-* headers", body = serde_json::Value),
+        (status = 404, description = "Unknown model, or the proxy is off", body = serde_json::Value),
+        (status = 502, description = "Every candidate failed", body = serde_json::Value),
+        (status = 504, description = "No upstream answered in time", body = serde_json::Value)))]
 pub(super) async fn chat_completions(
     State(state): State<AppState>,
     headers: HeaderMap,
