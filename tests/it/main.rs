@@ -7,4 +7,6 @@ mod cost;
 mod e2e;
 mod faults;
 mod model;
+mod proxy;
 mod redis;
+mod upstream;
