@@ -408,12 +408,12 @@ impl fmt::Display for ConfigIssue {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A file or directory could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The path that failed.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The path holds no route files.
     #[error("no route files (*.yaml, *.yml) found in {0}")]
@@ -514,7 +514,7 @@ pub fn load(path: &Path) -> Result<RouteTable, ConfigError> {
     for file in files {
         let meta = std::fs::metadata(&file).map_err(|source| ConfigError::Io {
             path: file.clone(),
-            source,
+            error: source,
         })?;
         if meta.len() > MAX_ROUTE_FILE_BYTES {
             return Err(ConfigError::Invalid {
@@ -532,7 +532,7 @@ pub fn load(path: &Path) -> Result<RouteTable, ConfigError> {
         }
         let bytes = std::fs::read(&file).map_err(|source| ConfigError::Io {
             path: file.clone(),
-            source,
+            error: source,
         })?;
         sources.push((file, bytes));
     }
@@ -543,7 +543,7 @@ pub fn load(path: &Path) -> Result<RouteTable, ConfigError> {
 pub fn route_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let io = |source| ConfigError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_dir() {

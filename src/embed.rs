@@ -95,12 +95,12 @@ pub enum EmbedError {
         path: PathBuf,
     },
     /// A model file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// ONNX Runtime or the tokenizer refused the model.
     #[error("cannot load the model in {dir}: {reason}")]
@@ -180,7 +180,7 @@ fn read(path: &Path) -> Result<Vec<u8>, EmbedError> {
     }
     std::fs::read(path).map_err(|source| EmbedError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })
 }
 

@@ -25,12 +25,12 @@ pub struct Example {
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A line is not a labelled example.
     #[error("{path}:{line}: {message}")]
@@ -52,7 +52,7 @@ pub enum EvalError {
 pub fn read_examples(path: &Path, table: &RouteTable) -> Result<Vec<Example>, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     let line_err = |line: usize, message: String| EvalError::Line {
         path: path.to_path_buf(),

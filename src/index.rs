@@ -141,12 +141,12 @@ pub struct Hit {
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The path involved.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// No index has been built in this directory.
     #[error(
@@ -231,7 +231,7 @@ pub enum IndexError {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
     move |source| IndexError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     }
 }
 
@@ -511,6 +511,12 @@ pub fn current_generation(dir: &Path) -> Result<PathBuf, IndexError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(IndexError::NotBuilt(dir.to_path_buf()));
         }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(IndexError::Corrupted {
+                path: current,
+                reason: "it is not text (it should name a generation)".into(),
+            });
+        }
         Err(e) => return Err(io_err(&current)(e)),
     };
     let valid = name.starts_with(GENERATION_PREFIX)
@@ -523,7 +529,14 @@ pub fn current_generation(dir: &Path) -> Result<PathBuf, IndexError> {
             reason: format!("{CURRENT_FILE} names {name:?}, which is not a generation"),
         });
     }
-    Ok(dir.join(name))
+    let generation = dir.join(&name);
+    if !generation.is_dir() {
+        return Err(IndexError::Corrupted {
+            path: current,
+            reason: format!("{CURRENT_FILE} names {name}, which does not exist"),
+        });
+    }
+    Ok(generation)
 }
 
 fn read_verified(
@@ -806,6 +819,10 @@ impl Index {
     pub fn wait_for_graph(&self) -> Result<(), IndexError> {
         match self.graph.as_ref().map(GraphHandle::wait) {
             None | Some(GraphState::Ready) => Ok(()),
+            // a damaged file's reason already says where and what to do
+            Some(GraphState::Failed(reason)) if reason.contains("switchyard build") => {
+                Err(IndexError::Graph(reason))
+            }
             Some(GraphState::Failed(reason)) => Err(IndexError::Corrupted {
                 path: self.generation.clone(),
                 reason: format!("HNSW graph does not load: {reason}"),

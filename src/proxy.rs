@@ -20,12 +20,12 @@ const MAX_PROXY_FILE_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyConfigError {
     /// The file could not be read.
-    #[error("cannot read the proxy file {path}: {source}")]
+    #[error("cannot read the proxy file {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not the YAML expected.
     #[error("{path}:{line}:{column}: {message}")]
@@ -288,7 +288,7 @@ impl ProxyConfig {
     ) -> Result<Self, ProxyConfigError> {
         let io = |source| ProxyConfigError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         };
         let size = std::fs::metadata(path).map_err(io)?.len();
         if size > MAX_PROXY_FILE_BYTES {

@@ -351,12 +351,12 @@ fn garbage_in_the_index_directory_is_refused_and_the_open_index_keeps_serving() 
         (
             "CURRENT of random bytes",
             Box::new(|| std::fs::write(&current, garbage(64, 3)).unwrap()),
-            &["CURRENT"],
+            &["CURRENT", "not text", "rebuild it"],
         ),
         (
             "CURRENT naming a generation that is not there",
             Box::new(|| std::fs::write(&current, "gen-1-000000000-1\n").unwrap()),
-            &["gen-1-000000000-1", "missing"],
+            &["gen-1-000000000-1", "does not exist", "rebuild it"],
         ),
         (
             "the directory replaced by a file of random bytes",
@@ -373,6 +373,8 @@ fn garbage_in_the_index_directory_is_refused_and_the_open_index_keeps_serving() 
         for e in *expected {
             assert!(error.contains(e), "{what}: {e:?} not in {error}");
         }
+        // the advice is given once, however deep the cause
+        assert!(error.matches("rebuild it").count() <= 1, "{what}: {error}");
         // still answering, from the index opened before
         server.assert_serving();
         assert_eq!(
