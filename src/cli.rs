@@ -23,6 +23,11 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SWITCHYARD_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Export traces (one span per HTTP request, with the route and model chosen, and one per
+    /// upstream try of the proxy) by OTLP over HTTP to this collector, e.g.
+    /// `http://127.0.0.1:4318`; off without it. A `traceparent` header joins the caller's trace.
+    #[arg(long, global = true, env = "SWITCHYARD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -311,17 +316,79 @@ pub enum Outcome {
     CheckFailed,
 }
 
-/// Sets up logging on stderr.
-pub fn init_logging(format: LogFormat) {
+/// Flushes and stops trace export when dropped (at the end of `main`).
+pub struct Telemetry(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("warning: could not flush traces to the OTLP collector: {e}");
+            }
+        }
+    }
+}
+
+/// Sets up logging on stderr (filtered by `SWITCHYARD_LOG`) and, with an OTLP endpoint, trace
+/// export. Keep the returned guard alive until the program ends.
+pub fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn,hnsw_rs=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let provider = otlp_endpoint.map(tracer_provider).transpose()?;
+    let traces = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("switchyard"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("switchyard", tracing::Level::INFO),
+            )
+    });
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(traces)
+        .init();
+    Ok(Telemetry(provider))
+}
+
+/// An OTLP/HTTP (protobuf) exporter to `endpoint` behind a batching tracer provider.
+fn tracer_provider(endpoint: &str) -> anyhow::Result<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let base = endpoint.trim().trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        bail!(
+            "--otlp-endpoint must be an http:// or https:// URL, e.g. http://127.0.0.1:4318 (got `{base}`)"
+        );
     }
+    let url = if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .build()
+        .context("cannot set up the OTLP trace exporter")?;
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("switchyard")
+                .build(),
+        )
+        .build())
 }
 
 /// Runs the parsed command.

@@ -707,10 +707,51 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
         // every response carries `x-request-id`: the caller's own, or a new one
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
         .with_state(state)
+}
+
+/// The span of one HTTP request (exported as a trace with `--otlp-endpoint`): method, path and
+/// request id, then the route and model once decided; a caller's `traceparent` is its parent.
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{} {}", req.method(), req.uri().path()),
+        http.method = %req.method(),
+        http.path = %req.uri().path(),
+        request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or(""),
+        route = tracing::field::Empty,
+        model = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(req.headers()))
+    });
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Reads W3C trace-context headers.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// Notes the decision on the current request's span.
+fn record_on_span(route: Option<&str>, model: &str) {
+    let span = tracing::Span::current();
+    span.record("route", route.unwrap_or(""));
+    span.record("model", model);
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -790,6 +831,7 @@ fn record_decision(state: &AppState, response: &RouteResponse) {
         &routed.decision.model,
         routed.truncated,
     );
+    record_on_span(routed.decision.route(), &routed.decision.model);
     // a cache hit neither waited nor embedded: it would only pull the histograms down
     if !routed.timings.cached {
         state

@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
+use tracing::Instrument as _;
 
 use super::{ApiError, ApiJson, AppState, Content, Message, RouteResponse};
 use crate::budget::{CapKey, Identity, caps_for};
@@ -456,7 +457,9 @@ async fn attempt(
             if let Some(key) = &provider.api_key {
                 req = req.bearer_auth(key);
             }
-            let failure = match tokio::time::timeout(wait, req.send()).await {
+            let span = tracing::info_span!("upstream", otel.name = %format!("upstream {model}"), model = %model, provider = %provider.name, attempt = t);
+            let sent = tokio::time::timeout(wait, req.send()).instrument(span);
+            let failure = match sent.await {
                 Err(_) => {
                     state.metrics.upstream(model, "timeout");
                     TryFailure::Transient(

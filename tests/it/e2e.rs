@@ -340,3 +340,77 @@ fn sighup_reloads_a_rebuilt_index_without_stopping() {
     );
     assert!(child.wait().unwrap().success());
 }
+
+/// `--otlp-endpoint`: the request's span reaches an OTLP/HTTP collector (a fake one on
+/// loopback), carrying the route chosen and the caller's trace id from `traceparent`.
+#[test]
+fn traces_reach_an_otlp_collector_with_the_callers_trace_id() {
+    type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let posts: Posts = Default::default();
+    let collector = rt.block_on(async {
+        let posts = posts.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                    let ct = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    posts.lock().unwrap().push((ct, body.to_vec()));
+                    ""
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    });
+    let (mut child, base) = serve(example_index().dir.path(), &["--otlp-endpoint", &collector]);
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map_or(true, |r| r.status() != 200)
+        {
+            assert!(Instant::now() < deadline, "not ready after 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = client
+            .post(format!("{base}/v1/route"))
+            .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+            .json(&serde_json::json!({"prompt": "Where is my order #12345?"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    // spans are exported in batches; stopping the server flushes them
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+    let posts = posts.lock().unwrap();
+    assert!(!posts.is_empty(), "nothing reached the collector");
+    let body: Vec<u8> = posts.iter().flat_map(|(_, b)| b.clone()).collect();
+    assert!(posts.iter().all(|(ct, _)| ct == "application/x-protobuf"));
+    let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(b"POST /v1/route"), "no request span");
+    assert!(
+        contains(b"order_status"),
+        "the span does not carry the route"
+    );
+    let id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(contains(&id), "the span is not in the caller's trace");
+}
