@@ -1104,7 +1104,7 @@ mod tests {
     }
 
     #[test]
-    fn serve_args_debug_does_not_show_the_redis_password() {
+    fn serve_args_debug_shows_no_key_or_password() {
         let cli = Cli::parse_from([
             "switchyard",
             "serve",
@@ -1112,8 +1112,17 @@ mod tests {
             "redis://:s3cret@host:6379/0",
             "--admin-key",
             "adm1n-s3cret",
+            "--api-key",
+            "k3y-one,k3y-two",
         ]);
-        assert!(!format!("{cli:?}").contains("adm1n"), "{cli:?}");
-        assert!(!format!("{cli:?}").contains("s3cret"), "{cli:?}");
+        let shown = format!("{cli:?}");
+        for secret in ["adm1n", "s3cret", "k3y-one", "k3y-two"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        // two keys from one comma-separated value, as SWITCHYARD_API_KEYS gives them
+        assert_eq!(args.api_keys.len(), 2);
     }
 }
