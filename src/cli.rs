@@ -281,6 +281,9 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, env = "SWITCHYARD_BODY_LIMIT_BYTES", default_value_t = ServerOptions::default().body_limit_bytes)]
     pub body_limit_bytes: usize,
+    /// Largest body of a proxied chat request in bytes (413 beyond).
+    #[arg(long, env = "SWITCHYARD_PROXY_BODY_LIMIT_BYTES", default_value_t = ServerOptions::default().proxy_body_limit_bytes)]
+    pub proxy_body_limit_bytes: usize,
     /// Most prompts in one /v1/route/batch request.
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_PROMPTS", default_value_t = ServerOptions::default().max_batch_prompts)]
     pub max_batch_prompts: usize,
@@ -925,6 +928,7 @@ fn spawn_reloaders(state: &AppState, index_dir: &Path, watch: bool) {
 async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
     let options = ServerOptions {
         body_limit_bytes: args.body_limit_bytes,
+        proxy_body_limit_bytes: args.proxy_body_limit_bytes,
         max_batch_prompts: args.max_batch_prompts,
         max_prompt_bytes: args.max_prompt_bytes,
         request_timeout_ms: args.request_timeout_ms,
@@ -958,6 +962,11 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
     }
     if !(args.rate_limit_per_s.is_finite() && args.rate_limit_per_s >= 0.0) {
         bail!("--rate-limit-per-s must be a number of requests per second, 0 or more");
+    }
+    if args.rate_limit_per_s > 0.0 && args.rate_limit_per_s < 1.0 / 3600.0 {
+        bail!(
+            "--rate-limit-per-s must allow at least one request an hour (1/3600), or be 0 for no limit"
+        );
     }
     if args.rate_limit_per_s > 0.0 {
         state = state.with_rate_limit(args.rate_limit_per_s, args.rate_limit_burst);

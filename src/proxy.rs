@@ -411,7 +411,33 @@ impl ProxyConfig {
             }
         }
         problems.extend(self.unreachable_models(table));
+        let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
+        for p in self.providers.values() {
+            for m in &p.models {
+                if let Some(first) = claimed.insert(m, &p.name) {
+                    problems.push(format!(
+                        "model `{m}` is listed under both providers `{first}` and `{}`; list it under one",
+                        p.name
+                    ));
+                }
+            }
+        }
         problems
+    }
+
+    /// Every model a provider serves (by the catalog or by listing), with the provider's name.
+    pub fn served_models<'a>(&'a self, table: &'a RouteTable) -> BTreeMap<&'a str, &'a str> {
+        let mut served: BTreeMap<&str, &str> = table
+            .catalog
+            .keys()
+            .filter_map(|m| Some((m.as_str(), self.provider_for(m, table)?.name.as_str())))
+            .collect();
+        for p in self.providers.values() {
+            for m in &p.models {
+                served.entry(m).or_insert(&p.name);
+            }
+        }
+        served
     }
 
     /// The provider serving `model`: the one that lists it under `models`, else the catalog's
@@ -489,19 +515,22 @@ pub enum TurnChoice {
     Window,
 }
 
-/// Applies the policy: `last` is the last message's matched route with its score and
-/// threshold (`None` when it matched nothing), `window_route` the window's matched route.
-pub fn choose_turn(
-    policy: &ConversationPolicy,
-    last: Option<(&str, f32, Option<f32>)>,
-    window_route: Option<&str>,
-) -> TurnChoice {
+/// Whether the last message alone matches its route clearly enough to move the conversation:
+/// its score at least `switch_margin` above the route's threshold. A route without a threshold
+/// never counts as clearly matched (there is nothing to be clear of).
+pub fn clear_match(policy: &ConversationPolicy, score: f32, threshold: Option<f32>) -> bool {
+    threshold.is_some_and(|t| score >= t + policy.switch_margin)
+}
+
+/// Applies the policy: `last` is the last message's own route and whether it matched clearly
+/// ([`clear_match`], or a static rule), `window_route` the route of the recent turns together.
+pub fn choose_turn(last: Option<(&str, bool)>, window_route: Option<&str>) -> TurnChoice {
     match (last, window_route) {
         (_, None) => TurnChoice::Last,
         (None, Some(_)) => TurnChoice::Window,
-        (Some((route, _, _)), Some(w)) if route == w => TurnChoice::Last,
-        (Some((_, score, threshold)), Some(_)) => {
-            if score >= threshold.unwrap_or(0.0) + policy.switch_margin {
+        (Some((route, _)), Some(w)) if route == w => TurnChoice::Last,
+        (Some((_, clear)), Some(_)) => {
+            if clear {
                 TurnChoice::Last
             } else {
                 TurnChoice::Window
@@ -592,7 +621,7 @@ routes:
     #[test]
     fn a_proxy_file_that_does_not_fit_the_routes_says_why() {
         let config = parse(
-            "version: 1\nproviders:\n  cloud: {base_url: 'https://x', models: [faq]}\ncascade:\n  nope: {min_chars: 3}\n",
+            "version: 1\nproviders:\n  cloud: {base_url: 'https://x', models: [faq, big]}\n  other: {base_url: 'https://y', models: [big]}\ncascade:\n  nope: {min_chars: 3}\n",
         )
         .unwrap();
         let problems = config.check(&table()).join("\n");
@@ -600,6 +629,7 @@ routes:
             "cascade.nope: no route named `nope`",
             "route `faq` has the name of a model",
             "model `small` can be chosen by the routes but no provider serves it (its catalog provider `local` is not under `providers`)",
+            "model `big` is listed under both providers `cloud` and `other`",
         ] {
             assert!(problems.contains(needle), "{needle:?} not in {problems}");
         }
@@ -636,20 +666,23 @@ routes:
             window: 3,
             switch_margin: 0.2,
         };
+        assert!(clear_match(&p, 0.75, Some(0.5)));
+        assert!(!clear_match(&p, 0.6, Some(0.5)));
+        // no threshold: nothing to be clear of
+        assert!(!clear_match(&p, 0.99, None));
         // a follow-up that matches nothing stays
-        assert_eq!(choose_turn(&p, None, Some("weather")), TurnChoice::Window);
-        // a weak match elsewhere stays
+        assert_eq!(choose_turn(None, Some("weather")), TurnChoice::Window);
+        // a weak match elsewhere stays, a clear one switches
         assert_eq!(
-            choose_turn(&p, Some(("billing", 0.6, Some(0.5))), Some("weather")),
+            choose_turn(Some(("billing", false)), Some("weather")),
             TurnChoice::Window
         );
-        // a clear match elsewhere switches
         assert_eq!(
-            choose_turn(&p, Some(("billing", 0.75, Some(0.5))), Some("weather")),
+            choose_turn(Some(("billing", true)), Some("weather")),
             TurnChoice::Last
         );
         // no conversation route: the last message decides
-        assert_eq!(choose_turn(&p, None, None), TurnChoice::Last);
+        assert_eq!(choose_turn(None, None), TurnChoice::Last);
     }
 
     #[test]

@@ -37,6 +37,8 @@ mod proxy;
 pub struct ServerOptions {
     /// Largest request body accepted (413 beyond).
     pub body_limit_bytes: usize,
+    /// Largest body of a proxied chat request (413 beyond): conversations and images.
+    pub proxy_body_limit_bytes: usize,
     /// Most prompts in one `/v1/route/batch` call (422 beyond).
     pub max_batch_prompts: usize,
     /// Longest prompt in bytes on the route endpoints (422 beyond); the proxy routes on the
@@ -50,6 +52,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             body_limit_bytes: 1024 * 1024,
+            proxy_body_limit_bytes: 32 * 1024 * 1024,
             max_batch_prompts: 64,
             max_prompt_bytes: 256 * 1024,
             request_timeout_ms: 10_000,
@@ -269,6 +272,8 @@ const RATE_LIMIT_SWEEP_AT: usize = 10_000;
 
 impl RateLimiter {
     fn new(per_second: f64, burst: u32) -> Self {
+        // at least one request an hour, so that waits stay finite
+        let per_second = per_second.max(1.0 / 3600.0);
         RateLimiter {
             per_second,
             burst: f64::from(burst.max(1)),
@@ -662,14 +667,18 @@ impl utoipa::Modify for BearerAuth {
 
 /// The endpoints with their OpenAPI descriptions: everything [`app`] mounts is here, so the
 /// document cannot miss a route.
-fn endpoints() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+fn endpoints(options: &ServerOptions) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi as _;
     use utoipa_axum::{router::OpenApiRouter, routes};
+    // chat requests carry whole conversations (and images): they get their own body limit
+    let proxied = OpenApiRouter::new()
+        .routes(routes!(proxy::chat_completions))
+        .layer(DefaultBodyLimit::max(options.proxy_body_limit_bytes));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(route))
         .routes(routes!(route_batch))
         .routes(routes!(usage))
-        .routes(routes!(proxy::chat_completions))
+        .merge(proxied)
         .routes(routes!(proxy::models))
         .routes(routes!(admin_models))
         .routes(routes!(admin_reload))
@@ -687,7 +696,7 @@ fn endpoints() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The OpenAPI document of this server's HTTP API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    endpoints().1
+    endpoints(&ServerOptions::default()).1
 }
 
 /// This OpenAPI document.
@@ -702,7 +711,7 @@ async fn openapi_json() -> Response {
 /// Builds the router.
 pub fn app(state: AppState) -> Router {
     let limit = state.options.body_limit_bytes;
-    endpoints()
+    endpoints(&state.options)
         .0
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

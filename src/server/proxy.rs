@@ -86,15 +86,7 @@ pub(super) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
                 .iter()
                 .map(|r| entry(&r.name, "switchyard-route")),
         );
-        let mut served: Vec<(&str, &str)> = table
-            .catalog
-            .keys()
-            .filter_map(|m| {
-                let p = proxy.config.provider_for(m, table)?;
-                Some((m.as_str(), p.name.as_str()))
-            })
-            .collect();
-        served.sort();
+        let served = proxy.config.served_models(table);
         data.extend(served.into_iter().map(|(m, p)| entry(m, p)));
         Ok::<_, ApiError>(serde_json::json!({"object": "list", "data": data}))
     })();
@@ -111,12 +103,16 @@ struct ChatRequest {
     stream: bool,
     wants_json: bool,
     user_turns: Vec<String>,
-    /// Bytes of message text outside the last user turn (for the context-window estimate).
-    other_text_bytes: usize,
+    /// Bytes of message text in the whole conversation (for the context-window estimate).
+    text_bytes: usize,
     capabilities: Vec<String>,
 }
 
 impl ChatRequest {
+    fn text_bytes(&self) -> usize {
+        self.text_bytes
+    }
+
     fn parse(body: Map<String, Value>) -> Result<Self, ApiError> {
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_string(),
@@ -175,14 +171,13 @@ impl ChatRequest {
         if images {
             capabilities.push("vision".to_string());
         }
-        let last_len = user_turns.last().map_or(0, String::len);
         Ok(ChatRequest {
             body,
             model,
             stream,
             wants_json,
             user_turns,
-            other_text_bytes: text_bytes - last_len,
+            text_bytes,
             capabilities,
         })
     }
@@ -193,7 +188,7 @@ struct Plan {
     /// The routing decision (absent for a pass-through).
     routed: Option<RouteResponse>,
     /// Models to try, in order: the chosen one, then the fallbacks.
-    models: Vec<String>,
+    models: Vec<Candidate>,
     /// The route's cascade check, if it asks for one.
     cascade: Option<CascadeCheck>,
     caps: Vec<CapKey>,
@@ -248,9 +243,21 @@ async fn plan(
                 request.model
             )));
         }
+        // unrouted, but not uncounted: its estimate is reserved like a routed request's
+        let prompt_tokens = (request.text_bytes() as u64).div_ceil(4);
+        let estimate_usd = table.catalog.get(&request.model).map(|m| {
+            m.cost_usd(
+                prompt_tokens,
+                u64::from(crate::config::DEFAULT_EXPECTED_OUTPUT_TOKENS),
+            )
+        });
         return Ok(Plan {
             routed: None,
-            models: vec![request.model.clone()],
+            models: vec![Candidate {
+                model: request.model.clone(),
+                estimate_usd,
+                reserved: false,
+            }],
             cascade: None,
             caps,
         });
@@ -273,20 +280,17 @@ async fn plan(
             .map_err(|_| ApiError::Timeout(state.options.request_timeout_ms))??;
         (r, conversation.last)
     } else {
-        route_conversation(state, engine, conversation, who, timeout).await?
+        let policy = &proxy.config.conversation;
+        route_conversation(state, engine, conversation, who, timeout, policy).await?
     };
     if request.model != "auto" {
         routed.decision.outcome = Outcome::Override {
             route: request.model.clone(),
         };
     }
-    // the context window must hold the whole conversation, not just the routed text
-    let clipped_bytes: usize = request
-        .user_turns
-        .iter()
-        .map(|t| t.len() - clip(t, max).len())
-        .sum();
-    routed.prompt_tokens += (request.other_text_bytes + clipped_bytes).div_ceil(4);
+    // the context window must hold the whole conversation: the routed text's real tokens, and
+    // an estimate of the rest
+    routed.prompt_tokens += request.text_bytes().saturating_sub(text.len()).div_ceil(4);
     let response = super::select(state, engine, routed, &text, who, &request.capabilities).await?;
     super::record_decision(state, &response);
     let route = response
@@ -296,11 +300,19 @@ async fn plan(
         .and_then(|r| table.route(r));
     let needs = Needs {
         prompt_tokens: response.routed.prompt_tokens as u64,
-        output_tokens: 0,
+        output_tokens: u64::from(
+            route.map_or(crate::config::DEFAULT_EXPECTED_OUTPUT_TOKENS, |r| {
+                r.expected_output_tokens
+            }),
+        ),
         capabilities: &request.capabilities,
     };
     // fallbacks: the candidates after the chosen one, then the default route's
-    let mut models = vec![response.selection.model.clone()];
+    let mut models = vec![Candidate {
+        model: response.selection.model.clone(),
+        estimate_usd: response.selection.estimated_cost_usd,
+        reserved: response.selection.counted.is_some(),
+    }];
     let lists = route
         .filter(|_| !response.selection.from_default)
         .map(|r| r.candidates.as_slice())
@@ -318,8 +330,12 @@ async fn plan(
             &needs,
         );
         for e in eligible {
-            if !models.contains(&e.model) {
-                models.push(e.model);
+            if !models.iter().any(|c| c.model == e.model) {
+                models.push(Candidate {
+                    model: e.model,
+                    estimate_usd: e.estimated_cost_usd,
+                    reserved: false,
+                });
             }
         }
     }
@@ -352,6 +368,7 @@ async fn route_conversation(
     conversation: ConversationText,
     who: &Identity,
     timeout: Duration,
+    policy: &crate::proxy::ConversationPolicy,
 ) -> Result<(crate::engine::Routed, String), ApiError> {
     let timed_out = || ApiError::Timeout(state.options.request_timeout_ms);
     let Some(window) = conversation.window else {
@@ -379,145 +396,160 @@ async fn route_conversation(
                 .iter()
                 .find(|s| s.route == *route)
                 .and_then(|s| s.threshold);
-            Some((route.as_str(), *score, threshold))
+            Some((
+                route.as_str(),
+                crate::proxy::clear_match(policy, *score, threshold),
+            ))
         }
         // a rule on the last message is as clear as a match can be
-        Outcome::Rule { route, .. } => Some((route.as_str(), f32::INFINITY, None)),
+        Outcome::Rule { route, .. } => Some((route.as_str(), true)),
         _ => None,
     };
-    let choice = crate::proxy::choose_turn(
-        &state.proxy.as_ref().expect("proxy on").config.conversation,
-        last,
-        window_routed.decision.route(),
-    );
+    let choice = crate::proxy::choose_turn(last, window_routed.decision.route());
     Ok(match choice {
         TurnChoice::Last => (last_routed, last_text),
         TurnChoice::Window => (window_routed, window_text),
     })
 }
 
+/// A model the proxy may try, with what it is expected to cost.
+struct Candidate {
+    model: String,
+    /// Estimated cost of this request on it (`None` without a catalog entry).
+    estimate_usd: Option<f64>,
+    /// Whether that estimate is already reserved against the spend caps (the router's choice).
+    reserved: bool,
+}
+
 /// Why one try of one model failed.
 enum TryFailure {
-    /// Worth retrying (connection error, timeout, 429, 5xx), with the upstream's Retry-After.
+    /// Worth retrying (connection error, timeout, 429, 5xx, a body cut short), with the
+    /// upstream's Retry-After.
     Transient(String, Option<Duration>),
-    /// Not worth retrying this model (401, 403, 404): fall back at once.
+    /// Not worth retrying this model (401, 403, 404, 408): fall back at once.
     Model(String),
 }
 
-/// A successful upstream answer, headers received.
+/// An answer's body as received: whole, or a stream whose first event has arrived.
+enum AnswerBody {
+    Whole(Bytes),
+    Stream {
+        first: Vec<u8>,
+        rest: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    },
+}
+
+/// A successful upstream answer.
 struct Answered {
-    response: reqwest::Response,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: AnswerBody,
     /// Position of the model in the plan's list.
     position: usize,
-    tries: u32,
+    /// Whether the relay must drop the usage chunk switchyard asked for.
+    strip_usage: bool,
 }
 
 /// The outcome of trying the plan's models from `start`.
 enum Attempt {
     Answered(Answered),
     /// The upstream refused the request itself (400, 413, 422, ...): the client's to fix.
-    Refused(reqwest::Response),
+    Refused {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        position: usize,
+    },
 }
 
-/// Tries `models[start..]` in order, each up to `retries.attempts` times.
+/// A request on its way through the candidates.
+struct Run {
+    deadline: Instant,
+    spend: Spend,
+    /// Upstream tries so far.
+    tries: u32,
+}
+
+/// Tries `plan.models[start..]` in order, each up to `retries.attempts` times, reserving each
+/// fallback's estimate against the spend caps before trying it.
 async fn attempt(
     state: &AppState,
     proxy: &Proxy,
     request: &ChatRequest,
-    models: &[String],
+    plan: &Plan,
     start: usize,
-    deadline: Instant,
-    strip_usage: &mut bool,
+    run: &mut Run,
 ) -> Result<Attempt, ApiError> {
+    let deadline = run.deadline;
     let config = &proxy.config;
     let engine = state.engine()?;
     let index = engine.index();
     let table = index.table();
     let mut failures = Vec::new();
-    let mut tries = 0;
-    for (position, model) in models.iter().enumerate().skip(start) {
+    let mut over_budget = 0;
+    for (position, candidate) in plan.models.iter().enumerate().skip(start) {
+        let model = &candidate.model;
         let provider = config.provider_for(model, table).ok_or_else(|| {
             ApiError::Internal(format!("no provider serves `{model}` (checked at start)"))
         })?;
-        let body = upstream_body(request, provider, model, strip_usage);
+        if !run.spend.reserve(candidate).await {
+            failures.push(format!("{model}: over a spend cap"));
+            over_budget += 1;
+            continue;
+        }
+        let (body, strip_usage) = upstream_body(request, provider, model);
         let mut retry_after = None;
-        let mut exhausted = true;
-        for t in 1..=config.retries.attempts {
-            if t > 1 {
-                let wait = config.retries.backoff(t - 1, retry_after.take());
+        let mut tried = 0;
+        let mut gave_up = false;
+        while tried < config.retries.attempts {
+            if tried > 0 {
+                let wait = config.retries.backoff(tried, retry_after.take());
                 if Instant::now() + wait >= deadline {
                     break;
                 }
                 tokio::time::sleep(wait).await;
             }
-            tries += 1;
-            let left = deadline.saturating_duration_since(Instant::now());
-            let wait = Duration::from_millis(config.timeouts.first_byte_ms).min(left);
-            let mut req = proxy.client.post(provider.chat_url()).json(&body);
-            if let Some(key) = &provider.api_key {
-                req = req.bearer_auth(key);
-            }
-            let span = tracing::info_span!("upstream", otel.name = %format!("upstream {model}"), model = %model, provider = %provider.name, attempt = t);
-            let sent = tokio::time::timeout(wait, req.send()).instrument(span);
-            let failure = match sent.await {
-                Err(_) => {
-                    state.metrics.upstream(model, "timeout");
-                    TryFailure::Transient(
-                        format!("{model}: no response within {} ms", wait.as_millis()),
-                        None,
-                    )
+            tried += 1;
+            run.tries += 1;
+            let span = tracing::info_span!("upstream", otel.name = %format!("upstream {model}"), model = %model, provider = %provider.name, attempt = tried);
+            let outcome = try_once(proxy, provider, &body, request.stream, deadline)
+                .instrument(span)
+                .await;
+            let failure = match outcome {
+                Ok(Tried::Answered(status, headers, answer)) => {
+                    state.metrics.upstream(model, "ok");
+                    return Ok(Attempt::Answered(Answered {
+                        status,
+                        headers,
+                        body: answer,
+                        position,
+                        strip_usage,
+                    }));
                 }
-                Ok(Err(e)) => {
-                    state.metrics.upstream(model, "connect");
-                    TryFailure::Transient(format!("{model}: {}", error_chain(&e)), None)
+                Ok(Tried::Refused(status, headers, body)) => {
+                    state.metrics.upstream(model, "status_4xx");
+                    return Ok(Attempt::Refused {
+                        status,
+                        headers,
+                        body,
+                        position,
+                    });
                 }
-                Ok(Ok(response)) => {
-                    let status = response.status();
-                    if status.is_success() {
-                        state.metrics.upstream(model, "ok");
-                        return Ok(Attempt::Answered(Answered {
-                            response,
-                            position,
-                            tries,
-                        }));
-                    }
-                    let after = response
-                        .headers()
-                        .get(header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let detail = format!("{model}: upstream answered {status}");
-                    match status.as_u16() {
-                        429 => {
-                            state.metrics.upstream(model, "status_429");
-                            TryFailure::Transient(detail, after)
-                        }
-                        500..=599 => {
-                            state.metrics.upstream(model, "status_5xx");
-                            TryFailure::Transient(detail, after)
-                        }
-                        401 | 403 | 404 | 408 => {
-                            state.metrics.upstream(model, "status_4xx");
-                            TryFailure::Model(detail)
-                        }
-                        _ => {
-                            state.metrics.upstream(model, "status_4xx");
-                            return Ok(Attempt::Refused(response));
-                        }
-                    }
+                Err((result, failure)) => {
+                    state.metrics.upstream(model, result);
+                    failure
                 }
             };
             match failure {
                 TryFailure::Transient(detail, after) => {
-                    tracing::warn!(%detail, try_ = t, "upstream try failed");
-                    failures.push(detail);
+                    tracing::warn!(%model, %detail, attempt = tried, "upstream try failed");
+                    failures.push(format!("{model}: {detail}"));
                     retry_after = after;
                 }
                 TryFailure::Model(detail) => {
-                    tracing::warn!(%detail, "upstream refused the model; trying the next candidate");
-                    failures.push(detail);
-                    exhausted = false;
+                    tracing::warn!(%model, %detail, "upstream refused the model; trying the next candidate");
+                    failures.push(format!("{model}: {detail}"));
+                    gave_up = true;
                     break;
                 }
             }
@@ -525,7 +557,10 @@ async fn attempt(
                 break;
             }
         }
-        if exhausted && config.mark_down_s > 0 {
+        // the model failed: its reservation goes back
+        run.spend.release(candidate);
+        // only a model that failed every try it was given is marked down for everyone
+        if !gave_up && tried == config.retries.attempts && config.mark_down_s > 0 {
             state
                 .health
                 .mark_down(model, Duration::from_secs(config.mark_down_s));
@@ -539,10 +574,133 @@ async fn attempt(
             )));
         }
     }
+    if over_budget > 0 && over_budget == plan.models.len() - start {
+        return Err(ApiError::BudgetExhausted(format!(
+            "every candidate model is over a spend cap: {}",
+            failures.join("; ")
+        )));
+    }
     Err(ApiError::Upstream(format!(
         "every candidate model failed: {}",
         failures.join("; ")
     )))
+}
+
+/// What one try brought back.
+enum Tried {
+    Answered(StatusCode, HeaderMap, AnswerBody),
+    Refused(StatusCode, HeaderMap, Bytes),
+}
+
+/// One request to one upstream: the headers within `first_byte_ms`, then the whole body (or, for
+/// a stream, its first event) within the deadline, so that an upstream that stalls or breaks
+/// before the client has seen anything can still be retried or replaced.
+async fn try_once(
+    proxy: &Proxy,
+    provider: &Provider,
+    body: &Map<String, Value>,
+    stream: bool,
+    deadline: Instant,
+) -> Result<Tried, (&'static str, TryFailure)> {
+    let timeouts = &proxy.config.timeouts;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let first_byte = Duration::from_millis(timeouts.first_byte_ms).min(left);
+    let mut req = proxy.client.post(provider.chat_url()).json(body);
+    if let Some(key) = &provider.api_key {
+        req = req.bearer_auth(key);
+    }
+    let transient =
+        |what: &'static str, detail: String| (what, TryFailure::Transient(detail, None));
+    let response = match tokio::time::timeout(first_byte, req.send()).await {
+        Err(_) => {
+            return Err(transient(
+                "timeout",
+                format!("no response within {} ms", first_byte.as_millis()),
+            ));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "upstream request failed");
+            let what = if e.is_connect() {
+                "could not connect"
+            } else {
+                "the request failed"
+            };
+            return Err(transient("connect", what.into()));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = response.headers().clone();
+    if !status.is_success() {
+        let after = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let detail = format!("upstream answered {status}");
+        return match status.as_u16() {
+            429 => Err(("status_429", TryFailure::Transient(detail, after))),
+            500..=599 => Err(("status_5xx", TryFailure::Transient(detail, after))),
+            401 | 403 | 404 | 408 => Err(("status_4xx", TryFailure::Model(detail))),
+            _ => match read_whole(response, deadline).await {
+                Ok(bytes) => Ok(Tried::Refused(status, headers, bytes)),
+                Err(detail) => Err(transient("broken", detail)),
+            },
+        };
+    }
+    if !stream {
+        return match read_whole(response, deadline).await {
+            Ok(bytes) => Ok(Tried::Answered(status, headers, AnswerBody::Whole(bytes))),
+            Err(detail) => Err(transient("broken", detail)),
+        };
+    }
+    // nothing reaches the client until the first whole event is here
+    let mut rest = response.bytes_stream().boxed();
+    let mut first = Vec::new();
+    let first_event = Instant::now() + first_byte;
+    while event_end(&first).is_none() {
+        match next_chunk(
+            &mut rest,
+            Duration::from_millis(timeouts.idle_ms),
+            first_event.min(deadline),
+        )
+        .await
+        {
+            Ok(Some(chunk)) => first.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(detail) => {
+                return Err(transient(
+                    "broken",
+                    format!("before the first event: {detail}"),
+                ));
+            }
+        }
+    }
+    if first.is_empty() {
+        return Err(transient(
+            "broken",
+            "the stream ended before any event".into(),
+        ));
+    }
+    Ok(Tried::Answered(
+        status,
+        headers,
+        AnswerBody::Stream { first, rest },
+    ))
+}
+
+/// A whole body, within the deadline; what went wrong otherwise (the detail is logged).
+async fn read_whole(response: reqwest::Response, deadline: Instant) -> Result<Bytes, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, response.bytes()).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "upstream answer broke off");
+            Err("the answer broke off".into())
+        }
+        Err(_) => Err("the answer did not finish within timeouts.total_ms".into()),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -557,20 +715,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The body sent upstream: the client's, with `model` renamed for the provider and, for a
-/// stream, a final usage chunk asked for (`strip_usage` is set when the client did not ask, so
-/// that the relay drops it).
+/// stream, a final usage chunk asked for; the flag says the client did not ask for it, so that
+/// the relay drops it.
 fn upstream_body(
     request: &ChatRequest,
     provider: &Provider,
     model: &str,
-    strip_usage: &mut bool,
-) -> Map<String, Value> {
+) -> (Map<String, Value>, bool) {
     let mut body = request.body.clone();
     body.insert(
         "model".into(),
         Value::String(provider.upstream_model(model).to_string()),
     );
-    *strip_usage = false;
+    let mut strip_usage = false;
     if request.stream && provider.stream_usage {
         let options = body
             .entry("stream_options")
@@ -578,11 +735,11 @@ fn upstream_body(
         if let Value::Object(o) = options {
             if o.get("include_usage").and_then(Value::as_bool) != Some(true) {
                 o.insert("include_usage".into(), Value::Bool(true));
-                *strip_usage = true;
+                strip_usage = true;
             }
         }
     }
-    body
+    (body, strip_usage)
 }
 
 /// Tokens an upstream reported.
@@ -603,21 +760,80 @@ fn usage_of(v: &Value) -> Option<Usage> {
     })
 }
 
-/// Counts an answer's real cost: metrics, and the spend counters by what exceeds the
-/// estimate already reserved.
-#[derive(Clone)]
-struct Accounting {
+/// A request's spend: estimates reserved against the caps before each model is tried, then
+/// settled to the upstreams' reported usage (up or down: upstream figures are trusted, unlike
+/// a caller's `/v1/usage`). Settles by itself when dropped, so that a request that fails or
+/// whose client goes away gives back what it reserved.
+struct Spend {
     state: AppState,
     caps: Vec<CapKey>,
-    /// Estimate reserved when routing (0 for a pass-through).
-    estimate_usd: f64,
-    /// Real cost of earlier answers of this request (a cascade's rejected ones).
+    /// Reserved now.
+    reserved_usd: f64,
+    /// Really spent on answers that were not the last (a cascade's rejected ones).
     spent_usd: f64,
+    /// Real costs by model, for the metrics once settled.
+    costs: Vec<(String, f64)>,
+    settled: bool,
 }
 
-impl Accounting {
-    fn cost(&self, model: &str, usage: Option<Usage>) -> f64 {
-        let Some(u) = usage else { return 0.0 };
+impl Spend {
+    fn new(state: &AppState, caps: Vec<CapKey>, first: &Candidate) -> Self {
+        Spend {
+            state: state.clone(),
+            caps,
+            reserved_usd: first.estimate_usd.filter(|_| first.reserved).unwrap_or(0.0),
+            spent_usd: 0.0,
+            costs: Vec::new(),
+            settled: false,
+        }
+    }
+
+    /// Reserves `c`'s estimate (unless already reserved); false when a cap refuses it.
+    async fn reserve(&mut self, c: &Candidate) -> bool {
+        let (Some(cost), false, false) = (c.estimate_usd, c.reserved, self.caps.is_empty()) else {
+            return true;
+        };
+        let (result, _) = self.state.ledger.reserve(&self.caps, cost).await;
+        if result.is_ok() {
+            self.reserved_usd += cost;
+        }
+        result.is_ok()
+    }
+
+    /// Gives back `c`'s reservation (it failed).
+    fn release(&mut self, c: &Candidate) {
+        if let (Some(cost), false) = (c.estimate_usd, self.caps.is_empty()) {
+            // the router's own reservation counts as reserved here too
+            let cost = cost.min(self.reserved_usd);
+            self.reserved_usd -= cost;
+            if cost > 0.0 {
+                let (ledger, caps) = (Arc::clone(&self.state.ledger), self.caps.clone());
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move { ledger.adjust(&caps, -cost).await });
+                }
+            }
+        }
+    }
+
+    /// Moves the spend counters by `delta` (off the caller's path), then counts `costs` in the
+    /// metrics, so that what the metrics show the counters hold.
+    fn adjust(&self, delta: f64) {
+        let (ledger, caps) = (Arc::clone(&self.state.ledger), self.caps.clone());
+        let (metrics, costs) = (Arc::clone(&self.state.metrics), self.costs.clone());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if delta != 0.0 && !caps.is_empty() {
+                    ledger.adjust(&caps, delta).await;
+                }
+                for (model, cost) in costs {
+                    metrics.usage(&model, cost);
+                }
+            });
+        }
+    }
+
+    /// The real cost of `usage` on `model` (0 without a catalog price).
+    fn cost(&mut self, model: &str, usage: Usage) -> f64 {
         let index = self.state.engine.get().map(|e| e.index());
         let cost = index
             .as_ref()
@@ -625,26 +841,38 @@ impl Accounting {
                 i.table()
                     .catalog
                     .get(model)
-                    .map(|m| m.cost_usd(u.prompt, u.completion))
+                    .map(|m| m.cost_usd(usage.prompt, usage.completion))
             })
             .unwrap_or(0.0);
-        self.state.metrics.usage(model, cost);
+        self.costs.push((model.to_string(), cost));
         cost
     }
 
     /// Adds an answer that was not the last (a cascade's rejected one).
-    fn add(&mut self, model: &str, usage: Option<Usage>) {
-        self.spent_usd += self.cost(model, usage);
+    fn add(&mut self, model: &str, usage: Option<Usage>, estimate: Option<f64>) {
+        self.spent_usd += match usage {
+            Some(u) => self.cost(model, u),
+            None => estimate.unwrap_or(0.0),
+        };
     }
 
-    /// Settles the request with its final answer's usage (`None`: not reported, the estimate
-    /// stands).
-    async fn settle(self, model: &str, usage: Option<Usage>) {
-        let total = self.spent_usd + self.cost(model, usage);
-        let delta = (total - self.estimate_usd).max(0.0);
-        if delta > 0.0 && !self.caps.is_empty() {
-            self.state.ledger.adjust(&self.caps, delta).await;
+    /// Settles with the final answer's usage; without a reported usage its estimate stands.
+    fn settle(&mut self, model: &str, usage: Option<Usage>, estimate: Option<f64>) {
+        self.add(model, usage, estimate);
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.adjust(self.spent_usd - self.reserved_usd);
         }
+    }
+}
+
+impl Drop for Spend {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -654,99 +882,92 @@ async fn forward(
     request: ChatRequest,
     plan: Plan,
 ) -> Result<Response, ApiError> {
-    let deadline = Instant::now() + Duration::from_millis(proxy.config.timeouts.total_ms);
-    let mut accounting = Accounting {
-        state: state.clone(),
-        caps: plan.caps.clone(),
-        estimate_usd: plan
-            .routed
-            .as_ref()
-            .and_then(|r| {
-                r.selection
-                    .estimated_cost_usd
-                    .filter(|_| r.selection.counted.is_some())
-            })
-            .unwrap_or(0.0),
-        spent_usd: 0.0,
+    let mut run = Run {
+        deadline: Instant::now() + Duration::from_millis(proxy.config.timeouts.total_ms),
+        spend: Spend::new(state, plan.caps.clone(), &plan.models[0]),
+        tries: 0,
     };
     let mut start = 0;
-    let mut tries = 0;
     let mut escalations = Vec::new();
     loop {
-        let mut strip_usage = false;
-        let answered = match attempt(
-            state,
-            proxy,
-            &request,
-            &plan.models,
-            start,
-            deadline,
-            &mut strip_usage,
-        )
-        .await?
-        {
+        let answered = match attempt(state, proxy, &request, &plan, start, &mut run).await? {
             Attempt::Answered(a) => a,
-            Attempt::Refused(response) => return Ok(relay_refusal(response).await),
+            Attempt::Refused {
+                status,
+                headers,
+                body,
+                position,
+            } => {
+                let ours = decision_headers(&plan, position, run.tries, &escalations);
+                return Ok(body_response(status, &headers, ours, Body::from(body)));
+            }
         };
-        tries += answered.tries;
-        let model = plan.models[answered.position].clone();
-        let headers = decision_headers(&plan, &model, answered.position, tries, &escalations);
+        let candidate = &plan.models[answered.position];
+        let model = candidate.model.clone();
+        let ours = decision_headers(&plan, answered.position, run.tries, &escalations);
         let last_candidate = answered.position + 1 == plan.models.len();
         let check = plan.cascade.as_ref().filter(|_| !last_candidate);
         let Some(check) = check else {
             // no check to make: the answer goes to the client as it comes
-            return Ok(if request.stream {
-                stream_response(
-                    answered.response,
-                    headers,
-                    strip_usage,
-                    proxy,
-                    deadline,
-                    accounting,
-                    model,
-                )
-            } else {
-                let (status, upstream_headers, bytes) =
-                    read_body(answered.response, deadline, &model).await?;
-                let usage = serde_json::from_slice::<Value>(&bytes)
-                    .ok()
-                    .and_then(|v| usage_of(&v));
-                accounting.settle(&model, usage).await;
-                body_response(status, &upstream_headers, headers, Body::from(bytes))
+            return Ok(match answered.body {
+                AnswerBody::Stream { first, rest } => stream_response(
+                    answered.status,
+                    &answered.headers,
+                    ours,
+                    Relay {
+                        upstream: rest,
+                        events: SseEvents::new(first, answered.strip_usage, false),
+                        idle: Duration::from_millis(proxy.config.timeouts.idle_ms),
+                        deadline: run.deadline,
+                        done: false,
+                        settle: Some((run.spend, model, candidate.estimate_usd)),
+                    },
+                ),
+                AnswerBody::Whole(bytes) => {
+                    let usage = serde_json::from_slice::<Value>(&bytes)
+                        .ok()
+                        .and_then(|v| usage_of(&v));
+                    run.spend.settle(&model, usage, candidate.estimate_usd);
+                    body_response(answered.status, &answered.headers, ours, Body::from(bytes))
+                }
             });
         };
         // the cascade reads the whole answer before the client sees any of it
-        let (status, upstream_headers, bytes, answer) = if request.stream {
-            match collect_stream(answered.response, strip_usage, proxy, deadline).await {
-                Ok(c) => (StatusCode::OK, c.headers, Bytes::from(c.bytes), c.answer),
-                Err(reason) => {
-                    escalations.push(format!("{model}: {reason}"));
-                    start = answered.position + 1;
-                    continue;
+        let (bytes, answer) = match answered.body {
+            AnswerBody::Whole(bytes) => {
+                let answer = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .map(|v| Answer::of_completion(&v))
+                    .unwrap_or_default();
+                (bytes, answer)
+            }
+            AnswerBody::Stream { first, rest } => {
+                let idle = Duration::from_millis(proxy.config.timeouts.idle_ms);
+                match collect_stream(first, rest, answered.strip_usage, idle, run.deadline).await {
+                    Ok((bytes, answer)) => (Bytes::from(bytes), answer),
+                    Err(reason) => {
+                        run.spend.add(&model, None, candidate.estimate_usd);
+                        escalations.push(format!("{model}: {reason}"));
+                        start = answered.position + 1;
+                        continue;
+                    }
                 }
             }
-        } else {
-            let (status, upstream_headers, bytes) =
-                read_body(answered.response, deadline, &model).await?;
-            let answer = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .map(|v| Answer::of_completion(&v))
-                .unwrap_or_default();
-            (status, upstream_headers, bytes, answer)
         };
         match check.failure(&answer.text, answer.tool_calls, request.wants_json) {
             None => {
-                accounting.settle(&model, answer.usage).await;
+                run.spend
+                    .settle(&model, answer.usage, candidate.estimate_usd);
                 return Ok(body_response(
-                    status,
-                    &upstream_headers,
-                    headers,
+                    answered.status,
+                    &answered.headers,
+                    ours,
                     Body::from(bytes),
                 ));
             }
             Some(reason) => {
                 tracing::info!(%model, %reason, "cascade: answer failed the check; escalating");
-                accounting.add(&model, answer.usage);
+                run.spend.add(&model, answer.usage, candidate.estimate_usd);
                 escalations.push(format!("{model}: {reason}"));
                 start = answered.position + 1;
             }
@@ -755,20 +976,14 @@ async fn forward(
 }
 
 /// The switchyard headers of a proxied answer.
-fn decision_headers(
-    plan: &Plan,
-    model: &str,
-    position: usize,
-    tries: u32,
-    escalations: &[String],
-) -> HeaderMap {
+fn decision_headers(plan: &Plan, position: usize, tries: u32, escalations: &[String]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut put = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), v);
         }
     };
-    put("x-switchyard-model", model.to_string());
+    put("x-switchyard-model", plan.models[position].model.clone());
     put("x-switchyard-fallback", (position > 0).to_string());
     put("x-switchyard-attempts", tries.to_string());
     if !escalations.is_empty() {
@@ -822,27 +1037,7 @@ impl Answer {
     }
 }
 
-async fn read_body(
-    response: reqwest::Response,
-    deadline: Instant,
-    model: &str,
-) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
-    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::OK);
-    let headers = response.headers().clone();
-    let left = deadline.saturating_duration_since(Instant::now());
-    match tokio::time::timeout(left, response.bytes()).await {
-        Ok(Ok(bytes)) => Ok((status, headers, bytes)),
-        Ok(Err(e)) => Err(ApiError::Upstream(format!(
-            "{model}: the answer broke off: {}",
-            error_chain(&e)
-        ))),
-        Err(_) => Err(ApiError::UpstreamTimeout(format!(
-            "{model}: the answer did not finish within timeouts.total_ms"
-        ))),
-    }
-}
-
-/// A response with the upstream's content type and our headers.
+/// A response with the upstream's status and content type, and our headers.
 fn body_response(
     status: StatusCode,
     upstream: &HeaderMap,
@@ -860,31 +1055,24 @@ fn body_response(
     response
 }
 
-/// An upstream's refusal of the request itself, passed on as it came.
-async fn relay_refusal(response: reqwest::Response) -> Response {
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap_or_default();
-    body_response(status, &headers, HeaderMap::new(), Body::from(bytes))
-}
-
 /// Splits an SSE byte stream into whole events (each ending with a blank line) and inspects
-/// the `data:` payloads for usage and, when asked, the answer's text.
+/// the `data:` payloads for usage, the end marker and, when asked, the answer's text.
 struct SseEvents {
     buf: Vec<u8>,
     strip_usage: bool,
     collect: bool,
     answer: Answer,
+    done_seen: bool,
 }
 
 impl SseEvents {
-    fn new(strip_usage: bool, collect: bool) -> Self {
+    fn new(first: Vec<u8>, strip_usage: bool, collect: bool) -> Self {
         SseEvents {
-            buf: Vec::new(),
+            buf: first,
             strip_usage,
             collect,
             answer: Answer::default(),
+            done_seen: false,
         }
     }
 
@@ -911,7 +1099,11 @@ impl SseEvents {
                 continue;
             };
             let data = data.trim_start();
-            if data == "[DONE]" || !(self.collect || data.contains("\"usage\"")) {
+            if data == "[DONE]" {
+                self.done_seen = true;
+                continue;
+            }
+            if !(self.collect || data.contains("\"usage\"")) {
                 continue;
             }
             let Ok(v) = serde_json::from_str::<Value>(data) else {
@@ -964,7 +1156,7 @@ fn error_event(message: &str) -> Vec<u8> {
     format!("data: {body}\n\n").into_bytes()
 }
 
-/// The next chunk of an upstream stream within the idle and total timeouts.
+/// The next chunk of an upstream stream within the idle timeout and the deadline.
 async fn next_chunk(
     upstream: &mut (impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin),
     idle: Duration,
@@ -974,11 +1166,11 @@ async fn next_chunk(
     match tokio::time::timeout(idle.min(left), upstream.next()).await {
         Ok(Some(Ok(bytes))) => Ok(Some(bytes)),
         Ok(None) => Ok(None),
-        Ok(Some(Err(e))) => Err(format!(
-            "the upstream stream broke off: {}",
-            error_chain(&e)
-        )),
-        Err(_) if left <= idle => Err("the answer did not finish within timeouts.total_ms".into()),
+        Ok(Some(Err(e))) => {
+            tracing::warn!(error = %error_chain(&e), "upstream stream broke off");
+            Err("the upstream stream broke off".into())
+        }
+        Err(_) if left <= idle => Err("no answer within the time allowed (timeouts)".into()),
         Err(_) => Err(format!(
             "the upstream sent nothing for {} ms (timeouts.idle_ms)",
             idle.as_millis()
@@ -986,36 +1178,31 @@ async fn next_chunk(
     }
 }
 
-/// A whole streamed answer, read for the cascade.
-struct Collected {
-    headers: HeaderMap,
-    bytes: Vec<u8>,
-    answer: Answer,
-}
-
+/// A whole streamed answer, read for the cascade: its bytes as the client would get them, and
+/// what it said.
 async fn collect_stream(
-    response: reqwest::Response,
+    first: Vec<u8>,
+    mut rest: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
     strip_usage: bool,
-    proxy: &Proxy,
+    idle: Duration,
     deadline: Instant,
-) -> Result<Collected, String> {
-    let headers = response.headers().clone();
-    let idle = Duration::from_millis(proxy.config.timeouts.idle_ms);
-    let mut upstream = response.bytes_stream();
-    let mut events = SseEvents::new(strip_usage, true);
+) -> Result<(Vec<u8>, Answer), String> {
+    let mut events = SseEvents::new(first, strip_usage, true);
     let mut bytes = Vec::new();
-    while let Some(chunk) = next_chunk(&mut upstream, idle, deadline).await? {
-        events.buf.extend_from_slice(&chunk);
+    loop {
         while let Some(event) = events.next_event() {
             bytes.extend_from_slice(&event);
         }
+        match next_chunk(&mut rest, idle, deadline).await? {
+            Some(chunk) => events.buf.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    if !events.done_seen {
+        return Err("the stream ended without `data: [DONE]`".into());
     }
     bytes.append(&mut events.buf);
-    Ok(Collected {
-        headers,
-        bytes,
-        answer: events.answer,
-    })
+    Ok((bytes, events.answer))
 }
 
 /// Relays an upstream stream event by event; settles the spend when it ends, breaks, or the
@@ -1026,7 +1213,7 @@ struct Relay {
     idle: Duration,
     deadline: Instant,
     done: bool,
-    settle: Option<(Accounting, String)>,
+    settle: Option<(Spend, String, Option<f64>)>,
 }
 
 impl Relay {
@@ -1039,27 +1226,30 @@ impl Relay {
                 self.finish();
                 return (!self.events.buf.is_empty()).then(|| std::mem::take(&mut self.events.buf));
             }
-            match next_chunk(&mut self.upstream, self.idle, self.deadline).await {
-                Ok(Some(bytes)) => self.events.buf.extend_from_slice(&bytes),
-                Ok(None) => self.done = true,
-                Err(reason) => {
-                    tracing::warn!(%reason, "upstream stream failed; ending the client's stream with an error event");
-                    self.done = true;
-                    // a half-received event is dropped: the client gets whole events only
-                    self.events.buf.clear();
-                    self.finish();
-                    return Some(error_event(&reason));
+            let failure = match next_chunk(&mut self.upstream, self.idle, self.deadline).await {
+                Ok(Some(bytes)) => {
+                    self.events.buf.extend_from_slice(&bytes);
+                    continue;
                 }
-            }
+                Ok(None) if self.events.done_seen => {
+                    self.done = true;
+                    continue;
+                }
+                Ok(None) => "the upstream ended the stream without `data: [DONE]`".to_string(),
+                Err(reason) => reason,
+            };
+            tracing::warn!(reason = %failure, "upstream stream failed; ending the client's stream with an error event");
+            self.done = true;
+            // a half-received event is dropped: the client gets whole events only
+            self.events.buf.clear();
+            self.finish();
+            return Some(error_event(&failure));
         }
     }
 
     fn finish(&mut self) {
-        if let Some((accounting, model)) = self.settle.take() {
-            let usage = self.events.answer.usage;
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { accounting.settle(&model, usage).await });
-            }
+        if let Some((mut spend, model, estimate)) = self.settle.take() {
+            spend.settle(&model, self.events.answer.usage, estimate);
         }
     }
 }
@@ -1071,29 +1261,16 @@ impl Drop for Relay {
 }
 
 fn stream_response(
-    response: reqwest::Response,
+    status: StatusCode,
+    upstream: &HeaderMap,
     ours: HeaderMap,
-    strip_usage: bool,
-    proxy: &Proxy,
-    deadline: Instant,
-    accounting: Accounting,
-    model: String,
+    relay: Relay,
 ) -> Response {
-    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::OK);
-    let upstream_headers = response.headers().clone();
-    let relay = Relay {
-        upstream: response.bytes_stream().boxed(),
-        events: SseEvents::new(strip_usage, false),
-        idle: Duration::from_millis(proxy.config.timeouts.idle_ms),
-        deadline,
-        done: false,
-        settle: Some((accounting, model)),
-    };
     let body = futures_util::stream::unfold(relay, |mut relay| async move {
         let chunk = relay.next().await?;
         Some((Ok::<_, Infallible>(Bytes::from(chunk)), relay))
     });
-    let mut response = body_response(status, &upstream_headers, ours, Body::from_stream(body));
+    let mut response = body_response(status, upstream, ours, Body::from_stream(body));
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -1113,7 +1290,7 @@ mod tests {
 
     #[test]
     fn events_split_on_blank_lines_and_usage_chunks_can_be_dropped() {
-        let mut e = SseEvents::new(true, true);
+        let mut e = SseEvents::new(Vec::new(), true, true);
         e.buf.extend_from_slice(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\r\n\r\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\npartial");
         let mut out = Vec::new();
         while let Some(event) = e.next_event() {
@@ -1130,7 +1307,7 @@ mod tests {
 
     #[test]
     fn a_usage_chunk_the_client_asked_for_is_kept() {
-        let mut e = SseEvents::new(false, false);
+        let mut e = SseEvents::new(Vec::new(), false, false);
         e.buf
             .extend_from_slice(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n");
         assert!(e.next_event().is_some());
@@ -1159,8 +1336,8 @@ mod tests {
         assert_eq!(r.user_turns, ["first", "look"]);
         assert_eq!(r.capabilities, ["tools", "vision"]);
         assert_eq!(
-            r.other_text_bytes,
-            "be brief".len() + "first".len() + "ok".len()
+            r.text_bytes(),
+            "be brief".len() + "first".len() + "ok".len() + "look".len()
         );
         for (bad, needle) in [
             (

@@ -6,6 +6,7 @@ mod common;
 mod cost;
 mod e2e;
 mod faults;
+mod fuzz_regressions;
 mod model;
 mod proxy;
 mod redis;

@@ -145,7 +145,13 @@ fn h<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 #[tokio::test]
 async fn auto_routes_to_the_chosen_model_at_its_provider() {
     let p = proxied("").await;
-    let (status, headers, body) = chat(&p.state, ask("auto", "hello there")).await;
+    let mut req = chat_request(&ask("auto", "hello there"), "t");
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        "Bearer client-secret".parse().unwrap(),
+    );
+    let (status, headers, body) = send(&p.state, req).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     // the catalog name is renamed for the provider; the answer is the upstream's, untouched
     assert_eq!(
@@ -487,6 +493,29 @@ async fn the_cascade_escalates_answers_that_fail_its_check() {
     assert!(String::from_utf8_lossy(&got).contains("valid"));
 }
 
+/// Waits until the metrics report `usd` of upstream usage for `model` (settlement runs just
+/// after the answer; the spend counters move before the metrics do).
+async fn wait_for_reported_spend(state: &AppState, model: &str, usd: f64) {
+    let prefix = format!("switchyard_reported_spend_usd_total{{model=\"{model}\"}} ");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, m) = send(state, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+        let text = String::from_utf8(m.to_vec()).unwrap();
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|v| v.parse::<f64>().unwrap());
+        if value.is_some_and(|v| (v - usd).abs() < 1e-9) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{model}: {value:?}, not {usd}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn upstream_usage_feeds_the_spend_caps() {
     let p = proxied("").await;
@@ -503,20 +532,7 @@ async fn upstream_usage_feeds_the_spend_caps() {
     .await;
     assert_eq!(status, StatusCode::OK);
     // streamed answers are settled when the stream ends, just after the client has it all
-    let metrics = || async {
-        let (_, _, m) = send(
-            &p.state,
-            Request::get("/metrics").body(Body::empty()).unwrap(),
-        )
-        .await;
-        String::from_utf8(m.to_vec()).unwrap()
-    };
-    let settled = "switchyard_reported_spend_usd_total{model=\"premium\"} 0.6";
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !metrics().await.contains(settled) {
-        assert!(Instant::now() < deadline, "{}", metrics().await);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_reported_spend(&p.state, "premium", 0.6).await;
     // $0.60 of reported usage leaves no room under the $0.50 cap
     let (status, _, body) = chat(&p.state, ask("auto", "hello there")).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
@@ -784,4 +800,104 @@ async fn an_unmodified_openai_client_works_end_to_end() {
             .iter()
             .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {UPSTREAM_KEY}")))
     );
+}
+
+#[tokio::test]
+async fn a_stream_silent_after_its_headers_is_retried_then_replaced() {
+    let p = proxied("").await;
+    p.upstream.script(
+        "premium-v2",
+        vec![Behaviour::SilentAfterHeaders(Duration::from_secs(3)); 2],
+    );
+    let started = Instant::now();
+    let (status, headers, got) = send(
+        &p.state,
+        chat_request(&streaming("auto", "hello there", true), "t"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // nothing had reached the client, so the next candidate could still answer
+    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
+    assert_eq!(h(&headers, "x-switchyard-fallback"), "true");
+    assert!(String::from_utf8_lossy(&got).ends_with("data: [DONE]\n\n"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_without_done_ends_with_an_error_event() {
+    let p = proxied("").await;
+    p.upstream.script("premium-v2", [Behaviour::NoDone]);
+    let (_, _, got) = send(
+        &p.state,
+        chat_request(&streaming("auto", "hello there", true), "t"),
+    )
+    .await;
+    let got = String::from_utf8(got.to_vec()).unwrap();
+    let last = got.split_inclusive("\n\n").last().unwrap();
+    assert!(last.contains("without `data: [DONE]`"), "{got}");
+}
+
+#[tokio::test]
+async fn a_model_named_directly_is_held_to_the_same_spend_caps() {
+    let p = proxied("").await;
+    // $0.30 each as reported; the second crosses the $0.50 cap; the third is refused
+    for _ in 0..2 {
+        let (status, headers, _) = chat(&p.state, ask("premium", "hi")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(h(&headers, "x-switchyard-outcome"), "passthrough");
+    }
+    // the second answer's settlement lands just after it
+    wait_for_reported_spend(&p.state, "premium", 0.6).await;
+    let (status, _, body) = chat(&p.state, ask("premium", "hi")).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["error"]["type"], "budget_exhausted");
+    assert_eq!(p.upstream.models(), ["premium-v2", "premium-v2"]);
+}
+
+#[tokio::test]
+async fn failed_requests_give_back_what_they_reserved() {
+    let p = proxied("").await;
+    // one real answer: $0.30 of the $0.50 cap
+    let (_, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+    // twenty requests that fail on every candidate reserve ~$0.01 each while they run
+    for _ in 0..20 {
+        for m in ["premium-v2", "mid", "cheap"] {
+            p.upstream.script(m, vec![Behaviour::Status(500); 2]);
+        }
+        let (status, _, _) = chat(&p.state, ask("auto", "hello there")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // had they kept it, premium (~$0.01) would no longer fit under the cap
+    let (status, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+}
+
+#[tokio::test]
+async fn long_conversations_fit_the_proxys_own_body_limit() {
+    let p = proxied("").await;
+    // 1.5 MiB of request, over the route endpoints' 1 MiB (in a field the proxy passes on as
+    // it is, so that the context windows still fit)
+    let mut body = ask("auto", "hello there");
+    body["metadata"] = json!({"attachment": "x".repeat(1536 * 1024)});
+    let (status, headers, _) = chat(&p.state, body.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-switchyard-route"), "greet");
+    assert_eq!(
+        p.upstream.received()[0].body["metadata"],
+        body["metadata"],
+        "forwarded whole"
+    );
+    // the route endpoint keeps its own, smaller limit
+    let req = Request::post("/v1/route")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    assert_eq!(send(&p.state, req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
 }

@@ -29,6 +29,10 @@ pub enum Behaviour {
     PauseAfterFirst(Duration),
     /// Streams one chunk, then waits for [`Upstream::release`] before the rest.
     Gate,
+    /// Sends the stream's headers, then waits this long before the first event.
+    SilentAfterHeaders(Duration),
+    /// Streams the whole answer but ends without `data: [DONE]`.
+    NoDone,
 }
 
 /// One request the upstream received.
@@ -217,6 +221,8 @@ async fn completions(
         Behaviour::CutAfter(n) => (all[..n.min(all.len())].to_vec(), true, None),
         Behaviour::PauseAfterFirst(d) => (all, false, Some(Pause::For(d))),
         Behaviour::Gate => (all, false, Some(Pause::Gate)),
+        Behaviour::SilentAfterHeaders(d) => (all, false, Some(Pause::Before(d))),
+        Behaviour::NoDone => (all[..all.len() - 1].to_vec(), false, None),
         _ => (all, false, None),
     };
     shared.streamed.lock().unwrap().push(send.concat());
@@ -226,11 +232,14 @@ async fn completions(
         |(mut it, pause, cut_at, shared)| async move {
             match it.next() {
                 Some((i, event)) => {
+                    if let (0, Some(Pause::Before(d))) = (i, &pause) {
+                        tokio::time::sleep(*d).await;
+                    }
                     if i == 1 {
                         match &pause {
                             Some(Pause::For(d)) => tokio::time::sleep(*d).await,
                             Some(Pause::Gate) => shared.gate.notified().await,
-                            None => {}
+                            Some(Pause::Before(_)) | None => {}
                         }
                     }
                     Some((Ok(Bytes::from(event)), (it, pause, cut_at, shared)))
@@ -253,4 +262,5 @@ async fn completions(
 enum Pause {
     For(Duration),
     Gate,
+    Before(Duration),
 }
