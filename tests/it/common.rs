@@ -175,8 +175,13 @@ routes:
 
 /// An index of [`FAKE_ROUTES`] built with `embedder`.
 pub fn fake_index(embedder: &mut FakeEmbedder) -> tempfile::TempDir {
-    let table = config::parse_sources(&[(PathBuf::from("fake.yaml"), FAKE_ROUTES.into())])
-        .expect("fake routes are valid");
+    index_of(FAKE_ROUTES, embedder)
+}
+
+/// An index of the route file `routes` built with `embedder`.
+pub fn index_of(routes: &str, embedder: &mut FakeEmbedder) -> tempfile::TempDir {
+    let table = config::parse_sources(&[(PathBuf::from("routes.yaml"), routes.into())])
+        .expect("test routes are valid");
     let dir = tempfile::tempdir().unwrap();
     indexer::build(
         &table,
@@ -193,6 +198,16 @@ pub fn fake_engine(embedder: &FakeEmbedder, dir: &Path, options: EngineOptions) 
     Arc::new(Engine::open(dir, vec![embedder.clone()], options).unwrap())
 }
 
+/// An engine over the route file `routes` with a fresh [`FakeEmbedder`]; keep the directory.
+pub fn fake_engine_for(routes: &str) -> (Arc<Engine>, tempfile::TempDir) {
+    let mut fake = FakeEmbedder::new("fake");
+    let dir = index_of(routes, &mut fake);
+    (
+        fake_engine(&fake, dir.path(), EngineOptions::default()),
+        dir,
+    )
+}
+
 /// The real binary, pointed at the model.
 pub fn switchyard() -> Command {
     let spec = model_spec();
@@ -205,7 +220,16 @@ pub fn switchyard() -> Command {
 
 /// Starts `switchyard serve` on a free port; returns the process and its base URL.
 pub fn serve(index: &Path, extra: &[&str]) -> (std::process::Child, String) {
-    let mut child = switchyard()
+    serve_with(switchyard(), index, extra)
+}
+
+/// [`serve`] with a command of the caller's (e.g. with more environment).
+pub fn serve_with(
+    mut command: Command,
+    index: &Path,
+    extra: &[&str],
+) -> (std::process::Child, String) {
+    let mut child = command
         .args(["serve", "--addr", "127.0.0.1:0", "--index"])
         .arg(index)
         .args(extra)

@@ -5,10 +5,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use switchyard::config;
-use switchyard::engine::{Engine, EngineOptions};
-use switchyard::index::IndexParams;
-use switchyard::indexer;
 use switchyard::server::{AppState, ServerOptions, app};
 use tower::ServiceExt;
 
@@ -48,22 +44,8 @@ fn state() -> (AppState, tempfile::TempDir) {
 }
 
 fn state_without_admin() -> (AppState, tempfile::TempDir) {
-    let table = config::parse_sources(&[("cost.yaml".into(), COST_ROUTES.into())]).unwrap();
-    let mut fake = FakeEmbedder::new("fake");
-    let dir = tempfile::tempdir().unwrap();
-    indexer::build(
-        &table,
-        &mut fake,
-        dir.path(),
-        IndexParams::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    let engine = Engine::open(dir.path(), vec![fake], EngineOptions::default()).unwrap();
-    (
-        AppState::with_engine(std::sync::Arc::new(engine), ServerOptions::default()),
-        dir,
-    )
+    let (engine, dir) = fake_engine_for(COST_ROUTES);
+    (AppState::with_engine(engine, ServerOptions::default()), dir)
 }
 
 async fn call(state: &AppState, uri: &str, tenant: &str, body: Value) -> (StatusCode, Value) {

@@ -8,10 +8,6 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use switchyard::config;
-use switchyard::engine::{Engine, EngineOptions};
-use switchyard::index::IndexParams;
-use switchyard::indexer;
 use switchyard::proxy::ProxyConfig;
 use switchyard::server::{AppState, ServerOptions, app};
 use tower::ServiceExt;
@@ -85,21 +81,10 @@ fn parse_proxy(text: &str) -> ProxyConfig {
 /// A server over [`PROXY_ROUTES`] (fake embedder) proxying to a fresh fake upstream.
 async fn proxied(extra: &str) -> Proxied {
     let upstream = Upstream::start().await;
-    let table = config::parse_sources(&[("proxy.yaml".into(), PROXY_ROUTES.into())]).unwrap();
-    let mut fake = FakeEmbedder::new("fake");
-    let dir = tempfile::tempdir().unwrap();
-    indexer::build(
-        &table,
-        &mut fake,
-        dir.path(),
-        IndexParams::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    let engine = Engine::open(dir.path(), vec![fake], EngineOptions::default()).unwrap();
+    let (engine, dir) = fake_engine_for(PROXY_ROUTES);
     let config = parse_proxy(&proxy_file(&upstream, extra));
     assert_eq!(config.check(engine.index().table()), Vec::<String>::new());
-    let state = AppState::with_engine(std::sync::Arc::new(engine), ServerOptions::default())
+    let state = AppState::with_engine(engine, ServerOptions::default())
         .with_proxy(config)
         .unwrap();
     Proxied {
@@ -603,15 +588,8 @@ async fn api_keys_and_rate_limits_guard_the_route_and_proxy_endpoints() {
 
 #[tokio::test]
 async fn without_a_proxy_file_the_proxy_endpoints_say_how_to_turn_it_on() {
-    let (state, _dir) = {
-        let mut fake = FakeEmbedder::new("fake");
-        let dir = fake_index(&mut fake);
-        let engine = Engine::open(dir.path(), vec![fake], EngineOptions::default()).unwrap();
-        (
-            AppState::with_engine(std::sync::Arc::new(engine), ServerOptions::default()),
-            dir,
-        )
-    };
+    let (engine, _dir) = fake_engine_for(FAKE_ROUTES);
+    let state = AppState::with_engine(engine, ServerOptions::default());
     let (status, _, body) = chat(&state, ask("auto", "hello")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(
@@ -686,7 +664,6 @@ async fn a_short_follow_up_stays_on_the_conversations_route() {
 /// The real binary serving the example routes on the real model, with every provider pointing
 /// at `upstream`; returns the process and its base URL.
 fn serve_proxy(upstream: &Upstream, dir: &std::path::Path) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
     let providers: String = ["openai", "groq", "anthropic", "vllm"]
         .iter()
         .map(|p| {
@@ -698,30 +675,18 @@ fn serve_proxy(upstream: &Upstream, dir: &std::path::Path) -> (std::process::Chi
         .collect();
     let file = dir.join("proxy.yaml");
     std::fs::write(&file, format!("version: 1\nproviders:\n{providers}")).unwrap();
-    let spec = model_spec();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .env("SWITCHYARD_MODEL_DIR", &spec.model_dir)
-        .env("SWITCHYARD_ORT_LIB", &spec.ort_library)
-        .env("SWITCHYARD_LOG", "warn")
-        .env("UP_KEY", UPSTREAM_KEY)
-        .env("SWITCHYARD_API_KEYS", "client-key,other-key")
-        .args(["serve", "--addr", "127.0.0.1:0", "--index"])
-        .arg(example_index().dir.path())
-        .arg("--proxy")
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("switchyard listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, base)
+    let mut command = switchyard();
+    command.env("UP_KEY", UPSTREAM_KEY);
+    serve_with(
+        command,
+        example_index().dir.path(),
+        &[
+            "--proxy",
+            file.to_str().unwrap(),
+            "--api-key",
+            "client-key,other-key",
+        ],
+    )
 }
 
 /// The `openai` Python package, unmodified, against the real binary. `scripts/test.sh`
