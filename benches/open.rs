@@ -74,5 +74,27 @@ fn main() {
             hnsw_s * 1e3 / QUERIES as f64,
             exact_s * 1e3 / QUERIES as f64
         );
+        // how recall and query time trade with the graph's search breadth, on the same graph
+        let truths: Vec<Vec<u32>> = queries
+            .chunks_exact(DIM)
+            .map(|q| {
+                exact_search(&vectors, DIM, q, K)
+                    .iter()
+                    .map(|h| h.id)
+                    .collect()
+            })
+            .collect();
+        for ef in [128, 512, 1024, 1536, 2048] {
+            let (mut found, t) = (0, Instant::now());
+            for (q, truth) in queries.chunks_exact(DIM).zip(&truths) {
+                let got = index.search_with_ef(q, K, ef).unwrap();
+                found += got.iter().filter(|h| truth.contains(&h.id)).count();
+            }
+            eprintln!(
+                "  {n} vectors, ef {ef}: recall@10 {:.4}, {:.3} ms a query",
+                found as f64 / (QUERIES * K) as f64,
+                t.elapsed().as_secs_f64() * 1e3 / QUERIES as f64
+            );
+        }
     }
 }
