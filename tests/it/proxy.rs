@@ -458,6 +458,9 @@ async fn the_cascade_escalates_answers_that_fail_its_check() {
         body["choices"][0]["message"]["content"],
         "answer from premium-v2"
     );
+    // both answers were paid for: both are counted
+    wait_for_reported_spend(&p.state, "cheap", 0.003).await;
+    wait_for_reported_spend(&p.state, "premium", 0.3).await;
 
     // JSON asked for and not given: escalated too, also when streaming
     p.upstream
