@@ -316,13 +316,9 @@ fn check_answer(uri: &str, request: &[u8], json: &Value) -> Result<(), String> {
         "/v1/route" => model(json),
         "/v1/route/batch" => {
             let asked = serde_json::from_slice::<Value>(request).map_err(|e| e.to_string())?;
-            // serde's derived `Deserialize` also reads a struct from an array of its fields in
-            // order, so `[["a", "b"]]` is a batch of two
-            let prompts = match &asked {
-                Value::Array(fields) => fields.first(),
-                _ => asked.get("prompts"),
-            };
-            let asked = prompts.and_then(Value::as_array).map(Vec::len);
+            // only an object is a batch (serde would also read `[["a", "b"]]`; the server
+            // refuses it with 422)
+            let asked = asked.get("prompts").and_then(Value::as_array).map(Vec::len);
             let results = json["results"].as_array().ok_or("no `results`")?;
             if asked != Some(results.len()) {
                 return Err(format!("{} results for {asked:?} prompts", results.len()));

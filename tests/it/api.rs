@@ -605,3 +605,27 @@ async fn the_openapi_document_describes_every_mounted_route() {
         );
     }
 }
+
+#[tokio::test]
+async fn bodies_must_be_json_objects() {
+    let state = AppState::with_engine(example_engine(), ServerOptions::default());
+    // serde alone would read these as the structs' fields in order
+    for (uri, body) in [
+        ("/v1/route", r#"["Where is my order?"]"#),
+        ("/v1/route/batch", r#"[["Where is my order?"]]"#),
+        ("/v1/usage", r#"["gpt-4o", 1, 2]"#),
+    ] {
+        let r = post(&state, uri, body).await;
+        let message = r.error(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+        assert!(message.contains("JSON object"), "{uri}: {message}");
+    }
+    // a `+json` media type with parameters is JSON too
+    let req = Request::post("/v1/route")
+        .header(
+            header::CONTENT_TYPE,
+            "application/vnd.api+json; charset=utf-8",
+        )
+        .body(Body::from(r#"{"prompt": "Where is my order?"}"#))
+        .unwrap();
+    assert_eq!(send(&state, req).await.status, StatusCode::OK);
+}
