@@ -248,6 +248,17 @@ pub fn serve_with(
     (child, base)
 }
 
+/// Runs a command that must succeed and prints JSON; returns the JSON.
+pub fn json_of(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `switchyard build ROUTES --out OUT`, which must succeed.
 pub fn build(routes: &Path, out: &Path) {
     let status = switchyard()

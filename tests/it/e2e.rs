@@ -16,17 +16,6 @@ fn edited_example_routes(edit: impl Fn(String) -> String) -> tempfile::TempDir {
     routes
 }
 
-/// Runs a command that must succeed and prints JSON; returns the JSON.
-fn json_of(cmd: &mut Command) -> serde_json::Value {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn build_serve_query_and_shut_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,18 +60,12 @@ fn build_serve_query_and_shut_down() {
 
 #[test]
 fn route_command_prints_the_api_json() {
-    let out = switchyard()
-        .args(["route", "--index"])
-        .arg(example_index().dir.path())
-        .arg("How do I reset my password?")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = json_of(
+        switchyard()
+            .args(["route", "--index"])
+            .arg(example_index().dir.path())
+            .arg("How do I reset my password?"),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["route"], "account_basics");
     assert!(v["neighbours"].is_array() && v["timings"].is_object());
 }
