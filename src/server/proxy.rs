@@ -806,20 +806,15 @@ impl Spend {
             // the router's own reservation counts as reserved here too
             let cost = cost.min(self.reserved_usd);
             self.reserved_usd -= cost;
-            if cost > 0.0 {
-                let (ledger, caps) = (Arc::clone(&self.state.ledger), self.caps.clone());
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move { ledger.adjust(&caps, -cost).await });
-                }
-            }
+            self.adjust(-cost, Vec::new());
         }
     }
 
     /// Moves the spend counters by `delta` (off the caller's path), then counts `costs` in the
     /// metrics, so that what the metrics show the counters hold.
-    fn adjust(&self, delta: f64) {
+    fn adjust(&self, delta: f64, costs: Vec<(String, f64)>) {
         let (ledger, caps) = (Arc::clone(&self.state.ledger), self.caps.clone());
-        let (metrics, costs) = (Arc::clone(&self.state.metrics), self.costs.clone());
+        let metrics = Arc::clone(&self.state.metrics);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 if delta != 0.0 && !caps.is_empty() {
@@ -865,7 +860,8 @@ impl Spend {
     fn finish(&mut self) {
         if !self.settled {
             self.settled = true;
-            self.adjust(self.spent_usd - self.reserved_usd);
+            let costs = std::mem::take(&mut self.costs);
+            self.adjust(self.spent_usd - self.reserved_usd, costs);
         }
     }
 }
