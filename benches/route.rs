@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use switchyard::config;
-use switchyard::embed::{DEFAULT_MAX_TOKENS, Embedder, ModelSpec, OnnxEmbedder, PoolingKind};
+use switchyard::embed::{
+    DEFAULT_MAX_TOKENS, DEFAULT_MODEL_DIR, DEFAULT_ORT_LIBRARY, Embedder, ModelSpec, OnnxEmbedder,
+    PoolingKind, REFERENCE_MODEL_DIR,
+};
 use switchyard::engine::{Engine, EngineOptions};
 use switchyard::index::IndexParams;
 use switchyard::indexer;
@@ -29,18 +32,12 @@ fn spec() -> ModelSpec {
             .unwrap_or_else(|| root.join(default))
     };
     ModelSpec {
-        model_dir: path(
-            "SWITCHYARD_MODEL_DIR",
-            ".cache/switchyard/models/all-MiniLM-L6-v2",
-        ),
-        ort_library: path(
-            "SWITCHYARD_ORT_LIB",
-            ".cache/switchyard/onnxruntime/libonnxruntime.so.1.31.1",
-        ),
+        model_dir: path("SWITCHYARD_MODEL_DIR", DEFAULT_MODEL_DIR),
+        ort_library: path("SWITCHYARD_ORT_LIB", DEFAULT_ORT_LIBRARY),
         pooling: PoolingKind::Mean,
         max_tokens: DEFAULT_MAX_TOKENS,
-        // as `switchyard serve` runs by default
-        intra_threads: 2,
+        // as each of `switchyard serve`'s workers runs by default
+        intra_threads: 1,
         spinning: false,
     }
 }
@@ -127,21 +124,49 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-/// ONNX Runtime session settings, side by side: one prompt and a batch of 32, by intra-op
-/// threads and spinning. The figures chose the defaults (1 thread, no spinning).
+/// The model and ONNX Runtime session settings, side by side: one prompt and a batch of 32
+/// (prompts of the load test's kinds, so of several lengths), for the reference model (fp32
+/// compute) and the default (int8 MatMuls, which embeds a batch's prompts one by one), by
+/// intra-op threads, spinning and whether a batch is split by length (`padded` = one pass padded
+/// to the longest prompt). The figures chose the defaults: the int8 model, one thread per
+/// session, no spinning.
 fn session_settings(c: &mut Criterion) {
+    let kinds = [
+        "Where is my order #{}? It should have arrived by now.",
+        "My package {} arrived damaged and the warranty expired, how do I get a refund?",
+        "Write a Python function that returns the {}th Fibonacci number",
+        "How do I reset my password? I tried {} times",
+    ];
     let prompts: Vec<String> = (0..32)
-        .map(|i| format!("Where is my order #{i}? It should have arrived by now."))
+        .map(|i| kinds[i % kinds.len()].replace("{}", &(i * 7919).to_string()))
         .collect();
     let batch: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut g = c.benchmark_group("session_settings");
-    g.throughput(criterion::Throughput::Elements(1));
-    for (threads, spinning) in [(1, false), (2, false), (1, true), (2, true)] {
+    let variants = [
+        ("reference", 1, false, true),
+        ("reference", 1, false, false),
+        ("reference", 2, false, true),
+        ("q8", 1, false, true),
+        ("q8", 2, false, true),
+        ("q8", 1, true, true),
+    ];
+    for (model, threads, spinning, split) in variants {
         let mut s = spec();
+        if model == "reference" {
+            s.model_dir = root.join(REFERENCE_MODEL_DIR);
+        }
         s.intra_threads = threads;
         s.spinning = spinning;
-        let mut e = OnnxEmbedder::load(&s).expect("model");
-        let name = format!("threads{threads}_spin{}", u8::from(spinning));
+        let mut e = OnnxEmbedder::load(&s)
+            .expect("model (run scripts/setup.sh)")
+            .with_sub_batching(split);
+        let padded = if split { "" } else { "_padded" };
+        let name = format!(
+            "{model}_threads{threads}_spin{}{padded}",
+            u8::from(spinning)
+        );
+        g.throughput(criterion::Throughput::Elements(1));
         g.bench_function(format!("{name}/one"), |b| {
             b.iter(|| black_box(e.embed(&[black_box(PROMPT)]).unwrap()))
         });
@@ -149,7 +174,6 @@ fn session_settings(c: &mut Criterion) {
         g.bench_function(format!("{name}/batch32"), |b| {
             b.iter(|| black_box(e.embed(black_box(&batch)).unwrap()))
         });
-        g.throughput(criterion::Throughput::Elements(1));
     }
     g.finish();
 }

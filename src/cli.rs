@@ -9,7 +9,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config;
-use crate::embed::{DEFAULT_MAX_TOKENS, ModelFiles, ModelSpec, OnnxEmbedder, PoolingKind};
+use crate::embed::{
+    DEFAULT_MAX_TOKENS, DEFAULT_MODEL_DIR, DEFAULT_ORT_LIBRARY, ModelFiles, ModelSpec,
+    OnnxEmbedder, PoolingKind,
+};
 use crate::engine::{Engine, EngineOptions};
 use crate::index::{Index, IndexError, IndexParams};
 use crate::indexer;
@@ -107,18 +110,10 @@ pub enum Command {
 pub struct ModelArgs {
     /// Directory holding model.onnx, tokenizer.json, tokenizer_config.json,
     /// special_tokens_map.json and config.json.
-    #[arg(
-        long,
-        env = "SWITCHYARD_MODEL_DIR",
-        default_value = ".cache/switchyard/models/all-MiniLM-L6-v2"
-    )]
+    #[arg(long, env = "SWITCHYARD_MODEL_DIR", default_value = DEFAULT_MODEL_DIR)]
     pub model_dir: PathBuf,
     /// Path of the ONNX Runtime shared library (libonnxruntime.so.1.x).
-    #[arg(
-        long,
-        env = "SWITCHYARD_ORT_LIB",
-        default_value = ".cache/switchyard/onnxruntime/libonnxruntime.so.1.31.1"
-    )]
+    #[arg(long, env = "SWITCHYARD_ORT_LIB", default_value = DEFAULT_ORT_LIBRARY)]
     pub ort_lib: PathBuf,
     /// Pooling of the model's token vectors (recorded in the index).
     #[arg(long, value_enum, default_value_t = PoolingKind::Mean, env = "SWITCHYARD_POOLING")]
@@ -126,25 +121,42 @@ pub struct ModelArgs {
     /// Token window; longer prompts are cut to their first N tokens (recorded in the index).
     #[arg(long, default_value_t = DEFAULT_MAX_TOKENS, env = "SWITCHYARD_MAX_TOKENS")]
     pub max_tokens: usize,
-    /// ONNX Runtime intra-op threads per model session. Measured on 2 cores (benches/route.rs,
-    /// `session_settings`): 2 threads embed a batch of 32 prompts 1.7× faster than 1 (585 vs
-    /// 340 prompts/s) at the same single-prompt latency (4.2 ms) when spinning is off.
-    #[arg(long, default_value_t = 2, env = "SWITCHYARD_INTRA_THREADS")]
-    pub intra_threads: usize,
+    /// ONNX Runtime intra-op threads per model session [default: `serve` shares the cores
+    /// between its workers (one thread each by default); the offline commands use every core].
+    /// Measured on 2 cores with the default model (benches/route.rs, `session_settings`): one
+    /// thread embeds one prompt faster than two (their hand-offs cost more than they share),
+    /// so `serve` runs one single-thread session per core rather than one session of two.
+    #[arg(long, env = "SWITCHYARD_INTRA_THREADS")]
+    pub intra_threads: Option<usize>,
     /// Let idle ONNX Runtime threads spin-wait: one prompt 2.9 ms instead of 4.2 ms with 2
     /// threads, but idle cores burn CPU that the HTTP layer and other processes need.
     #[arg(long, env = "SWITCHYARD_SPINNING")]
     pub spinning: bool,
 }
 
+/// Cores this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// `serve`'s model sessions by default: one per core, at most four (each session holds its own
+/// copy of the weights, ~70 MB of resident memory with the default model).
+fn default_workers() -> usize {
+    cores().min(4)
+}
+
 impl ModelArgs {
-    fn spec(&self) -> ModelSpec {
+    /// The model as one of `sessions` sessions sharing the machine: without `--intra-threads`,
+    /// each gets an equal share of the cores.
+    fn spec(&self, sessions: usize) -> ModelSpec {
         ModelSpec {
             model_dir: self.model_dir.clone(),
             ort_library: self.ort_lib.clone(),
             pooling: self.pooling,
             max_tokens: self.max_tokens,
-            intra_threads: self.intra_threads,
+            intra_threads: self
+                .intra_threads
+                .unwrap_or_else(|| (cores() / sessions.max(1)).max(1)),
             spinning: self.spinning,
         }
     }
@@ -239,9 +251,12 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, env = "SWITCHYARD_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
-    /// Model sessions (worker threads) embedding prompts.
-    #[arg(long, env = "SWITCHYARD_WORKERS", default_value_t = 1)]
-    pub workers: usize,
+    /// Model sessions (worker threads) embedding prompts, fed by one queue [default: one per
+    /// core, at most 4]. Measured on 2 cores with the default model (bench-results/load.md):
+    /// two single-thread sessions answer one request in 2.5 ms and 32 concurrent ones at 770/s,
+    /// one session of two threads in 3.1 ms and at 560/s.
+    #[arg(long, env = "SWITCHYARD_WORKERS")]
+    pub workers: Option<usize>,
     /// Prompts that may wait for a worker; beyond it requests get 429.
     #[arg(long, env = "SWITCHYARD_QUEUE_CAPACITY", default_value_t = EngineOptions::default().queue_capacity)]
     pub queue_capacity: usize,
@@ -479,7 +494,7 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     let mut embedder =
-        OnnxEmbedder::load(&args.model.spec()).context("cannot load the embedding model")?;
+        OnnxEmbedder::load(&args.model.spec(1)).context("cannot load the embedding model")?;
     let bar = progress_bar(table.utterance_count(), "embedding utterances");
     let built = indexer::build(&table, &mut embedder, &args.out, params, &mut |done, _| {
         bar.set_position(done as u64)
@@ -549,7 +564,7 @@ fn open_engine(
             .into());
         }
     }
-    let embedders = OnnxEmbedder::load_many(&model.spec(), workers)
+    let embedders = OnnxEmbedder::load_many(&model.spec(workers), workers)
         .context("cannot load the embedding model")?;
     Ok(Engine::with_index(index, embedders, options)?)
 }
@@ -597,7 +612,7 @@ fn labelled(
     // the same search structure for every example, so that runs are reproducible
     index.wait_for_graph()?;
     let mut embedder =
-        OnnxEmbedder::load(&model.spec()).context("cannot load the embedding model")?;
+        OnnxEmbedder::load(&model.spec(1)).context("cannot load the embedding model")?;
     crate::engine::check_compatible(&index, crate::embed::Embedder::info(&embedder))?;
     let examples = crate::eval::read_examples(data, index.table())?;
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
@@ -843,7 +858,8 @@ fn route(index: &Path, prompt: &str, model: &ModelArgs, as_table: bool) -> anyho
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
-    if args.workers == 0 {
+    let workers = args.workers.unwrap_or_else(default_workers);
+    if workers == 0 {
         bail!("--workers must be at least 1");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -851,7 +867,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve_async(args))
+    runtime.block_on(serve_async(args, workers))
 }
 
 /// A secret flag value (a key, or a URL that may carry a password). Its `Debug` form shows a
@@ -925,7 +941,7 @@ fn spawn_reloaders(state: &AppState, index_dir: &Path, watch: bool) {
     }
 }
 
-async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
+async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Result<Outcome> {
     let options = ServerOptions {
         body_limit_bytes: args.body_limit_bytes,
         proxy_body_limit_bytes: args.proxy_body_limit_bytes,
@@ -1017,7 +1033,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<Outcome> {
             &args.index,
             args.routes.as_deref(),
             &args.model,
-            args.workers,
+            workers,
             engine_options,
         )
         .and_then(|engine| {

@@ -9,7 +9,7 @@
 
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -188,6 +188,8 @@ struct Shared {
     index: RwLock<Arc<Index>>,
     model: ModelInfo,
     cache: Option<EmbedCache>,
+    /// Workers waiting for a job: a worker leaves them a share of the queue.
+    idle: AtomicUsize,
 }
 
 /// Opens indexes and routes prompts.
@@ -265,6 +267,7 @@ impl Engine {
             index: RwLock::new(Arc::new(index)),
             model,
             cache: EmbedCache::new(options.embed_cache_entries),
+            idle: AtomicUsize::new(0),
         });
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(options.queue_capacity.max(1));
         let workers = embedders.len();
@@ -544,18 +547,35 @@ fn worker<E: Embedder>(
     options: EngineOptions,
 ) {
     let max_tokens = shared.model.max_tokens;
+    // an embedder that runs texts one by one answers each as soon as it is done
+    let max_batch = if embedder.batches() {
+        options.max_batch
+    } else {
+        1
+    };
     let mut held: Option<Job> = None;
     loop {
         let first = match held.take() {
             Some(job) => job,
-            None => match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
+            None => {
+                shared.idle.fetch_add(1, Ordering::SeqCst);
+                let job = jobs.recv();
+                shared.idle.fetch_sub(1, Ordering::SeqCst);
+                match job {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            }
         };
+        // With single-thread sessions a batch gains little per prompt over one prompt, while a
+        // worker left idle wastes a whole core: take an equal share of what waits, leaving the
+        // rest to the idle workers.
+        let waiting = jobs.len() + 1;
+        let share = waiting.div_ceil(shared.idle.load(Ordering::SeqCst) + 1);
+        let most = max_batch.min(share).max(1);
         let mut longest = estimate_tokens(&first.text, max_tokens);
         let mut batch = vec![first];
-        while batch.len() < options.max_batch {
+        while batch.len() < most {
             let Ok(job) = jobs.try_recv() else { break };
             let t = estimate_tokens(&job.text, max_tokens);
             if longest.max(t) * (batch.len() + 1) > options.max_batch_tokens {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use switchyard::config::{self, RouteTable};
 use switchyard::embed::{
-    DEFAULT_MAX_TOKENS, EmbedError, Embedded, Embedder, ModelInfo, ModelSpec, OnnxEmbedder,
-    PoolingKind,
+    DEFAULT_MAX_TOKENS, DEFAULT_MODEL_DIR, DEFAULT_ORT_LIBRARY, EmbedError, Embedded, Embedder,
+    ModelInfo, ModelSpec, OnnxEmbedder, PoolingKind,
 };
 use switchyard::engine::{Engine, EngineOptions};
 use switchyard::index::IndexParams;
@@ -28,14 +28,8 @@ fn env_or(var: &str, default: &str) -> PathBuf {
 /// The default model, where `scripts/setup.sh` puts it. Panics (never skips) when it is missing.
 pub fn model_spec() -> ModelSpec {
     let spec = ModelSpec {
-        model_dir: env_or(
-            "SWITCHYARD_MODEL_DIR",
-            ".cache/switchyard/models/all-MiniLM-L6-v2",
-        ),
-        ort_library: env_or(
-            "SWITCHYARD_ORT_LIB",
-            ".cache/switchyard/onnxruntime/libonnxruntime.so.1.31.1",
-        ),
+        model_dir: env_or("SWITCHYARD_MODEL_DIR", DEFAULT_MODEL_DIR),
+        ort_library: env_or("SWITCHYARD_ORT_LIB", DEFAULT_ORT_LIBRARY),
         pooling: PoolingKind::Mean,
         max_tokens: DEFAULT_MAX_TOKENS,
         intra_threads: 1,

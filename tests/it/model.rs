@@ -1,7 +1,7 @@
 //! Routing on the real embedding model.
 
 use switchyard::config;
-use switchyard::embed::{Embedder, OnnxEmbedder};
+use switchyard::embed::{Embedder, OnnxEmbedder, REFERENCE_MODEL_DIR};
 use switchyard::engine::{Engine, EngineOptions};
 use switchyard::index::{Index, IndexError};
 use switchyard::policy::{FallbackReason, Outcome};
@@ -120,6 +120,34 @@ fn batch_embedding_matches_single_embedding() {
     let norm: f32 = batch[0].vector.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4);
     assert_eq!(embedder.info().dimension, 384);
+    // the default model quantises activations per call: it must not share forward passes
+    assert!(!embedder.batches());
+}
+
+#[test]
+fn the_reference_model_batches_by_length_and_matches_single_embeddings() {
+    let mut spec = model_spec();
+    spec.model_dir = repo().join(REFERENCE_MODEL_DIR);
+    let split = OnnxEmbedder::load(&spec).expect("reference model (run scripts/setup.sh)");
+    assert!(split.batches());
+    let mut padded = OnnxEmbedder::load(&spec).unwrap().with_sub_batching(false);
+    let mut split = split;
+    // short questions and one long complaint: split into passes by length
+    let mut texts: Vec<String> = (0..12)
+        .map(|i| format!("Where is my order #{i}?"))
+        .collect();
+    texts.push("My package arrived damaged, my warranty expired yesterday and I paid with three gift cards: how do I get a refund? ".repeat(3));
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let a = split.embed(&texts).unwrap();
+    let b = padded.embed(&texts).unwrap();
+    for ((text, x), y) in texts.iter().zip(&a).zip(&b) {
+        let alone = &split.embed(&[text]).unwrap()[0];
+        for other in [y, alone] {
+            let sim = switchyard::similarity::similarity(&x.vector, &other.vector);
+            assert!(sim > 0.9999, "{text}: {sim}");
+        }
+        assert_eq!((x.tokens, x.prompt_tokens), (y.tokens, y.prompt_tokens));
+    }
 }
 
 #[test]
@@ -150,7 +178,7 @@ fn an_index_built_with_another_model_is_refused() {
     .unwrap_err();
     assert!(
         err.to_string()
-            .contains("was built with model `all-MiniLM-L6-v2`"),
+            .contains("was built with model `all-MiniLM-L6-v2-q8`"),
         "{err}"
     );
 }
