@@ -1,5 +1,5 @@
 # switchyard: a multi-stage image. The build stage compiles the binary and fetches ONNX Runtime
-# and the default model (pinned sha256s, scripts/setup.sh); the runtime stage is Debian slim,
+# and the default model (pinned sha256s, scripts/setup.sh, which quantises it); the runtime stage is Debian slim,
 # non-root, with the binary, the library, the model and the example routes' index.
 #
 #   docker build -t switchyard .
@@ -12,7 +12,7 @@
 # (Not built in this project's CI: the machines it runs on have no Docker engine.)
 
 FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -28,11 +28,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 WORKDIR /app
 COPY --from=build /src/target/release/switchyard /usr/local/bin/switchyard
 COPY --from=build /src/.cache/switchyard/onnxruntime/ /app/onnxruntime/
-COPY --from=build /src/.cache/switchyard/models/ /app/models/
+COPY --from=build /src/.cache/switchyard/models/all-MiniLM-L6-v2-q8/ /app/models/all-MiniLM-L6-v2-q8/
 COPY --from=build /src/routes/ /app/routes/
 COPY --from=build --chown=switchyard /out/index/ /app/index/
 ENV SWITCHYARD_ORT_LIB=/app/onnxruntime/libonnxruntime.so.1.31.1 \
-    SWITCHYARD_MODEL_DIR=/app/models/all-MiniLM-L6-v2 \
+    SWITCHYARD_MODEL_DIR=/app/models/all-MiniLM-L6-v2-q8 \
     SWITCHYARD_INDEX=/app/index \
     SWITCHYARD_ADDR=0.0.0.0:8080 \
     SWITCHYARD_LOG_FORMAT=json

@@ -124,12 +124,13 @@ pub struct ModelArgs {
     /// ONNX Runtime intra-op threads per model session [default: `serve` shares the cores
     /// between its workers (one thread each by default); the offline commands use every core].
     /// Measured on 2 cores with the default model (benches/route.rs, `session_settings`): one
-    /// thread embeds one prompt faster than two (their hand-offs cost more than they share),
-    /// so `serve` runs one single-thread session per core rather than one session of two.
+    /// thread embeds one prompt in 1.94 ms, two threads in 2.83 ms (their hand-offs cost more
+    /// than they share), so `serve` runs one single-thread session per core.
     #[arg(long, env = "SWITCHYARD_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
-    /// Let idle ONNX Runtime threads spin-wait: one prompt 2.9 ms instead of 4.2 ms with 2
-    /// threads, but idle cores burn CPU that the HTTP layer and other processes need.
+    /// Let idle ONNX Runtime threads spin-wait. With one thread a session it changes nothing
+    /// (1.93 against 1.94 ms a prompt); with more, idle cores burn CPU that the HTTP layer and
+    /// other processes need.
     #[arg(long, env = "SWITCHYARD_SPINNING")]
     pub spinning: bool,
 }
@@ -252,15 +253,17 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHYARD_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Model sessions (worker threads) embedding prompts, fed by one queue [default: one per
-    /// core, at most 4]. Measured on 2 cores with the default model (bench-results/load.md):
-    /// two single-thread sessions answer one request in 2.5 ms and 32 concurrent ones at 770/s,
-    /// one session of two threads in 3.1 ms and at 560/s.
+    /// core, at most 4]. Measured on 2 cores with the default model, which embeds prompts one at
+    /// a time: a single-thread session embeds one in 1.94 ms, a session of two threads in 2.83 ms
+    /// (benches/route.rs, `session_settings`); two single-thread sessions answer 796 requests/s
+    /// at concurrency 32 (bench-results/load.md).
     #[arg(long, env = "SWITCHYARD_WORKERS")]
     pub workers: Option<usize>,
     /// Prompts that may wait for a worker; beyond it requests get 429.
     #[arg(long, env = "SWITCHYARD_QUEUE_CAPACITY", default_value_t = EngineOptions::default().queue_capacity)]
     pub queue_capacity: usize,
-    /// Most prompts embedded in one forward pass.
+    /// Most prompts embedded in one forward pass (a model that quantises activations at run
+    /// time, like the default, embeds each prompt alone whatever this says).
     #[arg(long, env = "SWITCHYARD_MAX_BATCH", default_value_t = EngineOptions::default().max_batch)]
     pub max_batch: usize,
     /// Most padded tokens in one forward pass.

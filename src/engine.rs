@@ -1,9 +1,10 @@
 //! The engine: opens an index, checks it against the embedding model, and answers `route(text)`.
 //!
 //! All CPU work (tokenising, the forward pass, search, the decision) runs on dedicated worker
-//! threads, each owning one model session, fed by one bounded queue. A worker takes every job
-//! waiting in the queue (up to a count and a token budget) and embeds them as one batch, so
-//! concurrent requests share forward passes. A full queue refuses at once
+//! threads, each owning one model session, fed by one bounded queue. A worker takes its share of
+//! the jobs waiting in the queue (up to a count and a token budget) and embeds them as one batch,
+//! so concurrent requests share forward passes, unless its embedder runs texts one by one
+//! ([`Embedder::batches`]); then it takes one job at a time. A full queue refuses at once
 //! ([`RouteError::Overloaded`]) instead of queueing without bound, and jobs whose caller has gone
 //! away are dropped before they cost a forward pass.
 
