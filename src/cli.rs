@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config;
 use crate::embed::{
     DEFAULT_MAX_TOKENS, DEFAULT_MODEL_DIR, DEFAULT_ORT_LIBRARY, ModelFiles, ModelSpec,
-    OnnxEmbedder, PoolingKind,
+    OnnxEmbedder, PoolingKind, Sessions,
 };
 use crate::engine::{Engine, EngineOptions};
 use crate::index::{Index, IndexError, IndexParams};
@@ -147,6 +147,17 @@ fn default_workers() -> usize {
 }
 
 impl ModelArgs {
+    /// The model for an offline command, on every core (an explicit `--intra-threads` asks for
+    /// one session of that many threads).
+    fn offline_sessions(&self) -> anyhow::Result<Sessions> {
+        let sessions = if self.intra_threads.is_some() {
+            1
+        } else {
+            cores()
+        };
+        Sessions::load(&self.spec(1), sessions).context("cannot load the embedding model")
+    }
+
     /// The model as one of `sessions` sessions sharing the machine: without `--intra-threads`,
     /// each gets an equal share of the cores.
     fn spec(&self, sessions: usize) -> ModelSpec {
@@ -496,8 +507,7 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
         );
         return Ok(Outcome::Success);
     }
-    let mut embedder =
-        OnnxEmbedder::load(&args.model.spec(1)).context("cannot load the embedding model")?;
+    let mut embedder = args.model.offline_sessions()?;
     let bar = progress_bar(table.utterance_count(), "embedding utterances");
     let built = indexer::build(&table, &mut embedder, &args.out, params, &mut |done, _| {
         bar.set_position(done as u64)
@@ -590,7 +600,7 @@ fn progress_bar(total: usize, what: &str) -> indicatif::ProgressBar {
 
 /// Embeds texts in batches, with a progress bar.
 fn embed_all(
-    embedder: &mut OnnxEmbedder,
+    embedder: &mut Sessions,
     texts: &[&str],
 ) -> anyhow::Result<Vec<crate::embed::Embedded>> {
     let bar = progress_bar(texts.len(), "embedding");
@@ -614,8 +624,7 @@ fn labelled(
     let index = Index::open(index_dir)?;
     // the same search structure for every example, so that runs are reproducible
     index.wait_for_graph()?;
-    let mut embedder =
-        OnnxEmbedder::load(&model.spec(1)).context("cannot load the embedding model")?;
+    let mut embedder = model.offline_sessions()?;
     crate::engine::check_compatible(&index, crate::embed::Embedder::info(&embedder))?;
     let examples = crate::eval::read_examples(data, index.table())?;
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();

@@ -1,7 +1,7 @@
 //! Routing on the real embedding model.
 
 use switchyard::config;
-use switchyard::embed::{Embedder, OnnxEmbedder, REFERENCE_MODEL_DIR};
+use switchyard::embed::{Embedder, OnnxEmbedder, REFERENCE_MODEL_DIR, Sessions};
 use switchyard::engine::{Engine, EngineOptions};
 use switchyard::index::{Index, IndexError};
 use switchyard::policy::{FallbackReason, Outcome};
@@ -122,6 +122,28 @@ fn batch_embedding_matches_single_embedding() {
     assert_eq!(embedder.info().dimension, 384);
     // the default model quantises activations per call: it must not share forward passes
     assert!(!embedder.batches());
+}
+
+#[test]
+fn sessions_share_a_batch_and_give_the_vectors_of_one_session() {
+    let texts: Vec<String> = (0..9)
+        .map(|i| {
+            format!(
+                "Where is parcel {i} of my order? {}",
+                "It is late. ".repeat(i)
+            )
+        })
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut one = OnnxEmbedder::load(&model_spec()).unwrap();
+    let mut three = Sessions::load(&model_spec(), 3).unwrap();
+    assert!(!three.batches());
+    let a = one.embed(&texts).unwrap();
+    let b = three.embed(&texts).unwrap();
+    assert_eq!(
+        a, b,
+        "the same vectors, in the same order, whichever session made them"
+    );
 }
 
 #[test]
