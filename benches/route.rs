@@ -141,7 +141,6 @@ fn session_settings(c: &mut Criterion) {
         .map(|i| kinds[i % kinds.len()].replace("{}", &(i * 7919).to_string()))
         .collect();
     let batch: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut g = c.benchmark_group("session_settings");
     let variants = [
         ("reference", 1, false, true),
@@ -154,7 +153,11 @@ fn session_settings(c: &mut Criterion) {
     for (model, threads, spinning, split) in variants {
         let mut s = spec();
         if model == "reference" {
-            s.model_dir = root.join(REFERENCE_MODEL_DIR);
+            // where setup puts it: beside the default model
+            let name = std::path::Path::new(REFERENCE_MODEL_DIR)
+                .file_name()
+                .unwrap();
+            s.model_dir = s.model_dir.with_file_name(name);
         }
         s.intra_threads = threads;
         s.spinning = spinning;

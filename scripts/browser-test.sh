@@ -6,7 +6,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 . scripts/lib.sh
-eval "$(scripts/setup.sh)"
+# (assigned first: `eval "$(...)"` would ignore setup failing)
+setup_env="$(scripts/setup.sh)"
+eval "$setup_env"
 if ! command -v chromium >/dev/null; then
   echo "browser-test: installing chromium" >&2
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null

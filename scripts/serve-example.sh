@@ -5,7 +5,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-eval "$(scripts/setup.sh)"
+# (assigned first: `eval "$(...)"` would ignore setup failing)
+setup_env="$(scripts/setup.sh)"
+eval "$setup_env"
 cargo build --release --locked --quiet
 bin=target/release/switchyard
 "$bin" build routes/ --out index/ --if-changed

@@ -86,23 +86,30 @@ q8_ready() {
 }
 if ! q8_ready; then
   venv="$cache/quantize-venv"
-  if ! "$venv/bin/python" -c 'import onnxruntime.quantization' 2>/dev/null; then
+  # the venv is remade whenever the pinned package list changes (it records the list it holds)
+  if [ "$(cat "$venv/switchyard-packages" 2>/dev/null)" != "${q8_packages[*]}" ]; then
     echo "setup: installing ONNX Runtime's quantisation tools into $venv" >&2
-    "$python" -m venv "$venv" 2>/dev/null || {
-      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && "$python" -m venv "$venv"
-    } || { echo "setup: cannot make a Python venv at $venv (install python3-venv)" >&2; exit 2; }
+    rm -rf "$venv"
+    if ! "$python" -m venv "$venv" >&2; then
+      echo "setup: $python cannot make a venv; installing Debian's python3-venv" >&2
+      { apt-get update -qq && apt-get install -y -qq python3-venv; } >&2 \
+        && "$python" -m venv "$venv" >&2 \
+        || { echo "setup: cannot make a Python venv at $venv: install python3-venv" >&2; exit 2; }
+    fi
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --find-links "$wheels" "${q8_packages[@]}" >&2
+    echo "${q8_packages[*]}" > "$venv/switchyard-packages"
   fi
   echo "setup: quantising the model into $q8_dir" >&2
   mkdir -p "$q8_dir"
-  if ! "$venv/bin/python" "$root/scripts/quantize.py" "$model_dir/model.onnx" "$q8_dir/model.onnx.partial" 2>"$q8_dir/quantize.log"; then
-    cat "$q8_dir/quantize.log" >&2
+  for f in "${tokenizer_files[@]}"; do cp "$model_dir/$f" "$q8_dir/$f"; done
+  log="$q8_dir/quantize.log"
+  if ! "$venv/bin/python" "$root/scripts/quantize.py" "$model_dir/model.onnx" "$q8_dir/model.onnx.partial" >"$log" 2>&1; then
+    cat "$log" >&2
     echo "setup: quantising $model_dir/model.onnx failed (log above)" >&2
     exit 2
   fi
-  rm -f "$q8_dir/quantize.log"
+  rm -f "$log"
   accept "$q8_dir/model.onnx" "$q8_sum" "the quantised model (made with the packages of $venv)"
-  for f in "${tokenizer_files[@]}"; do cp "$model_dir/$f" "$q8_dir/$f"; done
 fi
 
 echo "export SWITCHYARD_ORT_LIB=$ort_dir/libonnxruntime.so.1.31.1"

@@ -14,7 +14,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 . scripts/lib.sh
-eval "$(scripts/setup.sh)"
+# (assigned first: `eval "$(...)"` would ignore setup failing)
+setup_env="$(scripts/setup.sh)"
+eval "$setup_env"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 soak_started=$(date +%s)

@@ -4,7 +4,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-eval "$(scripts/setup.sh)"
+# (assigned first: `eval "$(...)"` would ignore setup failing)
+setup_env="$(scripts/setup.sh)"
+eval "$setup_env"
 # the Redis tests start their own redis-server (Debian's) on a free loopback port
 if ! command -v redis-server >/dev/null; then
   echo "test: installing redis-server" >&2

@@ -121,11 +121,12 @@ pub struct ModelArgs {
     /// Token window; longer prompts are cut to their first N tokens (recorded in the index).
     #[arg(long, default_value_t = DEFAULT_MAX_TOKENS, env = "SWITCHYARD_MAX_TOKENS")]
     pub max_tokens: usize,
-    /// ONNX Runtime intra-op threads per model session [default: `serve` shares the cores
-    /// between its workers (one thread each by default); the offline commands use every core].
+    /// ONNX Runtime intra-op threads per model session [default: `serve` gives each worker an
+    /// equal share of the cores (one thread each with the default workers on up to 4 cores);
+    /// the offline commands use every core].
     /// Measured on 2 cores with the default model (benches/route.rs, `session_settings`): one
     /// thread embeds one prompt in 1.94 ms, two threads in 2.83 ms (their hand-offs cost more
-    /// than they share), so `serve` runs one single-thread session per core.
+    /// than they share), so `serve` runs a single-thread session per core by default.
     #[arg(long, env = "SWITCHYARD_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
     /// Let idle ONNX Runtime threads spin-wait. With one thread a session it changes nothing

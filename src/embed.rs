@@ -364,23 +364,33 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// Most sessions: each holds its own copy of the weights, and a build hands out batches of
+    /// a few dozen texts.
+    pub const MAX: usize = 8;
+
     /// Loads the model for `cores` cores: a model that batches gets one session of `spec`'s
-    /// threads, one that embeds texts one by one gets a single-thread session per core.
+    /// threads, one that embeds texts one by one a single-thread session per core (at most
+    /// [`Sessions::MAX`]). The files are read once.
     pub fn load(spec: &ModelSpec, cores: usize) -> Result<Self, EmbedError> {
-        let first = OnnxEmbedder::load(spec)?;
-        if first.batches() || cores <= 1 {
+        let files = ModelFiles::read(&spec.model_dir)?;
+        let sessions = if quantises_activations(&files.onnx) {
+            cores.clamp(1, Self::MAX)
+        } else {
+            1
+        };
+        if sessions == 1 {
             return Ok(Sessions {
-                sessions: vec![first],
+                sessions: vec![OnnxEmbedder::from_files(spec, files)?],
             });
         }
-        drop(first);
         let single = ModelSpec {
             intra_threads: 1,
             ..spec.clone()
         };
-        Ok(Sessions {
-            sessions: OnnxEmbedder::load_many(&single, cores)?,
-        })
+        let sessions = (0..sessions)
+            .map(|_| OnnxEmbedder::from_files(&single, files.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(Sessions { sessions })
     }
 }
 
@@ -458,9 +468,18 @@ impl OnnxEmbedder {
     }
 
     fn forward(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        self.model
+        let vectors = self
+            .model
             .embed(texts, Some(texts.len()))
-            .map_err(|e| EmbedError::Inference(format!("{e:#}")))
+            .map_err(|e| EmbedError::Inference(format!("{e:#}")))?;
+        if vectors.len() != texts.len() {
+            return Err(EmbedError::Inference(format!(
+                "the model returned {} vectors for {} texts",
+                vectors.len(),
+                texts.len()
+            )));
+        }
+        Ok(vectors)
     }
 }
 
@@ -489,7 +508,7 @@ impl Embedder for OnnxEmbedder {
         let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
         if !self.batches {
             for (v, text) in vectors.iter_mut().zip(texts) {
-                *v = self.forward(&[text])?.pop().unwrap_or_default();
+                *v = self.forward(&[text])?.remove(0);
             }
         } else if self.sub_batching && texts.len() > 1 {
             let mut order: Vec<usize> = (0..texts.len()).collect();

@@ -149,7 +149,11 @@ fn sessions_share_a_batch_and_give_the_vectors_of_one_session() {
 #[test]
 fn the_reference_model_batches_by_length_and_matches_single_embeddings() {
     let mut spec = model_spec();
-    spec.model_dir = repo().join(REFERENCE_MODEL_DIR);
+    // where setup puts it: beside the default model
+    let name = std::path::Path::new(REFERENCE_MODEL_DIR)
+        .file_name()
+        .unwrap();
+    spec.model_dir = spec.model_dir.with_file_name(name);
     let split = OnnxEmbedder::load(&spec).expect("reference model (run scripts/setup.sh)");
     assert!(split.batches());
     let mut padded = OnnxEmbedder::load(&spec).unwrap().with_sub_batching(false);
