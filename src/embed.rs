@@ -286,7 +286,14 @@ impl OnnxEmbedder {
 
     /// Loads several sessions of the same model (one per worker), reading the files once.
     pub fn load_many(spec: &ModelSpec, count: usize) -> Result<Vec<Self>, EmbedError> {
-        let files = ModelFiles::read(&spec.model_dir)?;
+        Self::many_from_files(spec, &ModelFiles::read(&spec.model_dir)?, count)
+    }
+
+    fn many_from_files(
+        spec: &ModelSpec,
+        files: &ModelFiles,
+        count: usize,
+    ) -> Result<Vec<Self>, EmbedError> {
         (0..count.max(1))
             .map(|_| Self::from_files(spec, files.clone()))
             .collect()
@@ -373,23 +380,15 @@ impl Sessions {
     /// [`Sessions::MAX`]). The files are read once.
     pub fn load(spec: &ModelSpec, cores: usize) -> Result<Self, EmbedError> {
         let files = ModelFiles::read(&spec.model_dir)?;
-        let sessions = if quantises_activations(&files.onnx) {
-            cores.clamp(1, Self::MAX)
+        let sessions = if quantises_activations(&files.onnx) && cores > 1 {
+            let single = ModelSpec {
+                intra_threads: 1,
+                ..spec.clone()
+            };
+            OnnxEmbedder::many_from_files(&single, &files, cores.min(Self::MAX))?
         } else {
-            1
+            vec![OnnxEmbedder::from_files(spec, files)?]
         };
-        if sessions == 1 {
-            return Ok(Sessions {
-                sessions: vec![OnnxEmbedder::from_files(spec, files)?],
-            });
-        }
-        let single = ModelSpec {
-            intra_threads: 1,
-            ..spec.clone()
-        };
-        let sessions = (0..sessions)
-            .map(|_| OnnxEmbedder::from_files(&single, files.clone()))
-            .collect::<Result<_, _>>()?;
         Ok(Sessions { sessions })
     }
 }
@@ -425,9 +424,10 @@ impl Embedder for Sessions {
 }
 
 /// What one forward pass costs beyond its tokens, in tokens: a call over `n` prompts padded to
-/// `t` tokens costs about `PASS_OVERHEAD_TOKENS + n × t` token-times. Measured with the default
-/// model on one thread: one 17-token prompt 2.0 ms, 1.63 ms a prompt in a batch of 32 19-token
-/// ones (0.086 ms a token), so ~0.5 ms (~6 tokens) a call; rounded up, as fewer calls also mean
+/// `t` tokens costs about `PASS_OVERHEAD_TOKENS + n × t` token-times. Measured with the reference
+/// (fp32) model on one thread (`session_settings`; the default model does not batch): one
+/// 18-token prompt 4.71 ms, 3.66 ms a prompt in a batch of 32 prompts of about 17 tokens split by
+/// length (~0.2 ms a token), so ~1 ms (~5 tokens) a call; rounded up, as fewer calls also mean
 /// fewer hand-offs.
 pub const PASS_OVERHEAD_TOKENS: usize = 8;
 
