@@ -19,7 +19,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use switchyard::config;
-use switchyard::embed::{EmbedError, Embedded, Embedder, ModelInfo, PoolingKind};
+use switchyard::embed::{EmbedError, Embedded, Embedder, ModelInfo};
 use switchyard::engine::{Engine, EngineOptions};
 use switchyard::index::IndexParams;
 use switchyard::indexer;
@@ -108,6 +108,9 @@ mark_down_s: 0
 cascade: {greet: {min_chars: 5}}
 ";
 
+// the crate that includes this harness declares `word_hash` (tests/support/word_hash.rs)
+use crate::word_hash;
+
 /// Hashes words into a small vector: deterministic, fast, no model.
 #[derive(Clone)]
 struct FakeEmbedder {
@@ -117,15 +120,7 @@ struct FakeEmbedder {
 impl FakeEmbedder {
     fn new() -> Self {
         FakeEmbedder {
-            info: ModelInfo {
-                id: "fuzz".into(),
-                model_sha256: "fuzz-model".into(),
-                tokenizer_sha256: "fuzz-tokenizer".into(),
-                dimension: 16,
-                pooling: PoolingKind::Mean,
-                normalized: true,
-                max_tokens: 8,
-            },
+            info: word_hash::info("fuzz"),
         }
     }
 }
@@ -136,27 +131,7 @@ impl Embedder for FakeEmbedder {
     }
 
     fn embed(&mut self, texts: &[&str]) -> Result<Vec<Embedded>, EmbedError> {
-        Ok(texts
-            .iter()
-            .map(|t| {
-                let mut v = vec![0.0f32; 16];
-                let words: Vec<&str> = t.split_whitespace().collect();
-                for w in &words {
-                    let h = w
-                        .to_lowercase()
-                        .bytes()
-                        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-                    v[(h % 16) as usize] += 1.0;
-                }
-                switchyard::similarity::normalise(&mut v);
-                Embedded {
-                    vector: v,
-                    tokens: words.len().min(8) + 2,
-                    truncated: words.len() > 6,
-                    prompt_tokens: words.len() + 2,
-                }
-            })
-            .collect())
+        Ok(texts.iter().map(|t| word_hash::embed(t)).collect())
     }
 }
 

@@ -15,6 +15,8 @@ use switchyard::engine::{Engine, EngineOptions};
 use switchyard::index::IndexParams;
 use switchyard::indexer;
 
+use crate::word_hash;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -98,15 +100,7 @@ pub struct FakeEmbedder {
 impl FakeEmbedder {
     pub fn new(id: &str) -> Self {
         FakeEmbedder {
-            info: ModelInfo {
-                id: id.into(),
-                model_sha256: format!("{id}-model"),
-                tokenizer_sha256: format!("{id}-tokenizer"),
-                dimension: 16,
-                pooling: PoolingKind::Mean,
-                normalized: true,
-                max_tokens: 8,
-            },
+            info: word_hash::info(id),
             gate: Arc::new((Mutex::new(true), Condvar::new())),
         }
     }
@@ -130,27 +124,7 @@ impl Embedder for FakeEmbedder {
         while !*open {
             open = cv.wait(open).unwrap();
         }
-        Ok(texts
-            .iter()
-            .map(|t| {
-                let mut v = vec![0.0f32; 16];
-                let words: Vec<&str> = t.split_whitespace().collect();
-                for w in &words {
-                    let h = w
-                        .to_lowercase()
-                        .bytes()
-                        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-                    v[(h % 16) as usize] += 1.0;
-                }
-                switchyard::similarity::normalise(&mut v);
-                Embedded {
-                    vector: v,
-                    tokens: words.len().min(8) + 2,
-                    truncated: words.len() > 6,
-                    prompt_tokens: words.len() + 2,
-                }
-            })
-            .collect())
+        Ok(texts.iter().map(|t| word_hash::embed(t)).collect())
     }
 }
 

@@ -11,3 +11,5 @@ mod model;
 mod proxy;
 mod redis;
 mod upstream;
+#[path = "../support/word_hash.rs"]
+mod word_hash;
