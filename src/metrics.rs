@@ -73,6 +73,16 @@ pub struct Gauges {
     pub cache_entries: usize,
 }
 
+/// An HTTP request being handled: see [`Metrics::in_flight`].
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The server's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -92,6 +102,7 @@ pub struct Metrics {
     reloads_failed: AtomicU64,
     truncated: AtomicU64,
     overloaded: AtomicU64,
+    in_flight: AtomicU64,
     /// End-to-end latency of route requests.
     pub request_latency: Histogram,
     /// Time spent embedding (per prompt, shared batch time).
@@ -118,6 +129,12 @@ impl Metrics {
         if status == 429 {
             self.overloaded.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts an HTTP request as in flight until the guard is dropped (its response is ready).
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
     }
 
     /// Counts a decision.
@@ -260,6 +277,11 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_http_requests_in_flight HTTP requests received and not yet answered, this one included.\n# TYPE switchyard_http_requests_in_flight gauge\nswitchyard_http_requests_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
         let histograms = [
             (
                 "switchyard_request_duration_seconds",
@@ -351,5 +373,23 @@ mod tests {
         assert!(text.contains("switchyard_request_duration_seconds_bucket{le=\"0.003\"} 0"));
         assert!(text.contains("switchyard_request_duration_seconds_count 1"));
         assert!(text.contains("switchyard_queue_length 3"));
+    }
+
+    #[test]
+    fn requests_count_in_flight_until_answered() {
+        let m = Metrics::default();
+        let shown = |m: &Metrics| {
+            m.render(None)
+                .lines()
+                .find_map(|l| l.strip_prefix("switchyard_http_requests_in_flight "))
+                .map(str::to_owned)
+        };
+        let first = m.in_flight();
+        let second = m.in_flight();
+        assert_eq!(shown(&m).as_deref(), Some("2"));
+        drop(first);
+        assert_eq!(shown(&m).as_deref(), Some("1"));
+        drop(second);
+        assert_eq!(shown(&m).as_deref(), Some("0"));
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -750,11 +751,21 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_in_flight,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
         // every response carries `x-request-id`: the caller's own, or a new one
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
         .with_state(state)
+}
+
+/// Counts the request in `switchyard_http_requests_in_flight` until its response is ready.
+async fn count_in_flight(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let _in_flight = state.metrics.in_flight();
+    next.run(req).await
 }
 
 /// The span of one HTTP request (exported as a trace with `--otlp-endpoint`): method, path and
