@@ -690,8 +690,12 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
         }
         for (name, f) in [("before", &cal.before), ("after", &cal.after)] {
             println!(
-                "  {name:<7} in-scope {:.3}  oos recall {:.3}  oos precision {:.3}  overall {:.3}  macro F1 {:.3}",
-                f.in_scope_accuracy, f.oos_recall, f.oos_precision, f.overall_accuracy, f.macro_f1
+                "  {name:<7} in-scope {:.3}  oos recall {}  oos precision {:.3}  overall {:.3}  macro F1 {:.3}",
+                f.in_scope_accuracy,
+                f.oos_recall_shown(),
+                f.oos_precision,
+                f.overall_accuracy,
+                f.macro_f1
             );
         }
     }

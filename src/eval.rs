@@ -162,14 +162,22 @@ pub struct Confusion {
 pub struct Figures {
     /// In-scope lines whose route was chosen correctly.
     pub in_scope_accuracy: f64,
-    /// Out-of-scope lines that fell back.
-    pub oos_recall: f64,
+    /// Out-of-scope lines that fell back (`None`, shown as n/a, when the set has none).
+    pub oos_recall: Option<f64>,
     /// Fallbacks that were out-of-scope lines (1 when nothing fell back).
     pub oos_precision: f64,
     /// All lines, a fallback counting as correct for an out-of-scope line.
     pub overall_accuracy: f64,
     /// Mean F1 over the routes with support.
     pub macro_f1: f64,
+}
+
+impl Figures {
+    /// Out-of-scope recall to three places, or n/a.
+    pub fn oos_recall_shown(&self) -> String {
+        self.oos_recall
+            .map_or_else(|| "n/a".to_string(), |r| format!("{r:.3}"))
+    }
 }
 
 /// The full report.
@@ -330,7 +338,7 @@ pub fn figures(
     let with_support: Vec<f64> = per_route.iter().filter(|x| x.3 > 0).map(|x| x.2).collect();
     let figures = Figures {
         in_scope_accuracy: ratio(in_ok, in_scope, 0.0),
-        oos_recall: ratio(oos_ok, oos, 0.0),
+        oos_recall: (oos > 0).then(|| ratio(oos_ok, oos, 0.0)),
         oos_precision: ratio(oos_ok, fallbacks, 1.0),
         overall_accuracy: ratio(in_ok + oos_ok, gold.len(), 0.0),
         macro_f1: with_support.iter().sum::<f64>() / with_support.len().max(1) as f64,
@@ -402,8 +410,12 @@ pub fn render(report: &Report) -> String {
     let row = |s: &mut String, name: &str, f: &Figures| {
         let _ = writeln!(
             s,
-            "  {name:<20} {:>9.3} {:>10.3} {:>13.3} {:>8.3} {:>8.3}",
-            f.in_scope_accuracy, f.oos_recall, f.oos_precision, f.overall_accuracy, f.macro_f1
+            "  {name:<20} {:>9.3} {:>10} {:>13.3} {:>8.3} {:>8.3}",
+            f.in_scope_accuracy,
+            f.oos_recall_shown(),
+            f.oos_precision,
+            f.overall_accuracy,
+            f.macro_f1
         );
     };
     let _ = writeln!(
@@ -499,7 +511,7 @@ mod tests {
             &[Some(0), Some(0), Some(1), Some(1), Some(0)],
         );
         assert!((r.figures.in_scope_accuracy - 2.0 / 3.0).abs() < 1e-9);
-        assert!((r.figures.oos_recall - 0.5).abs() < 1e-9);
+        assert!((r.figures.oos_recall.unwrap() - 0.5).abs() < 1e-9);
         assert!((r.figures.oos_precision - 1.0).abs() < 1e-9);
         assert!((r.figures.overall_accuracy - 3.0 / 5.0).abs() < 1e-9);
         // a: p = 1/2, r = 1/2; b: p = 1/2, r = 1
@@ -509,11 +521,27 @@ mod tests {
         assert_eq!(r.per_route[1].support, 1);
         assert_eq!(r.confused.len(), 2);
         assert!((r.baselines.nearest_neighbour.in_scope_accuracy - 1.0).abs() < 1e-9);
-        assert_eq!(r.baselines.nearest_neighbour.oos_recall, 0.0);
-        assert_eq!(r.baselines.always_default.oos_recall, 1.0);
+        assert_eq!(r.baselines.nearest_neighbour.oos_recall, Some(0.0));
+        assert_eq!(r.baselines.always_default.oos_recall, Some(1.0));
         assert_eq!(r.baselines.always_default.in_scope_accuracy, 0.0);
         let text = render(&r);
         assert!(text.contains("(out of scope) → a"), "{text}");
+    }
+
+    #[test]
+    fn a_set_without_out_of_scope_lines_has_no_oos_recall() {
+        let t = table();
+        let examples = [ex("1", Some("a")), ex("2", Some("b"))];
+        let r = report(&t, &examples, &[Some(0), None], &[Some(0), Some(1)]);
+        assert_eq!(r.figures.oos_recall, None);
+        assert_eq!(r.baselines.always_default.oos_recall, None);
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["oos_recall"].is_null(), "{json}");
+        let text = render(&r);
+        let switchyard = text.lines().find(|l| l.contains("switchyard")).unwrap();
+        assert!(switchyard.contains("n/a"), "{text}");
+        // balanced accuracy is the in-scope accuracy alone
+        assert_eq!(Objective::Accuracy.value(&r.figures, 1.0), Some(0.5));
     }
 
     #[test]
@@ -573,9 +601,15 @@ impl Objective {
     /// The value to maximise, or `None` when the constraint is not met.
     fn value(&self, f: &Figures, precision: f64) -> Option<f64> {
         match *self {
-            Objective::Accuracy => Some((f.in_scope_accuracy + f.oos_recall) / 2.0),
+            Objective::Accuracy => Some(match f.oos_recall {
+                Some(oos) => (f.in_scope_accuracy + oos) / 2.0,
+                None => f.in_scope_accuracy,
+            }),
             Objective::TargetPrecision(p) => (precision >= p).then_some(f.in_scope_accuracy),
-            Objective::MaxOosAccept(r) => (1.0 - f.oos_recall <= r).then_some(f.in_scope_accuracy),
+            Objective::MaxOosAccept(r) => {
+                let accepted = 1.0 - f.oos_recall.unwrap_or(1.0);
+                (accepted <= r).then_some(f.in_scope_accuracy)
+            }
         }
     }
 }
@@ -799,9 +833,9 @@ mod calibrate_tests {
             ]);
         }
         let c = calibrate(&table, &examples, &evidence, Objective::Accuracy, 5);
-        assert_eq!(c.before.oos_recall, 0.0);
+        assert_eq!(c.before.oos_recall, Some(0.0));
         assert_eq!(c.after.in_scope_accuracy, 1.0);
-        assert_eq!(c.after.oos_recall, 1.0);
+        assert_eq!(c.after.oos_recall, Some(1.0));
         let t = c
             .threshold
             .unwrap_or(0.0)
@@ -818,6 +852,6 @@ mod calibrate_tests {
             Objective::MaxOosAccept(0.0),
             5,
         );
-        assert_eq!(strict.after.oos_recall, 1.0);
+        assert_eq!(strict.after.oos_recall, Some(1.0));
     }
 }
