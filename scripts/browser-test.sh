@@ -19,6 +19,9 @@ bin="$root/target/debug/switchyard"
 work="$(mktemp -d)"
 trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 "$bin" build routes/ --out "$work/index" >/dev/null
-start_server "$bin" "$work/index"
+# with an API key, so the test also enters one in the page
+api_key="playground-test-key"
+start_server "$bin" "$work/index" --api-key "$api_key"
 mkdir -p target/browser
-(cd tests/browser && SWITCHYARD_URL="$addr" SCREENSHOT_DIR="$root/target/browser" node --test)
+(cd tests/browser && SWITCHYARD_URL="$addr" SWITCHYARD_API_KEY="$api_key" \
+  SCREENSHOT_DIR="$root/target/browser" node --test)

@@ -6,9 +6,10 @@ import { chromium } from "playwright-core";
 
 const url = process.env.SWITCHYARD_URL;
 const shots = process.env.SCREENSHOT_DIR || ".";
+const apiKey = process.env.SWITCHYARD_API_KEY;
 
 test("the playground routes a typed prompt and shows why", async () => {
-  assert.ok(url, "SWITCHYARD_URL is not set (run scripts/browser-test.sh)");
+  assert.ok(url && apiKey, "SWITCHYARD_URL or SWITCHYARD_API_KEY is not set (run scripts/browser-test.sh)");
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,6 +25,11 @@ test("the playground routes a typed prompt and shows why", async () => {
     assert.equal(await page.evaluate(() => document.activeElement.id), "prompt");
     await page.keyboard.type("Where is my order #12345?");
     await page.keyboard.press("Control+Enter");
+    // the server asks for an API key: the page says so and moves to the key field
+    await page.locator(".tag.error", { hasText: "unauthorized" }).waitFor();
+    assert.equal(await page.evaluate(() => document.activeElement.id), "apikey");
+    await page.keyboard.type(apiKey);
+    await page.keyboard.press("Enter");
     await page.locator("#decided-model").waitFor();
     assert.equal(await page.locator("#decided-route").textContent(), "order_status");
     assert.equal(await page.locator("#decided-model").textContent(), "llama-3.1-8b-instruct");
@@ -34,6 +40,12 @@ test("the playground routes a typed prompt and shows why", async () => {
     assert.match(await page.locator("#candidates").textContent(), /llama-3\.1-8b-instruct.*chosen/);
     assert.match(await page.locator("#neighbours").textContent(), /Where is my order #12345\?/);
     await page.screenshot({ path: `${shots}/playground.png`, fullPage: true });
+
+    // the key is kept for the tab: a reload routes without asking again
+    await page.reload();
+    await page.locator("#prompt").fill("Where is my order #12345?");
+    await page.locator("#go").click();
+    await page.locator("#decided-route").waitFor();
 
     // an unrelated prompt falls back, shown as such
     await page.locator("#prompt").fill("What is the best season to plant tomatoes in my garden?");
