@@ -492,7 +492,16 @@ fn sigterm_lets_every_request_in_flight_finish_and_exits_0() {
     const CLIENTS: usize = 16;
     let root = tempfile::tempdir().unwrap();
     let index = example_index_in(root.path());
-    let mut server = Server::start(&index, &["--embed-cache-entries", "0"]);
+    let log = root.path().join("decisions.jsonl");
+    let mut server = Server::start(
+        &index,
+        &[
+            "--embed-cache-entries",
+            "0",
+            "--decision-log",
+            log.to_str().unwrap(),
+        ],
+    );
     // every request is in the server's hands and none can be answered yet: each body lacks
     // its last byte
     let held: Vec<HeldRequest> = (0..CLIENTS)
@@ -544,6 +553,9 @@ fn sigterm_lets_every_request_in_flight_finish_and_exits_0() {
         assert_eq!(v["route"], "order_status", "request {i}: {v}");
     }
     server.wait_exit(Duration::from_secs(10));
+    // and every decision reached the decision log before the process ended
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(logged.lines().count(), CLIENTS, "{logged}");
     eprintln!(
         "sigterm: {CLIENTS} requests in flight answered 200 and exit 0 within {:?} of their last byte",
         released.elapsed()
