@@ -375,19 +375,24 @@ async fn overload_answers_429_with_retry_after_at_once() {
     let state = AppState::with_engine(engine.clone(), ServerOptions::default());
     fake.set_open(false);
     // one request held by the worker, two queued: the queue is full
-    let mut held = Vec::new();
-    for i in 0..3 {
+    let send = |i: usize| {
         let s = state.clone();
-        held.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             post(
                 &s,
                 "/v1/route",
                 &format!(r#"{{"prompt": "hello there {i}"}}"#),
             )
             .await
-        }));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        })
+    };
+    let mut held = vec![send(0)];
+    until("the worker to take the first request", || {
+        fake.waiting() == 1
+    })
+    .await;
+    held.extend([send(1), send(2)]);
+    until("two requests queued", || engine.queue_len() == 2).await;
     let r = post(&state, "/v1/route", r#"{"prompt": "hello there 3"}"#).await;
     let msg = r.error(StatusCode::TOO_MANY_REQUESTS, "overloaded");
     assert!(msg.contains("overloaded"), "{msg}");

@@ -94,22 +94,40 @@ pub fn example_engine() -> Arc<Engine> {
 #[derive(Clone)]
 pub struct FakeEmbedder {
     info: ModelInfo,
-    gate: Arc<(Mutex<bool>, Condvar)>,
+    gate: Arc<(Mutex<Gate>, Condvar)>,
+}
+
+/// Whether `embed` may go on, and how many calls wait for it.
+#[derive(Debug)]
+struct Gate {
+    open: bool,
+    waiting: usize,
 }
 
 impl FakeEmbedder {
     pub fn new(id: &str) -> Self {
         FakeEmbedder {
             info: word_hash::info(id),
-            gate: Arc::new((Mutex::new(true), Condvar::new())),
+            gate: Arc::new((
+                Mutex::new(Gate {
+                    open: true,
+                    waiting: 0,
+                }),
+                Condvar::new(),
+            )),
         }
     }
 
     /// While closed, `embed` blocks.
     pub fn set_open(&self, open: bool) {
         let (lock, cv) = &*self.gate;
-        *lock.lock().unwrap() = open;
+        lock.lock().unwrap().open = open;
         cv.notify_all();
+    }
+
+    /// Calls of `embed` (from any clone) blocked at the closed gate now.
+    pub fn waiting(&self) -> usize {
+        self.gate.0.lock().unwrap().waiting
     }
 }
 
@@ -120,10 +138,13 @@ impl Embedder for FakeEmbedder {
 
     fn embed(&mut self, texts: &[&str]) -> Result<Vec<Embedded>, EmbedError> {
         let (lock, cv) = &*self.gate;
-        let mut open = lock.lock().unwrap();
-        while !*open {
-            open = cv.wait(open).unwrap();
+        let mut gate = lock.lock().unwrap();
+        gate.waiting += 1;
+        while !gate.open {
+            gate = cv.wait(gate).unwrap();
         }
+        gate.waiting -= 1;
+        drop(gate);
         Ok(texts.iter().map(|t| word_hash::embed(t)).collect())
     }
 }
@@ -140,6 +161,18 @@ routes:
     model: other-model
     utterances: [goodbye for now, see you later]
 ";
+
+/// Waits (yielding to the runtime) until `done` holds; fails after 10 s.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still waiting after 10 s for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
 
 /// An index of [`FAKE_ROUTES`] built with `embedder`.
 pub fn fake_index(embedder: &mut FakeEmbedder) -> tempfile::TempDir {
