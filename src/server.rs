@@ -1522,3 +1522,30 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_allow_a_burst_then_refill_at_the_rate() {
+        let limiter = RateLimiter::new(2.0, 3);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for _ in 0..3 {
+            assert_eq!(limiter.check("a", t0), Ok(()));
+        }
+        // empty: the next token is half a second away
+        assert_eq!(limiter.check("a", t0), Err(Duration::from_millis(500)));
+        assert_eq!(limiter.check("a", at(250)), Err(Duration::from_millis(250)));
+        // another caller has its own bucket
+        assert_eq!(limiter.check("b", t0), Ok(()));
+        assert_eq!(limiter.check("a", at(500)), Ok(()));
+        assert!(limiter.check("a", at(500)).is_err());
+        // a long pause refills to the burst, not beyond
+        for _ in 0..3 {
+            assert_eq!(limiter.check("a", at(60_000)), Ok(()));
+        }
+        assert!(limiter.check("a", at(60_000)).is_err());
+    }
+}

@@ -1,7 +1,5 @@
 //! The HTTP API through `app(state).oneshot(..)`, without a socket.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;

@@ -38,6 +38,14 @@ routes:
 
 const UPSTREAM_KEY: &str = "sk-upstream-secret";
 
+/// First-byte and idle timeouts for the tests of them; the upstream stalls far longer, so an
+/// answer that comes at all proves the timeout fired.
+const SHORT_TIMEOUTS: &str =
+    "timeouts: {connect_ms: 5000, first_byte_ms: 400, idle_ms: 400, total_ms: 30000}\n";
+
+/// Longer than any test may take.
+const FOREVER: Duration = Duration::from_secs(600);
+
 struct Proxied {
     state: AppState,
     upstream: Upstream,
@@ -46,7 +54,8 @@ struct Proxied {
 
 fn proxy_file(upstream: &Upstream, extra: &str) -> String {
     let defaults = [
-        "timeouts: {connect_ms: 500, first_byte_ms: 400, idle_ms: 400, total_ms: 4000}",
+        // generous: only the tests of timeouts (`SHORT_TIMEOUTS`) expect one to fire
+        "timeouts: {connect_ms: 5000, first_byte_ms: 10000, idle_ms: 10000, total_ms: 30000}",
         "retries: {attempts: 2, backoff_ms: 10, max_backoff_ms: 50}",
         "mark_down_s: 0",
         "cascade: {data: {min_chars: 12}}",
@@ -295,42 +304,26 @@ async fn a_model_that_failed_every_try_is_marked_down_for_a_while() {
 
 #[tokio::test]
 async fn a_stalled_upstream_times_out_and_the_next_candidate_answers() {
-    let p = proxied("").await;
-    p.upstream.script(
-        "premium-v2",
-        [
-            Behaviour::Stall(Duration::from_secs(2)),
-            Behaviour::Stall(Duration::from_secs(2)),
-        ],
-    );
-    let started = Instant::now();
+    let p = proxied(SHORT_TIMEOUTS).await;
+    p.upstream
+        .script("premium-v2", vec![Behaviour::Stall(FOREVER); 2]);
     let (status, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
     assert_eq!(status, StatusCode::OK);
+    // both tries of premium timed out before their first byte
     assert_eq!(h(&headers, "x-switchyard-model"), "mid");
-    // two first-byte timeouts of 400 ms, not two 2 s stalls
-    assert!(
-        started.elapsed() < Duration::from_millis(1800),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_eq!(h(&headers, "x-switchyard-attempts"), "3");
 
-    // the total deadline bounds the whole request: 504
-    let p =
-        proxied("timeouts: {connect_ms: 500, first_byte_ms: 400, idle_ms: 400, total_ms: 1000}\n")
-            .await;
+    // the total deadline bounds the whole request: 504, though no single try timed out
+    let p = proxied(
+        "timeouts: {connect_ms: 5000, first_byte_ms: 600000, idle_ms: 600000, total_ms: 1000}\n",
+    )
+    .await;
     for m in ["premium-v2", "mid", "cheap"] {
-        p.upstream
-            .script(m, vec![Behaviour::Stall(Duration::from_secs(5)); 2]);
+        p.upstream.script(m, vec![Behaviour::Stall(FOREVER); 2]);
     }
-    let started = Instant::now();
     let (status, _, body) = chat(&p.state, ask("auto", "hello there")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert_eq!(body["error"]["type"], "upstream_timeout");
-    assert!(
-        started.elapsed() < Duration::from_millis(1800),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 fn streaming(model: &str, text: &str, include_usage: bool) -> Value {
@@ -399,24 +392,18 @@ async fn a_stream_cut_or_stalled_halfway_ends_with_an_error_event() {
     for (behaviour, needle) in [
         (Behaviour::CutAfter(3), "broke off"),
         (
-            Behaviour::PauseAfterFirst(Duration::from_secs(3)),
+            Behaviour::PauseAfterFirst(FOREVER),
             "sent nothing for 400 ms",
         ),
     ] {
-        let p = proxied("").await;
+        let p = proxied(SHORT_TIMEOUTS).await;
         p.upstream.script("premium-v2", [behaviour]);
-        let started = Instant::now();
         let (status, _, got) = send(
             &p.state,
             chat_request(&streaming("auto", "hello there", true), "t"),
         )
         .await;
         assert_eq!(status, StatusCode::OK);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
-        );
         let got = String::from_utf8(got.to_vec()).unwrap();
         let events: Vec<&str> = got.split_inclusive("\n\n").collect();
         let last: Value = serde_json::from_str(
@@ -539,7 +526,9 @@ async fn api_keys_and_rate_limits_guard_the_route_and_proxy_endpoints() {
         .state
         .clone()
         .with_api_keys(vec!["key-one".into(), "key-two".into()])
-        .with_rate_limit(1.0, 2);
+        // one request each 100 s after a burst of two: nothing refills during the test (the
+        // refill is unit-tested in src/server.rs)
+        .with_rate_limit(0.01, 2);
     let call = |key: Option<&str>, uri: &str| {
         let mut req = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
         if let Some(k) = key {
@@ -568,16 +557,10 @@ async fn api_keys_and_rate_limits_guard_the_route_and_proxy_endpoints() {
     );
     let (status, headers, body) = send(&state, call(Some("key-one"), "/v1/route")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(h(&headers, "retry-after"), "1");
+    assert_eq!(h(&headers, "retry-after"), "100");
     assert!(String::from_utf8_lossy(&body).contains("rate_limited"));
     assert_eq!(
         send(&state, call(Some("key-two"), "/v1/route")).await.0,
-        StatusCode::OK
-    );
-    // the bucket refills at 1 per second
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        send(&state, call(Some("key-one"), "/v1/route")).await.0,
         StatusCode::OK
     );
     // health and metrics stay open
@@ -772,12 +755,11 @@ async fn an_unmodified_openai_client_works_end_to_end() {
 
 #[tokio::test]
 async fn a_stream_silent_after_its_headers_is_retried_then_replaced() {
-    let p = proxied("").await;
+    let p = proxied(SHORT_TIMEOUTS).await;
     p.upstream.script(
         "premium-v2",
-        vec![Behaviour::SilentAfterHeaders(Duration::from_secs(3)); 2],
+        vec![Behaviour::SilentAfterHeaders(FOREVER); 2],
     );
-    let started = Instant::now();
     let (status, headers, got) = send(
         &p.state,
         chat_request(&streaming("auto", "hello there", true), "t"),
@@ -788,11 +770,6 @@ async fn a_stream_silent_after_its_headers_is_retried_then_replaced() {
     assert_eq!(h(&headers, "x-switchyard-model"), "mid");
     assert_eq!(h(&headers, "x-switchyard-fallback"), "true");
     assert!(String::from_utf8_lossy(&got).ends_with("data: [DONE]\n\n"));
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test]
