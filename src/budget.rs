@@ -253,12 +253,24 @@ fn redis_err(e: redis::RedisError) -> RedisError {
 }
 
 impl RedisStore {
+    /// How long a decision may wait for Redis before it is counted in memory instead.
+    pub const TIMEOUT: Duration = Duration::from_millis(500);
+
     /// Connects to `url` (`redis://host:port/db`); counters are named `{prefix}budget:...`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, RedisError> {
+        Self::connect_with_timeout(url, prefix, Self::TIMEOUT).await
+    }
+
+    /// [`RedisStore::connect`], waiting up to `timeout` to connect and for each answer.
+    pub async fn connect_with_timeout(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, RedisError> {
         let client = redis::Client::open(url).map_err(redis_err)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_millis(500))
-            .set_response_timeout(Duration::from_millis(500))
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
             .set_number_of_retries(1);
         let conn = redis::aio::ConnectionManager::new_with_config(client, config)
             .await

@@ -14,35 +14,44 @@ struct RedisServer {
 
 impl RedisServer {
     /// Starts `redis-server` without persistence; panics (never skips) if it is not installed.
+    /// A free port may be taken by another test before redis binds it: then it tries another.
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed: run scripts/test.sh, which installs it");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server is not installed: run scripts/test.sh, which installs it");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break; // it could not listen there
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return RedisServer {
+                        child,
+                        url: format!("redis://127.0.0.1:{port}/"),
+                    };
+                }
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        RedisServer {
-            child,
-            url: format!("redis://127.0.0.1:{port}/"),
-        }
+        panic!("redis-server exited on start five times (ports taken?)");
     }
 
     fn stop(&mut self) {
@@ -71,8 +80,12 @@ fn caps(tenant: &str) -> Vec<switchyard::budget::CapKey> {
     caps_for(&budgets, &who, SystemTime::now())
 }
 
+/// A replica's ledger. Its Redis timeout is long: on a loaded machine the production 500 ms
+/// could send a reservation to the in-memory fallback and fail a test for the wrong reason
+/// (the fallback itself is tested with the production timeout below).
 async fn replica(url: &str) -> Ledger {
-    Ledger::with_redis(RedisStore::connect(url, "test:").await.unwrap())
+    let store = RedisStore::connect_with_timeout(url, "test:", Duration::from_secs(10));
+    Ledger::with_redis(store.await.unwrap())
 }
 
 #[tokio::test]
@@ -112,7 +125,9 @@ async fn concurrent_replicas_never_exceed_a_cap() {
             tasks.push(tokio::spawn(async move {
                 let mut granted = 0;
                 for _ in 0..2 {
-                    if ledger.reserve(&caps, 0.03).await.0.is_ok() {
+                    let (result, counted) = ledger.reserve(&caps, 0.03).await;
+                    assert_eq!(counted, Counted::Redis);
+                    if result.is_ok() {
                         granted += 1;
                     }
                 }
@@ -135,7 +150,8 @@ async fn concurrent_replicas_never_exceed_a_cap() {
 async fn a_redis_that_goes_away_degrades_to_memory_and_says_so() {
     let mut redis = RedisServer::start();
     let caps = caps("acme");
-    let ledger = replica(&redis.url).await;
+    let store = RedisStore::connect(&redis.url, "test:").await.unwrap();
+    let ledger = Ledger::with_redis(store);
     assert_eq!(ledger.reserve(&caps, 0.25).await.1, Counted::Redis);
     redis.stop();
     let started = Instant::now();
