@@ -274,9 +274,30 @@ fn failing_route_tests_stop_a_build_and_keep_the_live_index() {
 
 #[test]
 fn sighup_reloads_a_rebuilt_index_without_stopping() {
+    reloads_a_rebuilt_index(Reload::Sighup);
+}
+
+#[test]
+fn serve_watch_reloads_a_rebuilt_index_by_itself() {
+    reloads_a_rebuilt_index(Reload::Watch);
+}
+
+/// What tells `serve` that the index was rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Reload {
+    Sighup,
+    /// `serve --watch`: nothing, it notices the new `CURRENT`.
+    Watch,
+}
+
+fn reloads_a_rebuilt_index(reload: Reload) {
     let dir = tempfile::tempdir().unwrap();
     build(&example_routes(), dir.path());
-    let (mut child, base) = serve(dir.path(), &[]);
+    let args: &[&str] = match reload {
+        Reload::Sighup => &[],
+        Reload::Watch => &["--watch"],
+    };
+    let (mut child, base) = serve(dir.path(), args);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let routes_now = |rt: &tokio::runtime::Runtime| {
         rt.block_on(async {
@@ -298,20 +319,23 @@ fn sighup_reloads_a_rebuilt_index_without_stopping() {
         assert!(Instant::now() < deadline, "not ready");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // rebuild with one route renamed, then SIGHUP
+    // rebuild with one route renamed
     let routes = edited_example_routes(|text| text.replace("name: order_status", "name: orders"));
     build(routes.path(), dir.path());
-    assert!(routes_now(&rt).contains(&"order_status".to_string()));
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    if reload == Reload::Sighup {
+        // not swapped until asked
+        assert!(routes_now(&rt).contains(&"order_status".to_string()));
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while !routes_now(&rt).contains(&"orders".to_string()) {
-        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        assert!(Instant::now() < deadline, "{reload:?} did not reload");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
