@@ -227,6 +227,30 @@ end
 return {0, '0'}
 "#;
 
+/// Takes one token from a caller's bucket (`KEYS[1]`, a hash of `tokens` and `at`), refilled at
+/// `ARGV[1]` a second up to `ARGV[2]`, on Redis's clock so that replicas agree. Returns
+/// `{1, "0"}` when a token was taken, else `{0, seconds until one is there}`.
+const TAKE_TOKEN_LUA: &str = r#"
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local held = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(held[1]) or burst
+local at = tonumber(held[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local taken, wait = 0, 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  taken = 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+-- a bucket left alone refills completely: then it holds nothing worth keeping
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return {taken, tostring(wait)}
+"#;
+
 /// Errors talking to Redis.
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]
@@ -238,6 +262,7 @@ pub struct RedisStore {
     conn: redis::aio::ConnectionManager,
     prefix: String,
     script: redis::Script,
+    take_token: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -279,6 +304,36 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             script: redis::Script::new(RESERVE_LUA),
+            take_token: redis::Script::new(TAKE_TOKEN_LUA),
+        })
+    }
+
+    /// Takes one request from `caller`'s rate-limit bucket, shared by every replica using this
+    /// Redis, or says how long until one is there. The bucket's key holds a hash of `caller`,
+    /// not the caller (it may be an API key).
+    pub async fn take_token(
+        &self,
+        caller: &str,
+        per_second: f64,
+        burst: f64,
+    ) -> Result<Result<(), Duration>, RedisError> {
+        use sha2::{Digest, Sha256};
+        let hash = Sha256::digest(caller.as_bytes());
+        let key = format!("{}rate:{}", self.prefix, crate::config::hex(&hash[..12]));
+        let mut conn = self.conn.clone();
+        let (taken, wait): (u8, String) = self
+            .take_token
+            .key(key)
+            .arg(per_second)
+            .arg(burst)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(if taken == 1 {
+            Ok(())
+        } else {
+            let wait: f64 = wait.parse().unwrap_or(1.0);
+            Err(Duration::from_secs_f64(wait.max(0.0)))
         })
     }
 
@@ -397,6 +452,11 @@ impl Ledger {
                 }
             },
         }
+    }
+
+    /// The Redis store, when counting there.
+    pub fn redis(&self) -> Option<&RedisStore> {
+        self.redis.as_ref()
     }
 
     fn kind(&self) -> Counted {

@@ -281,8 +281,8 @@ pub struct ServeArgs {
     /// Most padded tokens in one forward pass.
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_TOKENS", default_value_t = EngineOptions::default().max_batch_tokens)]
     pub max_batch_tokens: usize,
-    /// Count spend caps in Redis (shared by replicas), e.g. `redis://127.0.0.1:6379/0`;
-    /// without it they are counted in this process's memory.
+    /// Count spend caps and rate limits in Redis (shared by replicas), e.g.
+    /// `redis://127.0.0.1:6379/0`; without it they are counted in this process's memory.
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
     pub redis_url: Option<Secret>,
     /// Prefix of switchyard's Redis keys.
@@ -331,7 +331,8 @@ pub struct ServeArgs {
     /// comma-separated in the environment. Without any, those endpoints are open.
     #[arg(long = "api-key", env = "SWITCHYARD_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<Secret>,
-    /// Requests per second each caller may make (by API key, else tenant header); 0 = no limit.
+    /// Requests per second each caller may make (by API key, else tenant header), across
+    /// replicas with `--redis-url`; 0 = no limit.
     #[arg(long, env = "SWITCHYARD_RATE_LIMIT_PER_S", default_value_t = 0.0)]
     pub rate_limit_per_s: f64,
     /// Requests a caller may make at once above its rate.

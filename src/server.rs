@@ -113,7 +113,8 @@ impl AppState {
     }
 
     /// Limits each caller (API key, else tenant, else everyone without either together) to
-    /// `per_second` requests with bursts of `burst`; beyond, 429 with `Retry-After`.
+    /// `per_second` requests with bursts of `burst`; beyond, 429 with `Retry-After`. With a
+    /// Redis ledger ([`AppState::with_ledger`]) the buckets live in Redis, shared by replicas.
     pub fn with_rate_limit(mut self, per_second: f64, burst: u32) -> Self {
         self.rate_limit = Some(Arc::new(RateLimiter::new(per_second, burst)));
         self
@@ -144,8 +145,10 @@ impl AppState {
     }
 
     /// Admits a caller of the route, usage and proxy endpoints: its API key (when keys are
-    /// required, compared in constant time), then its request rate.
-    fn admit_caller(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// required, compared in constant time), then its request rate: in Redis when spend is
+    /// counted there, so that the limit holds across replicas, else (or while Redis does not
+    /// answer) in this process.
+    async fn admit_caller(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let given = bearer(headers);
         if let Some(keys) = &self.api_keys {
             // every key is compared, so that the time taken does not say which one was close
@@ -166,7 +169,18 @@ impl AppState {
                 .map(|k| format!("key:{k}"))
                 .or(who.tenant.map(|t| format!("tenant:{t}")))
                 .unwrap_or_default();
-            if let Err(wait) = limiter.check(&caller, Instant::now()) {
+            let shared = match self.ledger.redis() {
+                Some(store) => store
+                    .take_token(&caller, limiter.per_second, limiter.burst)
+                    .await
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "rate-limit store unavailable; limiting in this process");
+                    })
+                    .ok(),
+                None => None,
+            };
+            let verdict = shared.unwrap_or_else(|| limiter.check(&caller, Instant::now()));
+            if let Err(wait) = verdict {
                 return Err(ApiError::RateLimited {
                     retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
                 });
@@ -1062,7 +1076,7 @@ async fn route(
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        state.admit_caller(&headers)?;
+        state.admit_caller(&headers).await?;
         let ApiJson(mut body) = body?;
         let text = body.text()?;
         state.check_prompt_length(&text, "the prompt")?;
@@ -1088,7 +1102,7 @@ async fn route_batch(
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        state.admit_caller(&headers)?;
+        state.admit_caller(&headers).await?;
         let ApiJson(body) = body?;
         let max = state.options.max_batch_prompts;
         if body.prompts.is_empty() {
@@ -1184,7 +1198,7 @@ async fn usage(
     headers: HeaderMap,
     body: Result<ApiJson<UsageReport>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    state.admit_caller(&headers)?;
+    state.admit_caller(&headers).await?;
     let ApiJson(report) = body?;
     let engine = state.engine()?;
     let index = engine.index();

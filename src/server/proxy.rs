@@ -73,8 +73,8 @@ fn proxy_of(state: &AppState) -> Result<Arc<Proxy>, ApiError> {
     responses((status = 200, description = "OpenAI's model list", body = serde_json::Value),
         (status = 404, description = "The proxy is off (OpenAI error shape)", body = serde_json::Value)))]
 pub(super) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let result = (|| {
-        state.admit_caller(&headers)?;
+    let result = async {
+        state.admit_caller(&headers).await?;
         let proxy = proxy_of(&state)?;
         let index = state.engine()?.index();
         let table = index.table();
@@ -89,7 +89,8 @@ pub(super) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
         let served = proxy.config.served_models(table);
         data.extend(served.into_iter().map(|(m, p)| entry(m, p)));
         Ok::<_, ApiError>(serde_json::json!({"object": "list", "data": data}))
-    })();
+    }
+    .await;
     match result {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => openai_error(e),
@@ -209,7 +210,7 @@ pub(super) async fn chat_completions(
     body: Result<ApiJson<Map<String, Value>>, ApiError>,
 ) -> Response {
     let result = async {
-        state.admit_caller(&headers)?;
+        state.admit_caller(&headers).await?;
         let proxy = proxy_of(&state)?;
         let ApiJson(body) = body?;
         let request = ChatRequest::parse(body)?;

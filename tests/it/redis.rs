@@ -1,6 +1,6 @@
-//! Spend counted in a real Redis (Debian's `redis-server`, started here on a free loopback
-//! port): shared by replicas, kept across a replica restart, atomic under concurrency, and
-//! degraded to the in-memory counter when Redis goes away.
+//! Spend and rate limits counted in a real Redis (Debian's `redis-server`, started here on a
+//! free loopback port): shared by replicas, kept across a replica restart, atomic under
+//! concurrency, and degraded to the in-memory counters when Redis goes away.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -166,4 +166,110 @@ async fn a_redis_that_goes_away_degrades_to_memory_and_says_so() {
     let json = serde_json::to_value(&counted).unwrap();
     assert_eq!(json["store"], "degraded");
     assert!(json["reason"].as_str().unwrap().contains("redis"), "{json}");
+}
+
+#[tokio::test]
+async fn rate_limits_are_shared_by_replicas_and_keep_no_caller_in_clear() {
+    let redis = RedisServer::start();
+    let store = || RedisStore::connect_with_timeout(&redis.url, "test:", Duration::from_secs(10));
+    let (a, b) = (store().await.unwrap(), store().await.unwrap());
+    // a burst of two, then one request each 100 s, whichever replica is asked
+    let caller = "key:sk-client-secret";
+    assert_eq!(a.take_token(caller, 0.01, 2.0).await.unwrap(), Ok(()));
+    assert_eq!(b.take_token(caller, 0.01, 2.0).await.unwrap(), Ok(()));
+    let wait = a.take_token(caller, 0.01, 2.0).await.unwrap().unwrap_err();
+    assert!(
+        wait > Duration::from_secs(95) && wait <= Duration::from_secs(100),
+        "{wait:?}"
+    );
+    // another caller has its own bucket
+    assert_eq!(
+        b.take_token("tenant:acme", 0.01, 2.0).await.unwrap(),
+        Ok(())
+    );
+    // the buckets are named by a hash of the caller, which may be an API key
+    let mut conn = ::redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("test:rate:") && !k.contains("secret") && !k.contains("acme")),
+        "{keys:?}"
+    );
+    // a bucket left alone expires once it would be full again
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 301_000, "{ttl}");
+}
+
+#[tokio::test]
+async fn replicas_answer_429_once_the_callers_shared_bucket_is_empty() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use switchyard::server::{AppState, ServerOptions, app};
+    use tower::ServiceExt;
+
+    let mut redis = RedisServer::start();
+    let mut replicas = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let (engine, dir) = crate::common::fake_engine_for(crate::common::FAKE_ROUTES);
+        dirs.push(dir);
+        replicas.push(
+            AppState::with_engine(engine, ServerOptions::default())
+                .with_ledger(replica(&redis.url).await)
+                .with_rate_limit(0.01, 2),
+        );
+    }
+    let route = |state: &AppState, tenant: &str| {
+        let req = Request::post("/v1/route")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-switchyard-tenant", tenant)
+            .body(Body::from(r#"{"prompt": "hello there"}"#))
+            .unwrap();
+        app(state.clone()).oneshot(req)
+    };
+    for state in &replicas {
+        assert_eq!(route(state, "acme").await.unwrap().status(), StatusCode::OK);
+    }
+    for state in &replicas {
+        let res = route(state, "acme").await.unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = res.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((96..=100).contains(&retry), "{retry}");
+    }
+    assert_eq!(
+        route(&replicas[0], "other").await.unwrap().status(),
+        StatusCode::OK
+    );
+    // without Redis each replica limits on its own, from a full bucket
+    redis.stop();
+    let statuses = [
+        route(&replicas[0], "acme").await.unwrap().status(),
+        route(&replicas[0], "acme").await.unwrap().status(),
+        route(&replicas[0], "acme").await.unwrap().status(),
+    ];
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
 }
