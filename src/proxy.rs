@@ -78,7 +78,26 @@ struct RawProvider {
     rename: BTreeMap<String, String>,
     #[serde(default = "default_true")]
     stream_usage: bool,
+    #[serde(default)]
+    forward_headers: Vec<String>,
 }
+
+/// Headers a provider may not take from the client: switchyard sets them, or they belong to
+/// one connection.
+const UNFORWARDABLE_HEADERS: [&str; 12] = [
+    "authorization",
+    "proxy-authorization",
+    "host",
+    "content-length",
+    "content-type",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 fn default_true() -> bool {
     true
@@ -234,6 +253,9 @@ pub struct Provider {
     /// Whether streamed requests ask the upstream for a final usage chunk (which the client
     /// does not see unless it asked for it too).
     pub stream_usage: bool,
+    /// Client request headers passed on to this provider when present (e.g.
+    /// `openai-organization`); no other client header reaches it.
+    pub forward_headers: Vec<axum::http::HeaderName>,
     models: Vec<String>,
 }
 
@@ -245,6 +267,7 @@ impl std::fmt::Debug for Provider {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("rename", &self.rename)
             .field("stream_usage", &self.stream_usage)
+            .field("forward_headers", &self.forward_headers)
             .finish()
     }
 }
@@ -348,6 +371,19 @@ impl ProxyConfig {
                     }
                 },
             };
+            let mut forward_headers = Vec::new();
+            for header in &p.forward_headers {
+                let lower = header.trim().to_ascii_lowercase();
+                match axum::http::HeaderName::from_bytes(lower.as_bytes()) {
+                    Ok(_) if UNFORWARDABLE_HEADERS.contains(&lower.as_str()) => problems.push(format!(
+                        "providers.{name}.forward_headers: `{header}` cannot be forwarded (switchyard sets it, or it belongs to one connection)"
+                    )),
+                    Ok(h) => forward_headers.push(h),
+                    Err(_) => problems.push(format!(
+                        "providers.{name}.forward_headers: `{header}` is not a valid header name"
+                    )),
+                }
+            }
             providers.insert(
                 name.clone(),
                 Provider {
@@ -356,6 +392,7 @@ impl ProxyConfig {
                     api_key,
                     rename: p.rename,
                     stream_usage: p.stream_usage,
+                    forward_headers,
                     models: p.models,
                 },
             );
@@ -646,6 +683,28 @@ routes:
             }
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn forwarded_headers_are_checked() {
+        let config = parse(
+            "version: 1\nproviders:\n  local: {base_url: 'http://h', forward_headers: [OpenAI-Organization]}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.providers["local"].forward_headers,
+            ["openai-organization"]
+        );
+        let err = parse(
+            "version: 1\nproviders:\n  local: {base_url: 'http://h', forward_headers: [Authorization, 'bad name']}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`Authorization` cannot be forwarded"), "{err}");
+        assert!(
+            err.contains("`bad name` is not a valid header name"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -107,6 +107,8 @@ struct ChatRequest {
     /// Bytes of message text in the whole conversation (for the context-window estimate).
     text_bytes: usize,
     capabilities: Vec<String>,
+    /// The client's request headers.
+    headers: HeaderMap,
 }
 
 impl ChatRequest {
@@ -114,7 +116,8 @@ impl ChatRequest {
         self.text_bytes
     }
 
-    fn parse(body: Map<String, Value>) -> Result<Self, ApiError> {
+    /// Reads the request; `headers` are the client's, kept for the providers that forward some.
+    fn parse(body: Map<String, Value>, headers: HeaderMap) -> Result<Self, ApiError> {
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_string(),
             _ => {
@@ -180,6 +183,7 @@ impl ChatRequest {
             user_turns,
             text_bytes,
             capabilities,
+            headers,
         })
     }
 }
@@ -213,8 +217,8 @@ pub(super) async fn chat_completions(
         state.admit_caller(&headers).await?;
         let proxy = proxy_of(&state)?;
         let ApiJson(body) = body?;
-        let request = ChatRequest::parse(body)?;
         let who = super::identity(&headers);
+        let request = ChatRequest::parse(body, headers)?;
         let plan = plan(&state, &proxy, &request, &who).await?;
         forward(&state, &proxy, request, plan).await
     }
@@ -513,7 +517,7 @@ async fn attempt(
             tried += 1;
             run.tries += 1;
             let span = tracing::info_span!("upstream", otel.name = %format!("upstream {model}"), model = %model, provider = %provider.name, attempt = tried);
-            let outcome = try_once(proxy, provider, &body, request.stream, deadline)
+            let outcome = try_once(proxy, provider, request, &body, deadline)
                 .instrument(span)
                 .await;
             let failure = match outcome {
@@ -599,14 +603,20 @@ enum Tried {
 async fn try_once(
     proxy: &Proxy,
     provider: &Provider,
+    request: &ChatRequest,
     body: &Map<String, Value>,
-    stream: bool,
     deadline: Instant,
 ) -> Result<Tried, (&'static str, TryFailure)> {
+    let stream = request.stream;
     let timeouts = &proxy.config.timeouts;
     let left = deadline.saturating_duration_since(Instant::now());
     let first_byte = Duration::from_millis(timeouts.first_byte_ms).min(left);
     let mut req = proxy.client.post(provider.chat_url()).json(body);
+    for name in &provider.forward_headers {
+        for value in request.headers.get_all(name) {
+            req = req.header(name, value);
+        }
+    }
     if let Some(key) = &provider.api_key {
         req = req.bearer_auth(key);
     }
@@ -1328,7 +1338,7 @@ mod tests {
         let Value::Object(map) = body else {
             unreachable!()
         };
-        let r = ChatRequest::parse(map).unwrap();
+        let r = ChatRequest::parse(map, HeaderMap::new()).unwrap();
         assert!(r.stream && r.wants_json);
         assert_eq!(r.user_turns, ["first", "look"]);
         assert_eq!(r.capabilities, ["tools", "vision"]);
@@ -1353,7 +1363,7 @@ mod tests {
             let Value::Object(map) = bad else {
                 unreachable!()
             };
-            let err = ChatRequest::parse(map).err().unwrap().to_string();
+            let err = ChatRequest::parse(map, HeaderMap::new()).err().unwrap().to_string();
             assert!(err.contains(needle), "{err}");
         }
     }

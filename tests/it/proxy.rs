@@ -75,6 +75,7 @@ providers:
     base_url: {}
     api_key_env: UP_KEY
     rename: {{premium: premium-v2}}
+    forward_headers: [OpenAI-Organization]
 {}
 {extra}",
         upstream.base_url,
@@ -140,10 +141,13 @@ fn h<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 async fn auto_routes_to_the_chosen_model_at_its_provider() {
     let p = proxied("").await;
     let mut req = chat_request(&ask("auto", "hello there"), "t");
-    req.headers_mut().insert(
+    let client_headers = req.headers_mut();
+    client_headers.insert(
         header::AUTHORIZATION,
         "Bearer client-secret".parse().unwrap(),
     );
+    client_headers.insert("openai-organization", "org-client".parse().unwrap());
+    client_headers.insert("x-client-secret-sauce", "nope".parse().unwrap());
     let (status, headers, body) = send(&p.state, req).await;
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -164,6 +168,10 @@ async fn auto_routes_to_the_chosen_model_at_its_provider() {
         sent.authorization.as_deref(),
         Some(format!("Bearer {UPSTREAM_KEY}").as_str())
     );
+    // of the client's headers, only those the provider's `forward_headers` names
+    assert_eq!(sent.headers["openai-organization"], "org-client");
+    assert!(!sent.headers.contains_key("x-client-secret-sauce"));
+    assert!(!sent.headers.contains_key("x-switchyard-tenant"));
     assert_eq!(sent.body["temperature"], 0.2);
     assert_eq!(
         sent.body["messages"],

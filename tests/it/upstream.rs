@@ -44,6 +44,8 @@ pub struct Received {
     pub body: Value,
     /// The `Authorization` header.
     pub authorization: Option<String>,
+    /// Every header.
+    pub headers: HeaderMap,
 }
 
 #[derive(Default)]
@@ -183,6 +185,7 @@ async fn completions(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
+        headers: headers.clone(),
     });
     let behaviour = shared
         .scripts
