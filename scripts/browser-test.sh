@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Drives the playground page in Debian's headless Chromium with Playwright (playwright-core from
 # npm, no browser download): builds the example index, serves it on a free port, runs
-# tests/browser, and leaves screenshots in target/browser/. Installs what it needs.
+# tests/browser, and leaves screenshots in target/browser/. Installs what it needs (Chromium,
+# Node.js and npm from Debian when missing; the npm packages when the lock file changed).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -13,7 +14,17 @@ if ! command -v chromium >/dev/null; then
   echo "browser-test: installing chromium" >&2
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null
 fi
-(cd tests/browser && npm ci --no-audit --no-fund --silent)
+if ! command -v npm >/dev/null; then
+  echo "browser-test: installing Node.js and npm" >&2
+  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+# npm ci reinstalls from scratch: only when the lock file changed since the last install
+lock_sum="$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)"
+stamp=tests/browser/node_modules/.switchyard-lock-sha256
+if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+  echo "$lock_sum" > "$stamp"
+fi
 cargo build --locked --quiet
 bin="$root/target/debug/switchyard"
 work="$(mktemp -d)"

