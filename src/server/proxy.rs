@@ -1363,7 +1363,10 @@ mod tests {
             let Value::Object(map) = bad else {
                 unreachable!()
             };
-            let err = ChatRequest::parse(map, HeaderMap::new()).err().unwrap().to_string();
+            let err = ChatRequest::parse(map, HeaderMap::new())
+                .err()
+                .unwrap()
+                .to_string();
             assert!(err.contains(needle), "{err}");
         }
     }
