@@ -541,7 +541,9 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
 }
 
 /// Whether the current index in `args.out` was built from `table` with the model files and
-/// parameters given (reads the model's files to hash them, without loading the model).
+/// parameters given (reads the model's files to hash them, without loading the model), and
+/// opens whole: every file verified against its manifest, in this build's format. A damaged or
+/// older index is rebuilt rather than kept.
 fn index_is_current(args: &BuildArgs, table: &config::RouteTable, params: &IndexParams) -> bool {
     let (Ok(m), Ok(files)) = (
         crate::index::read_manifest(&args.out),
@@ -549,12 +551,19 @@ fn index_is_current(args: &BuildArgs, table: &config::RouteTable, params: &Index
     ) else {
         return false;
     };
-    m.route_table_sha256 == table.canonical_hash()
+    let built_from_these = m.route_table_sha256 == table.canonical_hash()
         && m.model.model_sha256 == files.model_sha256
         && m.model.tokenizer_sha256 == files.tokenizer_sha256
         && m.model.pooling == args.model.pooling
         && m.model.max_tokens == args.model.max_tokens
-        && m.params == *params
+        && m.params == *params;
+    built_from_these
+        && crate::index::Index::open(&args.out)
+            .and_then(|index| index.wait_for_graph())
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "the current index is damaged; rebuilding it"),
+            )
+            .is_ok()
 }
 
 fn open_engine(

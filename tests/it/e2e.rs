@@ -16,6 +16,47 @@ fn edited_example_routes(edit: impl Fn(String) -> String) -> tempfile::TempDir {
     routes
 }
 
+/// `build --if-changed`, as `scripts/serve-example.sh` runs it before every start.
+#[test]
+fn build_if_changed_keeps_a_current_index_and_rebuilds_a_changed_or_damaged_one() {
+    let root = tempfile::tempdir().unwrap();
+    let index = root.path().join("index");
+    let build_if_changed = |routes: &std::path::Path| {
+        let out = switchyard()
+            .arg("build")
+            .arg(routes)
+            .arg("--out")
+            .arg(&index)
+            .arg("--if-changed")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let live = || std::fs::read_to_string(index.join(switchyard::index::CURRENT_FILE)).unwrap();
+    let built = |stdout: String| assert!(stdout.starts_with("built "), "{stdout}");
+
+    built(build_if_changed(&example_routes()));
+    let first = live();
+    // nothing changed: nothing is built
+    let stdout = build_if_changed(&example_routes());
+    assert!(stdout.contains("is up to date"), "{stdout}");
+    assert_eq!(live(), first);
+    // a byte flipped in the live vectors: rebuilt, not kept
+    let vectors = index.join(first.trim()).join("vectors.f32");
+    let mut bytes = std::fs::read(&vectors).unwrap();
+    bytes[0] ^= 0x40;
+    std::fs::write(&vectors, bytes).unwrap();
+    built(build_if_changed(&example_routes()));
+    let second = live();
+    assert_ne!(second, first);
+    // the routes changed: rebuilt
+    let renamed = edited_example_routes(|t| t.replace("name: order_status", "name: orders"));
+    built(build_if_changed(renamed.path()));
+    assert_ne!(live(), second);
+}
+
 #[test]
 fn build_serve_query_and_shut_down() {
     let dir = tempfile::tempdir().unwrap();
