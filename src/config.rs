@@ -1260,6 +1260,49 @@ routes:
     }
 
     #[test]
+    fn catalog_problems_are_placed() {
+        let yaml = "\
+version: 1
+models:
+  small: {input_per_mtok: .nan, output_per_mtok: -1, context_window: 0}
+budgets:
+  - {scope: tenant, period: day, limit_usd: -5}
+default_route:
+  model: small
+routes:
+  - name: orders
+    models: [small, smal]
+    utterances: [where is my order]
+  - name: greet
+    model: small
+    utterances: [hello]
+";
+        let is = issues(yaml);
+        let find = |needle: &str| {
+            is.iter()
+                .find(|i| i.message.contains(needle))
+                .unwrap_or_else(|| panic!("no issue containing {needle:?} in {is:#?}"))
+        };
+        assert_eq!(find("input_per_mtok NaN").line, 3);
+        assert_eq!(find("output_per_mtok -1").line, 3);
+        assert_eq!(find("context_window is 0").line, 3);
+        assert_eq!(find("limit_usd -5").line, 5);
+        let typo = find("model `smal` is not in the `models` catalog");
+        assert_eq!((typo.line, typo.route.as_deref()), (9, Some("orders")));
+        assert_eq!(is.len(), 5, "{is:#?}");
+
+        let no_catalog = issues(
+            "version: 1\nbudgets: [{scope: tenant, period: day, limit_usd: 5}]\ndefault_route: {model: m}\nroutes: [{name: r, model: m, utterances: [hi]}]\n",
+        );
+        assert!(
+            no_catalog[0]
+                .message
+                .contains("`budgets` need a `models` catalog"),
+            "{no_catalog:#?}"
+        );
+    }
+
+    #[test]
     fn utterance_under_two_routes_is_reported_with_both_places() {
         let is = issues(&GOOD.replace("I want a refund", "Track my   package"));
         assert_eq!(is.len(), 1, "{is:#?}");

@@ -854,4 +854,60 @@ mod calibrate_tests {
         );
         assert_eq!(strict.after.oos_recall, Some(1.0));
     }
+
+    #[test]
+    fn a_target_precision_trades_in_scope_accuracy_for_right_matches() {
+        let table = RouteTable::new(
+            Defaults::default(),
+            "d",
+            vec![Route::new("a", "m", &[]), Route::new("b", "m", &[])],
+        );
+        // route a: ten lines at 0.9, ten at 0.8; route b: ten at 0.9; twenty out-of-scope lines
+        // that look like a at 0.85, so a's threshold cannot keep them out and take all of a
+        let mut examples = Vec::new();
+        let mut evidence = Vec::new();
+        for i in 0..50 {
+            let (route, winner, score) = match i {
+                0..10 => (Some("a"), 0, 0.9),
+                10..20 => (Some("a"), 0, 0.8),
+                20..30 => (Some("b"), 1, 0.9),
+                _ => (None, 0, 0.85),
+            };
+            examples.push(Example {
+                text: i.to_string(),
+                route: route.map(str::to_string),
+            });
+            evidence.push(vec![
+                Evidence {
+                    route: winner,
+                    score,
+                    similarity: score,
+                },
+                Evidence {
+                    route: 1 - winner,
+                    score: 1.0 - score,
+                    similarity: 0.1,
+                },
+            ]);
+        }
+        let fit = |p: f64| {
+            calibrate(
+                &table,
+                &examples,
+                &evidence,
+                Objective::TargetPrecision(p),
+                5,
+            )
+        };
+        // right at least 95% of the time: a keeps only its 0.9 lines
+        let strict = fit(0.95);
+        assert!(
+            (strict.after.in_scope_accuracy - 20.0 / 30.0).abs() < 1e-9,
+            "{strict:?}"
+        );
+        assert_eq!(strict.after.oos_recall, Some(1.0));
+        // right 60% of the time is enough to take every in-scope line
+        let loose = fit(0.5);
+        assert_eq!(loose.after.in_scope_accuracy, 1.0, "{loose:?}");
+    }
 }

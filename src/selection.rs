@@ -324,11 +324,19 @@ pub async fn choose(
         .values()
         .map(|m| m.cost_usd(needs.prompt_tokens, needs.output_tokens))
         .reduce(f64::max);
+    // the default route's candidates after the route's own, each model considered once
+    let tried: &[String] = route.map_or(&[], |r| &r.candidates);
+    let default_rest: Vec<String> = table
+        .default_candidates
+        .iter()
+        .filter(|m| !tried.contains(m))
+        .cloned()
+        .collect();
     let mut lists: Vec<(&[String], bool)> = Vec::new();
     if let Some(r) = route {
         lists.push((&r.candidates, false));
     }
-    lists.push((&table.default_candidates, route.is_some()));
+    lists.push((&default_rest, route.is_some()));
     let mut skipped = Vec::new();
     let mut counted = None;
     for (candidates, from_default) in lists {

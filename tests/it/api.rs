@@ -301,6 +301,10 @@ async fn info_endpoints() {
     get(&state, "/nope")
         .await
         .error(StatusCode::NOT_FOUND, "not_found");
+    let msg = get(&state, "/v1/route")
+        .await
+        .error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert!(msg.contains("GET"), "{msg}");
 }
 
 #[tokio::test]

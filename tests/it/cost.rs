@@ -140,6 +140,49 @@ async fn budget_downgrades_then_refuses_with_402() {
 }
 
 #[tokio::test]
+async fn a_key_budget_caps_one_api_key_named_by_its_hash() {
+    use sha2::Digest;
+    let hash = |key: &str| switchyard::config::hex(&sha2::Sha256::digest(key))[..16].to_string();
+    // one premium request ($0.25) fits under the key's $0.4 a day, a second only as mid ($0.125)
+    let routes = COST_ROUTES.replace(
+        "  - {scope: tenant, period: day, limit_usd: 0.875}",
+        &format!(
+            "  - {{scope: key, id: {}, period: day, limit_usd: 0.4}}",
+            hash("secret-one")
+        ),
+    );
+    let (engine, _dir) = fake_engine_for(&routes);
+    let state = AppState::with_engine(engine, ServerOptions::default());
+    let ask = |key: &'static str| {
+        let req = Request::post("/v1/route")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .body(Body::from(r#"{"prompt": "hello there"}"#))
+            .unwrap();
+        let state = state.clone();
+        async move {
+            let res = app(state).oneshot(req).await.unwrap();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }
+    };
+    assert_eq!(ask("secret-one").await["model"], "premium");
+    let v = ask("secret-one").await;
+    assert_eq!(v["model"], "mid", "{v}");
+    let budget = v["selection"]["skipped"][0]["budget"].as_str().unwrap();
+    assert_eq!(budget, format!("key:{} per day", hash("secret-one")));
+    // a third request fits nowhere: 402, each model named once (cheap is also the default's)
+    let v = ask("secret-one").await;
+    assert_eq!(v["type"], "budget_exhausted", "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert_eq!(error.matches("\"model\":\"cheap\"").count(), 1, "{error}");
+    // another key is not under that cap
+    for _ in 0..2 {
+        assert_eq!(ask("secret-two").await["model"], "premium");
+    }
+}
+
+#[tokio::test]
 async fn usage_reports_adjust_the_budget() {
     let (state, _dir) = state();
     let (_, v) = route(&state, "acme", json!({"prompt": "hello there"})).await;

@@ -545,12 +545,24 @@ async fn api_keys_and_rate_limits_guard_the_route_and_proxy_endpoints() {
         req.body(Body::from(ask("auto", "hello there").to_string()))
             .unwrap()
     };
-    for uri in ["/v1/route", "/v1/chat/completions"] {
-        let (status, _, body) = send(&state, call(None, uri)).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
-        assert!(String::from_utf8_lossy(&body).contains("Authorization: Bearer"));
-        let (status, _, _) = send(&state, call(Some("key-on"), uri)).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    // every endpoint a caller uses asks for a key, before it reads the body
+    for uri in [
+        "/v1/route",
+        "/v1/route/batch",
+        "/v1/usage",
+        "/v1/chat/completions",
+        "GET /v1/models",
+    ] {
+        for key in [None, Some("key-on")] {
+            let mut req = call(key, uri.trim_start_matches("GET "));
+            if uri.starts_with("GET ") {
+                *req.method_mut() = axum::http::Method::GET;
+            }
+            let (status, _, body) = send(&state, req).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri} with {key:?}");
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains("Authorization: Bearer"), "{uri}: {body}");
+        }
     }
     // two requests of burst, then 429 with Retry-After; the other key has its own bucket
     assert_eq!(
