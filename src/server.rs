@@ -578,35 +578,9 @@ pub struct RouteRequest {
     /// Send to this route, bypassing the scores (it must exist).
     #[serde(default)]
     pub route: Option<String>,
-    /// Every other field: ignored (an OpenAI chat request routes as it is), unless its name is
-    /// a near miss of one of the fields above.
-    #[serde(flatten)]
-    #[schema(ignore)]
-    pub other: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
 
-/// The fields of [`RouteRequest`] a misspelt name is checked against.
-const ROUTE_REQUEST_FIELDS: [&str; 4] = ["prompt", "messages", "capabilities", "route"];
-
 impl RouteRequest {
-    /// Refuses a field whose name is a near miss of one of ours (`capabilites`, `Prompt`):
-    /// ignored, it would silently change the decision.
-    pub fn check_field_names(&self) -> Result<(), ApiError> {
-        for name in self.other.keys() {
-            let lower = name.to_lowercase();
-            let near = ROUTE_REQUEST_FIELDS.iter().find(|field| {
-                lower == **field
-                    || (name.len() >= 4 && strsim::damerau_levenshtein(&lower, field) <= 2)
-            });
-            if let Some(field) = near {
-                return Err(ApiError::Validation(format!(
-                    "unknown field `{name}`: did you mean `{field}`?"
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// The text to route.
     pub fn text(&mut self) -> Result<String, ApiError> {
         match (self.prompt.take(), self.messages.take()) {
@@ -1104,7 +1078,6 @@ async fn route(
     let result = async {
         state.admit_caller(&headers).await?;
         let ApiJson(mut body) = body?;
-        body.check_field_names()?;
         let text = body.text()?;
         state.check_prompt_length(&text, "the prompt")?;
         let who = identity(&headers);
@@ -1567,66 +1540,6 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn near_misses_of_route_request_fields_are_refused_and_chat_fields_ignored() {
-        let check = |json: &str| {
-            serde_json::from_str::<RouteRequest>(json)
-                .unwrap()
-                .check_field_names()
-        };
-        for typo in [
-            "capabilites",
-            "Prompt",
-            "prompts",
-            "mesages",
-            "routes",
-            "ROUTE",
-        ] {
-            let err = check(&format!(r#"{{"prompt": "hi", "{typo}": 1}}"#)).unwrap_err();
-            assert!(err.to_string().contains("did you mean"), "{typo}: {err}");
-        }
-        // every field of OpenAI's chat-completions request passes
-        let chat_fields = [
-            "model",
-            "audio",
-            "frequency_penalty",
-            "function_call",
-            "functions",
-            "logit_bias",
-            "logprobs",
-            "max_completion_tokens",
-            "max_tokens",
-            "metadata",
-            "modalities",
-            "n",
-            "parallel_tool_calls",
-            "prediction",
-            "presence_penalty",
-            "prompt_cache_key",
-            "reasoning_effort",
-            "response_format",
-            "safety_identifier",
-            "seed",
-            "service_tier",
-            "stop",
-            "store",
-            "stream",
-            "stream_options",
-            "temperature",
-            "tool_choice",
-            "tools",
-            "top_logprobs",
-            "top_p",
-            "user",
-            "verbosity",
-            "web_search_options",
-        ];
-        for field in chat_fields {
-            let json = format!(r#"{{"messages": [], "{field}": null}}"#);
-            assert!(check(&json).is_ok(), "{field} was refused");
-        }
-    }
 
     #[test]
     fn rate_limits_allow_a_burst_then_refill_at_the_rate() {
