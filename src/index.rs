@@ -299,8 +299,10 @@ pub fn write_checked_artifact(
         std::process::id()
     );
     let staging = dir.join(format!(".{gen_name}.partial"));
+    // checked by exact scan: a graph loader thread would outlive the check, still reading the
+    // files while they are renamed into place (and hnsw_rs exits the process on a short read)
     let result = write_generation(&staging, &input, now.as_secs())
-        .and_then(|()| check(&Index::open_generation(&staging)?));
+        .and_then(|()| check(&Index::open_generation_with(&staging, false)?));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
@@ -602,8 +604,13 @@ impl Index {
         Self::open_generation(&generation)
     }
 
-    /// Opens one generation directory.
+    /// Opens one generation directory, loading its HNSW graph (if it has one) in the background.
     pub fn open_generation(generation: &Path) -> Result<Self, IndexError> {
+        Self::open_generation_with(generation, true)
+    }
+
+    /// [`Index::open_generation`]; without `load_graph`, every search is an exact scan.
+    fn open_generation_with(generation: &Path, load_graph: bool) -> Result<Self, IndexError> {
         let manifest_path = generation.join(MANIFEST_FILE);
         let bytes = std::fs::read(&manifest_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => IndexError::Corrupted {
@@ -674,6 +681,7 @@ impl Index {
             .collect();
         let graph = match &manifest.search {
             SearchKind::Exact => None,
+            SearchKind::Hnsw { .. } if !load_graph => None,
             SearchKind::Hnsw { basename } => {
                 // both files must be listed; their contents are verified by the loader thread
                 for suffix in ["hnsw.graph", "hnsw.data"] {
