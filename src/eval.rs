@@ -799,39 +799,52 @@ mod calibrate_tests {
     use crate::config::{Defaults, Route};
     use crate::policy::Evidence;
 
-    #[test]
-    fn fits_a_threshold_that_separates_out_of_scope_lines() {
-        let table = RouteTable::new(
+    /// Routes `a` (0) and `b` (1).
+    fn two_routes() -> RouteTable {
+        RouteTable::new(
             Defaults::default(),
             "d",
             vec![Route::new("a", "m", &[]), Route::new("b", "m", &[])],
-        );
-        let mut examples = Vec::new();
-        let mut evidence = Vec::new();
-        for i in 0..40 {
-            let (route, score) = match i % 4 {
-                0 => (Some("a"), 0.9),
-                1 => (Some("b"), 0.8),
-                _ => (None, 0.4 + (i as f32) * 0.001),
-            };
-            let winner = usize::from(route == Some("b"));
-            examples.push(Example {
-                text: i.to_string(),
-                route: route.map(str::to_string),
-            });
-            evidence.push(vec![
-                Evidence {
-                    route: winner,
-                    score,
-                    similarity: score,
-                },
-                Evidence {
-                    route: 1 - winner,
-                    score: 1.0 - score,
-                    similarity: 0.1,
-                },
-            ]);
-        }
+        )
+    }
+
+    /// Labelled lines of [`two_routes`], each `(gold route, route that scores best, its score)`;
+    /// the other route scores the rest, at a low similarity.
+    fn lines(
+        spec: impl IntoIterator<Item = (Option<&'static str>, usize, f32)>,
+    ) -> (Vec<Example>, Vec<Vec<Evidence>>) {
+        spec.into_iter()
+            .enumerate()
+            .map(|(i, (route, winner, score))| {
+                let example = Example {
+                    text: i.to_string(),
+                    route: route.map(str::to_string),
+                };
+                let evidence = vec![
+                    Evidence {
+                        route: winner,
+                        score,
+                        similarity: score,
+                    },
+                    Evidence {
+                        route: 1 - winner,
+                        score: 1.0 - score,
+                        similarity: 0.1,
+                    },
+                ];
+                (example, evidence)
+            })
+            .unzip()
+    }
+
+    #[test]
+    fn fits_a_threshold_that_separates_out_of_scope_lines() {
+        let table = two_routes();
+        let (examples, evidence) = lines((0..40).map(|i| match i % 4 {
+            0 => (Some("a"), 0, 0.9),
+            1 => (Some("b"), 1, 0.8),
+            _ => (None, 0, 0.4 + (i as f32) * 0.001),
+        }));
         let c = calibrate(&table, &examples, &evidence, Objective::Accuracy, 5);
         assert_eq!(c.before.oos_recall, Some(0.0));
         assert_eq!(c.after.in_scope_accuracy, 1.0);
@@ -857,39 +870,15 @@ mod calibrate_tests {
 
     #[test]
     fn a_target_precision_trades_in_scope_accuracy_for_right_matches() {
-        let table = RouteTable::new(
-            Defaults::default(),
-            "d",
-            vec![Route::new("a", "m", &[]), Route::new("b", "m", &[])],
-        );
+        let table = two_routes();
         // route a: ten lines at 0.9, ten at 0.8; route b: ten at 0.9; twenty out-of-scope lines
         // that look like a at 0.85, so a's threshold cannot keep them out and take all of a
-        let mut examples = Vec::new();
-        let mut evidence = Vec::new();
-        for i in 0..50 {
-            let (route, winner, score) = match i {
-                0..10 => (Some("a"), 0, 0.9),
-                10..20 => (Some("a"), 0, 0.8),
-                20..30 => (Some("b"), 1, 0.9),
-                _ => (None, 0, 0.85),
-            };
-            examples.push(Example {
-                text: i.to_string(),
-                route: route.map(str::to_string),
-            });
-            evidence.push(vec![
-                Evidence {
-                    route: winner,
-                    score,
-                    similarity: score,
-                },
-                Evidence {
-                    route: 1 - winner,
-                    score: 1.0 - score,
-                    similarity: 0.1,
-                },
-            ]);
-        }
+        let (examples, evidence) = lines((0..50).map(|i| match i {
+            0..10 => (Some("a"), 0, 0.9),
+            10..20 => (Some("a"), 0, 0.8),
+            20..30 => (Some("b"), 1, 0.9),
+            _ => (None, 0, 0.85),
+        }));
         let fit = |p: f64| {
             calibrate(
                 &table,

@@ -260,6 +260,16 @@ pub fn json_of(cmd: &mut Command) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Sends `signal` (`"TERM"`, `"HUP"`) to `child`, as an operator would with `kill`.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {} failed", child.id());
+}
+
 /// `switchyard build ROUTES --out OUT`, which must succeed.
 pub fn build(routes: &Path, out: &Path) {
     let status = switchyard()

@@ -1,6 +1,5 @@
 //! The real binary: build, serve on port 0, query over loopback, shut down with SIGTERM.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -90,11 +89,7 @@ fn build_serve_query_and_shut_down() {
         assert_eq!(v["route"], "order_status");
     });
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(&child, "TERM");
     let code = child.wait().unwrap();
     assert!(code.success(), "serve exited with {code:?} after SIGTERM");
 }
@@ -366,26 +361,14 @@ fn reloads_a_rebuilt_index(reload: Reload) {
     if reload == Reload::Sighup {
         // not swapped until asked
         assert!(routes_now(&rt).contains(&"order_status".to_string()));
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
+        signal(&child, "HUP");
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while !routes_now(&rt).contains(&"orders".to_string()) {
         assert!(Instant::now() < deadline, "{reload:?} did not reload");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
 }
 
@@ -441,11 +424,7 @@ fn traces_reach_an_otlp_collector_with_the_callers_trace_id() {
         assert_eq!(r.status(), 200);
     });
     // spans are exported in batches; stopping the server flushes them
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
     let posts = posts.lock().unwrap();
     assert!(!posts.is_empty(), "nothing reached the collector");

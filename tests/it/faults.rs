@@ -160,11 +160,7 @@ impl Server {
     }
 
     fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        signal(&self.child, "TERM");
     }
 
     /// Waits for the process to exit after a signal; it must exit 0 within `limit`.
