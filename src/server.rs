@@ -270,8 +270,12 @@ fn bearer(headers: &HeaderMap) -> &str {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(|c: char| c.is_ascii_whitespace())?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        })
         .unwrap_or("")
 }
 
@@ -924,8 +928,9 @@ fn identity(headers: &HeaderMap) -> Identity {
             .filter(|v| !v.is_empty())
             .map(str::to_string)
     };
-    let key = text("authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+    // the key as [`bearer`] reads it, so that spacing cannot make one key two callers
+    let key = Some(bearer(headers))
+        .filter(|k| !k.is_empty())
         .map(|k| crate::config::hex(&Sha256::digest(k.as_bytes()))[..16].to_string());
     Identity {
         key,
@@ -1540,6 +1545,26 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_key_is_one_caller_however_its_header_is_spaced() {
+        let who = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            (bearer(&headers).to_string(), identity(&headers).key)
+        };
+        let plain = who("Bearer key-one");
+        assert_eq!(plain.0, "key-one");
+        for spaced in [
+            "Bearer  key-one",
+            "bearer key-one",
+            " Bearer\tkey-one ",
+            "BEARER key-one  ",
+        ] {
+            assert_eq!(who(spaced), plain, "{spaced:?}");
+        }
+        assert_eq!(who("Basic a2V5LW9uZQ=="), (String::new(), None));
+    }
 
     #[test]
     fn rate_limits_allow_a_burst_then_refill_at_the_rate() {
