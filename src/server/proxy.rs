@@ -318,15 +318,18 @@ async fn plan(
         estimate_usd: response.selection.estimated_cost_usd,
         reserved: response.selection.counted.is_some(),
     }];
+    let from_default = response.selection.from_default;
     let lists = route
-        .filter(|_| !response.selection.from_default)
-        .map(|r| r.candidates.as_slice())
+        .filter(|_| !from_default)
+        .map(|r| (r.candidates.as_slice(), false))
         .into_iter()
-        .chain([table.default_candidates.as_slice()]);
-    for list in lists {
-        let after = list
-            .iter()
-            .position(|m| *m == response.selection.model)
+        .chain([(table.default_candidates.as_slice(), true)]);
+    for (list, is_default) in lists {
+        // in the list it was chosen from, the fallbacks are the models after it; the default
+        // route's list is whole when the choice came from the route's own
+        let after = (is_default == from_default)
+            .then(|| list.iter().position(|m| *m == response.selection.model))
+            .flatten()
             .map_or(0, |i| i + 1);
         let (eligible, _) = selection::filter(
             &list[after..],

@@ -90,8 +90,13 @@ fn parse_proxy(text: &str) -> ProxyConfig {
 
 /// A server over [`PROXY_ROUTES`] (fake embedder) proxying to a fresh fake upstream.
 async fn proxied(extra: &str) -> Proxied {
+    proxied_with(PROXY_ROUTES, extra).await
+}
+
+/// [`proxied`] over other routes.
+async fn proxied_with(routes: &str, extra: &str) -> Proxied {
     let upstream = Upstream::start().await;
-    let (engine, dir) = fake_engine_for(PROXY_ROUTES);
+    let (engine, dir) = fake_engine_for(routes);
     let config = parse_proxy(&proxy_file(&upstream, extra));
     assert_eq!(config.check(engine.index().table()), Vec::<String>::new());
     let state = AppState::with_engine(engine, ServerOptions::default())
@@ -308,6 +313,26 @@ async fn a_model_that_failed_every_try_is_marked_down_for_a_while() {
         p.upstream.models(),
         ["premium-v2", "premium-v2", "mid", "mid"]
     );
+}
+
+#[tokio::test]
+async fn the_default_routes_models_are_fallbacks_in_their_order() {
+    // greet's only candidate is premium; the default route lists mid before premium
+    let routes = PROXY_ROUTES
+        .replace("models: [premium, mid, cheap]", "models: [premium]")
+        .replace(
+            "default_route: {models: [cheap]}",
+            "default_route: {models: [mid, premium]}",
+        );
+    let p = proxied_with(&routes, "").await;
+    p.upstream.script(
+        "premium-v2",
+        [Behaviour::Status(500), Behaviour::Status(500)],
+    );
+    let (status, headers, body) = chat(&p.state, ask("auto", "hello there")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
+    assert_eq!(p.upstream.models(), ["premium-v2", "premium-v2", "mid"]);
 }
 
 #[tokio::test]
