@@ -11,8 +11,8 @@
 //! answers instead and the decision says it is degraded.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -263,7 +263,13 @@ pub struct RedisStore {
     prefix: String,
     script: redis::Script,
     take_token: redis::Script,
+    /// Until when Redis is left alone after it failed to answer (shared by the clones).
+    resting: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long Redis is left alone after a call failed: meanwhile every request counts in memory
+/// at once, instead of each waiting for the timeout.
+const REDIS_REST: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -305,7 +311,41 @@ impl RedisStore {
             prefix: prefix.to_string(),
             script: redis::Script::new(RESERVE_LUA),
             take_token: redis::Script::new(TAKE_TOKEN_LUA),
+            resting: Arc::default(),
         })
+    }
+
+    /// Sends `request` unless Redis failed within the last [`REDIS_REST`]; logs when Redis
+    /// stops and starts answering, not on every request.
+    async fn guarded<T>(
+        &self,
+        request: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RedisError> {
+        let resting = *self.resting.lock().expect("redis state lock");
+        if let Some(until) = resting.filter(|until| Instant::now() < *until) {
+            let left = until.saturating_duration_since(Instant::now());
+            return Err(RedisError(format!(
+                "not answering; tried again in {:.1} s",
+                left.as_secs_f64()
+            )));
+        }
+        let result = request.await;
+        let mut resting = self.resting.lock().expect("redis state lock");
+        match result {
+            Ok(value) => {
+                if resting.take().is_some() {
+                    tracing::info!("Redis answers again; counting there");
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                if resting.is_none() {
+                    tracing::warn!(error = %e, rest_s = REDIS_REST.as_secs(), "Redis does not answer; counting in this process, trying Redis again after a rest");
+                }
+                *resting = Some(Instant::now() + REDIS_REST);
+                Err(redis_err(e))
+            }
+        }
     }
 
     /// Takes one request from `caller`'s rate-limit bucket, shared by every replica using this
@@ -321,19 +361,14 @@ impl RedisStore {
         let hash = Sha256::digest(caller.as_bytes());
         let key = format!("{}rate:{}", self.prefix, crate::config::hex(&hash[..12]));
         let mut conn = self.conn.clone();
-        let (taken, wait): (u8, String) = self
-            .take_token
-            .key(key)
-            .arg(per_second)
-            .arg(burst)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
+        let mut script = self.take_token.key(key);
+        script.arg(per_second).arg(burst);
+        let (taken, wait): (u8, String) = self.guarded(script.invoke_async(&mut conn)).await?;
         Ok(if taken == 1 {
             Ok(())
         } else {
-            let wait: f64 = wait.parse().unwrap_or(1.0);
-            Err(Duration::from_secs_f64(wait.max(0.0)))
+            let wait = wait.parse::<f64>().unwrap_or(1.0).max(0.0);
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::from_secs(1)))
         })
     }
 
@@ -354,8 +389,7 @@ impl RedisStore {
             inv.arg(cap.limit_usd).arg(cap.ttl.as_secs());
         }
         let mut conn = self.conn.clone();
-        let (failed, spent): (usize, String) =
-            inv.invoke_async(&mut conn).await.map_err(redis_err)?;
+        let (failed, spent): (usize, String) = self.guarded(inv.invoke_async(&mut conn)).await?;
         Ok(match failed {
             0 => Ok(()),
             i => {
@@ -385,7 +419,7 @@ impl RedisStore {
                 .ignore();
         }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(redis_err)
+        self.guarded(pipe.query_async::<()>(&mut conn)).await
     }
 }
 
@@ -423,7 +457,7 @@ impl Ledger {
             Some(r) => match r.reserve(caps, cost).await {
                 Ok(result) => (result, Counted::Redis),
                 Err(e) => {
-                    tracing::warn!(error = %e, "budget store unavailable; counting in memory");
+                    tracing::debug!(error = %e, "budget store unavailable; counting in memory");
                     (
                         self.memory.reserve(caps, cost),
                         Counted::Degraded {

@@ -174,7 +174,7 @@ impl AppState {
                     .take_token(&caller, limiter.per_second, limiter.burst)
                     .await
                     .inspect_err(|e| {
-                        tracing::warn!(error = %e, "rate-limit store unavailable; limiting in this process");
+                        tracing::debug!(error = %e, "rate-limit store unavailable; limiting in this process");
                     })
                     .ok(),
                 None => None,

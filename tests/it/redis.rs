@@ -22,36 +22,46 @@ impl RedisServer {
                 .local_addr()
                 .unwrap()
                 .port();
-            let mut child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server is not installed: run scripts/test.sh, which installs it");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if child.try_wait().unwrap().is_some() {
-                    break; // it could not listen there
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return RedisServer {
-                        child,
-                        url: format!("redis://127.0.0.1:{port}/"),
-                    };
-                }
-                assert!(Instant::now() < deadline, "redis-server did not start");
-                std::thread::sleep(Duration::from_millis(20));
+            if let Some(server) = Self::start_on(port) {
+                return server;
             }
         }
         panic!("redis-server exited on start five times (ports taken?)");
+    }
+
+    /// Starts `redis-server` on `port`; `None` if it exits instead (the port is taken).
+    fn start_on(port: u16) -> Option<Self> {
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: run scripts/test.sh, which installs it");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return None; // it could not listen there
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(RedisServer {
+                    child,
+                    url: format!("redis://127.0.0.1:{port}/"),
+                });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("redis-server did not start in 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn stop(&mut self) {
@@ -166,6 +176,27 @@ async fn a_redis_that_goes_away_degrades_to_memory_and_says_so() {
     let json = serde_json::to_value(&counted).unwrap();
     assert_eq!(json["store"], "degraded");
     assert!(json["reason"].as_str().unwrap().contains("redis"), "{json}");
+    // then Redis rests: the next requests count in memory without asking it
+    let (_, counted) = ledger.reserve(&caps, 0.25).await;
+    let Counted::Degraded { reason } = counted else {
+        panic!("{counted:?}")
+    };
+    assert!(reason.contains("not answering"), "{reason}");
+    // and once it is back, after the rest, counting returns there
+    let port: u16 = redis
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let _back = RedisServer::start_on(port).expect("the port is free again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ledger.reserve(&caps, 0.01).await.1 != Counted::Redis {
+        assert!(Instant::now() < deadline, "Redis was not used again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
