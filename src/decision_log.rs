@@ -14,15 +14,21 @@ use std::sync::mpsc;
 /// Lines that may wait for the writer.
 const QUEUE_LINES: usize = 4096;
 
-/// A rotating JSON-lines log fed from any thread. Dropping it waits until every queued line is
-/// written, so a server that shuts down loses none.
+/// A rotating JSON-lines log fed from any thread. Dropping it waits (up to
+/// [`DRAIN_TIMEOUT`]) until every queued line is written, so a server that shuts down loses
+/// none.
 #[derive(Debug)]
 pub struct DecisionLog {
     /// `None` once dropped: the writer sees the channel close, drains it and ends.
     lines: Option<mpsc::SyncSender<String>>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    /// Closed by the writer when it ends (in a mutex only to be `Sync`; read in `drop`).
+    done: std::sync::Mutex<mpsc::Receiver<()>>,
     dropped: AtomicU64,
 }
+
+/// The longest a dropped log waits for its writer (a stalled disk must not hold up shutdown
+/// for ever).
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where and how much to keep.
 #[derive(Debug, Clone)]
@@ -65,7 +71,8 @@ impl DecisionLog {
     pub fn open(options: LogOptions) -> std::io::Result<Self> {
         let (mut out, mut size) = open_append(&options.path)?;
         let (lines, rx) = mpsc::sync_channel::<String>(QUEUE_LINES);
-        let writer = std::thread::Builder::new()
+        let (done_tx, done) = mpsc::channel::<()>();
+        std::thread::Builder::new()
             .name("switchyard-decision-log".into())
             .spawn(move || {
                 let write = |out: &mut BufWriter<File>, size: &mut u64, line: &str| -> std::io::Result<()> {
@@ -91,20 +98,23 @@ impl DecisionLog {
                     }
                 }
                 let _ = out.flush();
+                drop(done_tx);
             })?;
         Ok(DecisionLog {
             lines: Some(lines),
-            writer: Some(writer),
+            done: std::sync::Mutex::new(done),
             dropped: AtomicU64::new(0),
         })
     }
 
     /// Queues one line; drops it (and counts it) when the writer is behind.
     pub fn record(&self, line: &serde_json::Value) {
-        let sent = self.lines.as_ref().map(|l| l.try_send(line.to_string()));
-        if !matches!(sent, Some(Ok(()))) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(lines) = &self.lines
+            && lines.try_send(line.to_string()).is_ok()
+        {
+            return;
         }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Lines dropped because the writer was behind.
@@ -116,10 +126,11 @@ impl DecisionLog {
 impl Drop for DecisionLog {
     fn drop(&mut self) {
         drop(self.lines.take());
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!("the decision log's writer panicked; lines may be missing");
+        let done = self.done.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Err(mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(DRAIN_TIMEOUT) {
+            tracing::error!(
+                "the decision log's writer is still writing after {DRAIN_TIMEOUT:?}; lines still queued are lost"
+            );
         }
     }
 }
