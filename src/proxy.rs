@@ -82,14 +82,14 @@ struct RawProvider {
     forward_headers: Vec<String>,
 }
 
-/// Headers a provider may not take from the client: switchyard sets them, or they belong to
-/// one connection.
+/// Headers a provider may not take from the client (besides every `content-*` header):
+/// switchyard sets them, reads the answer as it asked for it, or they belong to one connection.
 const UNFORWARDABLE_HEADERS: [&str; 12] = [
     "authorization",
     "proxy-authorization",
     "host",
-    "content-length",
-    "content-type",
+    "accept-encoding",
+    "cookie",
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -375,9 +375,15 @@ impl ProxyConfig {
             for header in &p.forward_headers {
                 let lower = header.trim().to_ascii_lowercase();
                 match axum::http::HeaderName::from_bytes(lower.as_bytes()) {
-                    Ok(_) if UNFORWARDABLE_HEADERS.contains(&lower.as_str()) => problems.push(format!(
-                        "providers.{name}.forward_headers: `{header}` cannot be forwarded (switchyard sets it, or it belongs to one connection)"
-                    )),
+                    Ok(_)
+                        if UNFORWARDABLE_HEADERS.contains(&lower.as_str())
+                            || lower.starts_with("content-") =>
+                    {
+                        problems.push(format!(
+                            "providers.{name}.forward_headers: `{header}` cannot be forwarded (switchyard sets it, reads the answer as it asked for it, or it belongs to one connection)"
+                        ))
+                    }
+                    Ok(h) if forward_headers.contains(&h) => {}
                     Ok(h) => forward_headers.push(h),
                     Err(_) => problems.push(format!(
                         "providers.{name}.forward_headers: `{header}` is not a valid header name"
@@ -688,7 +694,7 @@ routes:
     #[test]
     fn forwarded_headers_are_checked() {
         let config = parse(
-            "version: 1\nproviders:\n  local: {base_url: 'http://h', forward_headers: [OpenAI-Organization]}\n",
+            "version: 1\nproviders:\n  local: {base_url: 'http://h', forward_headers: [OpenAI-Organization, openai-organization]}\n",
         )
         .unwrap();
         assert_eq!(
@@ -696,10 +702,16 @@ routes:
             ["openai-organization"]
         );
         let err = parse(
-            "version: 1\nproviders:\n  local: {base_url: 'http://h', forward_headers: [Authorization, 'bad name']}\n",
+            "version: 1\nproviders:\n  local: {base_url: 'http://h', forward_headers: [Authorization, 'bad name', Content-Encoding, Accept-Encoding]}\n",
         )
         .unwrap_err()
         .to_string();
+        for refused in ["Content-Encoding", "Accept-Encoding"] {
+            assert!(
+                err.contains(&format!("`{refused}` cannot be forwarded")),
+                "{err}"
+            );
+        }
         assert!(err.contains("`Authorization` cannot be forwarded"), "{err}");
         assert!(
             err.contains("`bad name` is not a valid header name"),
