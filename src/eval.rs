@@ -536,7 +536,11 @@ mod tests {
         assert_eq!(r.figures.oos_recall, None);
         assert_eq!(r.baselines.always_default.oos_recall, None);
         let json = serde_json::to_value(&r).unwrap();
-        assert!(json["oos_recall"].is_null(), "{json}");
+        assert_eq!(
+            json.get("oos_recall"),
+            Some(&serde_json::Value::Null),
+            "{json}"
+        );
         let text = render(&r);
         let switchyard = text.lines().find(|l| l.contains("switchyard")).unwrap();
         assert!(switchyard.contains("n/a"), "{text}");

@@ -220,16 +220,38 @@ pub fn switchyard() -> Command {
 }
 
 /// Starts `switchyard serve` on a free port; returns the process and its base URL.
-pub fn serve(index: &Path, extra: &[&str]) -> (std::process::Child, String) {
+pub fn serve(index: &Path, extra: &[&str]) -> (Serving, String) {
     serve_with(switchyard(), index, extra)
 }
 
+/// A running `switchyard serve`, killed when dropped if it is still running, so that a failing
+/// test leaves no server behind.
+pub struct Serving(std::process::Child);
+
+impl std::ops::Deref for Serving {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serving {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// [`serve`] with a command of the caller's (e.g. with more environment).
-pub fn serve_with(
-    mut command: Command,
-    index: &Path,
-    extra: &[&str],
-) -> (std::process::Child, String) {
+pub fn serve_with(mut command: Command, index: &Path, extra: &[&str]) -> (Serving, String) {
     let mut child = command
         .args(["serve", "--addr", "127.0.0.1:0", "--index"])
         .arg(index)
@@ -246,7 +268,7 @@ pub fn serve_with(
         .strip_prefix("switchyard listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
-    (child, base)
+    (Serving(child), base)
 }
 
 /// Runs a command that must succeed and prints JSON; returns the JSON.

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -85,9 +85,9 @@ impl HeldRequest {
     }
 }
 
-/// A running `switchyard serve --admin-key`; killed if the test fails before it stops.
+/// A running `switchyard serve --admin-key` (killed on drop, as every [`Serving`] is).
 struct Server {
-    child: Child,
+    child: Serving,
     base: String,
 }
 
@@ -182,13 +182,6 @@ impl Server {
     fn stop(&mut self) {
         self.sigterm();
         self.wait_exit(Duration::from_secs(10));
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -109,11 +109,18 @@ async fn proxied_with(routes: &str, extra: &str) -> Proxied {
     }
 }
 
+/// One request through the router, answered in full within a minute (the upstream's stalls
+/// last [`FOREVER`]: a timeout that does not fire fails the test instead of hanging it).
 async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
-    let res = app(state.clone()).oneshot(req).await.unwrap();
-    let (parts, body) = res.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, bytes)
+    let exchange = async {
+        let res = app(state.clone()).oneshot(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, bytes)
+    };
+    tokio::time::timeout(Duration::from_secs(60), exchange)
+        .await
+        .expect("no whole answer within 60 s")
 }
 
 fn chat_request(body: &Value, tenant: &str) -> Request<Body> {
@@ -694,7 +701,7 @@ async fn a_short_follow_up_stays_on_the_conversations_route() {
 
 /// The real binary serving the example routes on the real model, with every provider pointing
 /// at `upstream`; returns the process and its base URL.
-fn serve_proxy(upstream: &Upstream, dir: &std::path::Path) -> (std::process::Child, String) {
+fn serve_proxy(upstream: &Upstream, dir: &std::path::Path) -> (Serving, String) {
     let providers: String = ["openai", "groq", "anthropic", "vllm"]
         .iter()
         .map(|p| {
