@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Serves the example routes (routes/) on the default model at http://127.0.0.1:8080
 # (SWITCHYARD_ADDR overrides). Fetches the model and ONNX Runtime, builds switchyard, and
-# (re)builds the index when the routes or the model changed; every step is idempotent.
+# (re)builds the index when the routes or the model changed, or the index is damaged or of an
+# older format; every step is idempotent.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -187,7 +187,7 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = IndexParams::default().hnsw_min_vectors)]
     pub hnsw_min_vectors: usize,
     /// Skip the build when the current index already comes from these routes, this model and
-    /// these parameters.
+    /// these parameters, and opens whole (a damaged or older-format index is rebuilt).
     #[arg(long)]
     pub if_changed: bool,
     #[command(flatten)]
@@ -561,7 +561,7 @@ fn index_is_current(args: &BuildArgs, table: &config::RouteTable, params: &Index
         && crate::index::Index::open(&args.out)
             .and_then(|index| index.wait_for_graph())
             .inspect_err(
-                |e| tracing::warn!(error = %e, "the current index is damaged; rebuilding it"),
+                |e| tracing::warn!(error = %e, "the current index does not open; rebuilding it"),
             )
             .is_ok()
 }

@@ -279,7 +279,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP switchyard_http_requests_in_flight HTTP requests received and not yet answered, this one included.\n# TYPE switchyard_http_requests_in_flight gauge\nswitchyard_http_requests_in_flight {}",
+            "# HELP switchyard_http_requests_in_flight HTTP requests received and not yet answered, this one included (a streamed answer counts until its headers are sent).\n# TYPE switchyard_http_requests_in_flight gauge\nswitchyard_http_requests_in_flight {}",
             self.in_flight.load(Ordering::Relaxed)
         );
         let histograms = [
