@@ -325,7 +325,7 @@ impl RedisStore {
         if let Some(until) = resting.filter(|until| Instant::now() < *until) {
             let left = until.saturating_duration_since(Instant::now());
             return Err(RedisError(format!(
-                "not answering; tried again in {:.1} s",
+                "not answering; trying again in {:.1} s",
                 left.as_secs_f64()
             )));
         }
