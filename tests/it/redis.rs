@@ -9,6 +9,7 @@ use switchyard::budget::{Budget, Counted, Identity, Ledger, Period, RedisStore, 
 
 struct RedisServer {
     child: Child,
+    port: u16,
     url: String,
 }
 
@@ -53,6 +54,7 @@ impl RedisServer {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Some(RedisServer {
                     child,
+                    port,
                     url: format!("redis://127.0.0.1:{port}/"),
                 });
             }
@@ -90,12 +92,18 @@ fn caps(tenant: &str) -> Vec<switchyard::budget::CapKey> {
     caps_for(&budgets, &who, SystemTime::now())
 }
 
-/// A replica's ledger. Its Redis timeout is long: on a loaded machine the production 500 ms
+/// A replica's Redis store. Its timeout is long: on a loaded machine the production 500 ms
 /// could send a reservation to the in-memory fallback and fail a test for the wrong reason
 /// (the fallback itself is tested with the production timeout below).
+async fn store(url: &str) -> RedisStore {
+    RedisStore::connect_with_timeout(url, "test:", Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+/// A replica's ledger, over [`store`].
 async fn replica(url: &str) -> Ledger {
-    let store = RedisStore::connect_with_timeout(url, "test:", Duration::from_secs(10));
-    Ledger::with_redis(store.await.unwrap())
+    Ledger::with_redis(store(url).await)
 }
 
 #[tokio::test]
@@ -183,15 +191,7 @@ async fn a_redis_that_goes_away_degrades_to_memory_and_says_so() {
     };
     assert!(reason.contains("not answering"), "{reason}");
     // and once it is back, after the rest, counting returns there
-    let port: u16 = redis
-        .url
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let _back = RedisServer::start_on(port).expect("the port is free again");
+    let _back = RedisServer::start_on(redis.port).expect("the port is free again");
     let deadline = Instant::now() + Duration::from_secs(30);
     while ledger.reserve(&caps, 0.01).await.1 != Counted::Redis {
         assert!(Instant::now() < deadline, "Redis was not used again");
@@ -202,8 +202,7 @@ async fn a_redis_that_goes_away_degrades_to_memory_and_says_so() {
 #[tokio::test]
 async fn rate_limits_are_shared_by_replicas_and_keep_no_caller_in_clear() {
     let redis = RedisServer::start();
-    let store = || RedisStore::connect_with_timeout(&redis.url, "test:", Duration::from_secs(10));
-    let (a, b) = (store().await.unwrap(), store().await.unwrap());
+    let (a, b) = (store(&redis.url).await, store(&redis.url).await);
     // a burst of two, then one request each 100 s, whichever replica is asked
     let caller = "key:sk-client-secret";
     assert_eq!(a.take_token(caller, 0.01, 2.0).await.unwrap(), Ok(()));
