@@ -6,7 +6,7 @@
 #   benches/load.sh [INDEX_DIR] [OUT_FILE]
 #
 # INDEX_DIR defaults to an index of routes/ built here; OUT_FILE to bench-results/load.md.
-# DURATION (default 15s) sets each run's length; SERVE_ARGS adds flags to `switchyard serve`;
+# DURATION (default 15s) sets each run's length; SERVE_ARGS adds flags to `pointsman serve`;
 # MODEL_DIR serves (and builds the default index with) another model than the default.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,10 +15,10 @@ cd "$root"
 # (assigned first: `eval "$(...)"` would ignore setup failing)
 setup_env="$(scripts/setup.sh)"
 eval "$setup_env"
-export SWITCHYARD_MODEL_DIR="${MODEL_DIR:-$SWITCHYARD_MODEL_DIR}"
+export POINTSMAN_MODEL_DIR="${MODEL_DIR:-$POINTSMAN_MODEL_DIR}"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release --locked --quiet
-bin="$root/target/release/switchyard"
+bin="$root/target/release/pointsman"
 work="$(mktemp -d)"
 trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -40,7 +40,7 @@ peak_rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$pid/status"; }
   echo "# Load test: POST /v1/route"
   echo
   echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk 1 thread, $duration per run, index $(basename "$index") ($(curl -fs "$addr/readyz"))."
-  echo "Server: \`switchyard serve --embed-cache-entries 0 ${SERVE_ARGS:-}\`, model $(basename "$SWITCHYARD_MODEL_DIR"); wrk runs on the same machine."
+  echo "Server: \`pointsman serve --embed-cache-entries 0 ${SERVE_ARGS:-}\`, model $(basename "$POINTSMAN_MODEL_DIR"); wrk runs on the same machine."
   echo
   echo "| concurrency | requests/s | p50 ms | p99 ms | max ms | 200 | 429 | other | socket errors |"
   echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -16,9 +16,9 @@ out="${2:-bench-results/methods.md}"
 # (assigned first: `eval "$(...)"` would ignore setup failing)
 setup_env="$(scripts/setup.sh)"
 eval "$setup_env"
-export SWITCHYARD_MODEL_DIR="${MODEL_DIR:-$SWITCHYARD_MODEL_DIR}"
+export POINTSMAN_MODEL_DIR="${MODEL_DIR:-$POINTSMAN_MODEL_DIR}"
 cargo build --release --locked --quiet
-bin="$root/target/release/switchyard"
+bin="$root/target/release/pointsman"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python3 examples/clinc150/convert.py "$data" "$work" --per-route 10 >/dev/null
@@ -36,7 +36,7 @@ accuracy() { python3 -c 'import json, sys; print("%.3f" % json.load(sys.stdin)["
   echo "# Decision rules on CLINC150"
   echo
   echo "\`benches/methods.sh\`, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)," \
-    "model \`$(basename "$SWITCHYARD_MODEL_DIR")\`: 150 routes of the first 10 training" \
+    "model \`$(basename "$POINTSMAN_MODEL_DIR")\`: 150 routes of the first 10 training" \
     "utterances each, no thresholds; in-scope accuracy on \`val\` and \`test\`."
   echo
   echo "| rule | val | test |"

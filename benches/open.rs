@@ -15,7 +15,7 @@ mod common;
 use common::{DIM, clustered, write_synthetic};
 use std::time::Instant;
 
-use switchyard::index::{Index, IndexParams, exact_search};
+use pointsman::index::{Index, IndexParams, exact_search};
 
 const CLUSTERS: usize = 1000;
 const QUERIES: usize = 200;

@@ -11,16 +11,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use switchyard::config;
-use switchyard::embed::{
+use pointsman::config;
+use pointsman::embed::{
     DEFAULT_MAX_TOKENS, DEFAULT_MODEL_DIR, DEFAULT_ORT_LIBRARY, Embedder, ModelSpec, OnnxEmbedder,
     PoolingKind, REFERENCE_MODEL_DIR,
 };
-use switchyard::engine::{Engine, EngineOptions};
-use switchyard::index::IndexParams;
-use switchyard::indexer;
-use switchyard::policy::{self, Evidence};
-use switchyard::server::{AppState, ServerOptions, app};
+use pointsman::engine::{Engine, EngineOptions};
+use pointsman::index::IndexParams;
+use pointsman::indexer;
+use pointsman::policy::{self, Evidence};
+use pointsman::server::{AppState, ServerOptions, app};
 
 const PROMPT: &str = "Where is my order #12345? It was supposed to arrive last Tuesday.";
 
@@ -32,11 +32,11 @@ fn spec() -> ModelSpec {
             .unwrap_or_else(|| root.join(default))
     };
     ModelSpec {
-        model_dir: path("SWITCHYARD_MODEL_DIR", DEFAULT_MODEL_DIR),
-        ort_library: path("SWITCHYARD_ORT_LIB", DEFAULT_ORT_LIBRARY),
+        model_dir: path("POINTSMAN_MODEL_DIR", DEFAULT_MODEL_DIR),
+        ort_library: path("POINTSMAN_ORT_LIB", DEFAULT_ORT_LIBRARY),
         pooling: PoolingKind::Mean,
         max_tokens: DEFAULT_MAX_TOKENS,
-        // as each of `switchyard serve`'s workers runs by default
+        // as each of `pointsman serve`'s workers runs by default
         intra_threads: 1,
         spinning: false,
     }

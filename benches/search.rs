@@ -1,6 +1,6 @@
 //! Exact SIMD scan against HNSW at growing index sizes, in one group so the crossover shows.
 //! Seeded clustered 384-d unit vectors (uniform random vectors are a pathological case for HNSW).
-//! Sizes come from `SWITCHYARD_BENCH_SIZES` (comma-separated, default `1000,4000,10000`); graph
+//! Sizes come from `POINTSMAN_BENCH_SIZES` (comma-separated, default `1000,4000,10000`); graph
 //! building costs about 13 s per 10k vectors on one core, so large sizes are opt-in.
 
 use std::hint::black_box;
@@ -10,13 +10,13 @@ mod common;
 
 use common::{DIM, clustered, write_synthetic};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use switchyard::index::{Index, IndexParams, exact_search};
+use pointsman::index::{Index, IndexParams, exact_search};
 
 const CLUSTERS: usize = 150;
 const K: usize = 10;
 
 fn sizes() -> Vec<usize> {
-    std::env::var("SWITCHYARD_BENCH_SIZES")
+    std::env::var("POINTSMAN_BENCH_SIZES")
         .unwrap_or_else(|_| "1000,4000,10000".into())
         .split(',')
         .map(|s| s.trim().parse().expect("sizes are numbers"))

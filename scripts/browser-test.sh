@@ -20,13 +20,13 @@ if ! command -v npm >/dev/null; then
 fi
 # npm ci reinstalls from scratch: only when the lock file changed since the last install
 lock_sum="$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)"
-stamp=tests/browser/node_modules/.switchyard-lock-sha256
+stamp=tests/browser/node_modules/.pointsman-lock-sha256
 if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
   echo "$lock_sum" > "$stamp"
 fi
 cargo build --locked --quiet
-bin="$root/target/debug/switchyard"
+bin="$root/target/debug/pointsman"
 work="$(mktemp -d)"
 trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 "$bin" build routes/ --out "$work/index" >/dev/null
@@ -34,5 +34,5 @@ trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 api_key="playground-test-key"
 start_server "$bin" "$work/index" --api-key "$api_key"
 mkdir -p target/browser
-(cd tests/browser && SWITCHYARD_URL="$addr" SWITCHYARD_API_KEY="$api_key" \
+(cd tests/browser && POINTSMAN_URL="$addr" POINTSMAN_API_KEY="$api_key" \
   SCREENSHOT_DIR="$root/target/browser" node --test)

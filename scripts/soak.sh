@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak test: sustained load on `switchyard serve` while its index is rebuilt in place and
+# Soak test: sustained load on `pointsman serve` while its index is rebuilt in place and
 # hot-reloaded ten times, alternating two variants of the example routes (odd reloads through
 # POST /v1/admin/reload, even ones through SIGHUP). Passes when every request was answered
 # (no socket errors or timeouts), no answer was a 5xx or any status but 200 and 429, all ten
@@ -34,7 +34,7 @@ if [ -n "${CARGO_LOCK:-}" ]; then
 else
   cargo build --release --locked --quiet
 fi
-bin="$root/target/release/switchyard"
+bin="$root/target/release/pointsman"
 echo "soak: release binary ready after $(($(date +%s) - soak_started)) s"
 work="$(mktemp -d)"
 cleanup() {
@@ -116,7 +116,7 @@ for i in $(seq 1 "$reloads"); do
     kill -HUP "$pid"
     ok=""
     for _ in $(seq 1 300); do
-      ok=$(curl -s "$addr/metrics" | sed -n 's/^switchyard_reloads_total{result="ok"} //p')
+      ok=$(curl -s "$addr/metrics" | sed -n 's/^pointsman_reloads_total{result="ok"} //p')
       [ "$ok" = "$i" ] && break
       sleep 0.1
     done
@@ -218,7 +218,7 @@ if not (seen["a"] and seen["b"]):
 rows = [l.split("\t") for l in open(f"{work}/reloads.tsv").read().splitlines()]
 def counter(result):
     for l in metrics.splitlines():
-        if l.startswith(f'switchyard_reloads_total{{result="{result}"}} '):
+        if l.startswith(f'pointsman_reloads_total{{result="{result}"}} '):
             return int(float(l.split()[-1]))
     return None
 ok, failed = counter("ok"), counter("failed")

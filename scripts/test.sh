@@ -12,8 +12,8 @@ if ! command -v redis-server >/dev/null; then
   echo "test: installing redis-server" >&2
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 fi
-# the proxy's end-to-end test drives switchyard with the unmodified `openai` Python package
-venv=".cache/switchyard/venv"
+# the proxy's end-to-end test drives pointsman with the unmodified `openai` Python package
+venv=".cache/pointsman/venv"
 if ! "$venv/bin/python" -c 'import openai, sys; sys.exit(openai.__version__ != "3.57.0")' 2>/dev/null; then
   echo "test: installing the openai Python package into $venv" >&2
   python3 -m venv "$venv" 2>/dev/null || {
@@ -21,7 +21,7 @@ if ! "$venv/bin/python" -c 'import openai, sys; sys.exit(openai.__version__ != "
   }
   "$venv/bin/pip" install -q --disable-pip-version-check openai==3.57.0
 fi
-export SWITCHYARD_PYTHON="$root/$venv/bin/python"
+export POINTSMAN_PYTHON="$root/$venv/bin/python"
 cargo test --locked "$@"
 # the playground page in a real browser (Debian's Chromium, driven by Playwright)
 scripts/browser-test.sh

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 pub enum Scope {
     /// Per API key.
     Key,
-    /// Per tenant (`x-switchyard-tenant`).
+    /// Per tenant (`x-pointsman-tenant`).
     Tenant,
-    /// Per tier (`x-switchyard-tier`).
+    /// Per tier (`x-pointsman-tier`).
     Tier,
 }
 

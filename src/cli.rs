@@ -18,18 +18,18 @@ use crate::index::{Index, IndexError, IndexParams};
 use crate::indexer;
 use crate::server::{self, AppState, ServerOptions};
 
-/// switchyard: a semantic LLM router. Declare routes in YAML, build an index offline, and ask
+/// pointsman: a semantic LLM router. Declare routes in YAML, build an index offline, and ask
 /// which model each prompt should go to.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about, long_about = None)]
+#[command(name = "pointsman", version, about, long_about = None)]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SWITCHYARD_LOG_FORMAT")]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "POINTSMAN_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Export traces (one span per HTTP request, with the route and model chosen, and one per
     /// upstream try of the proxy) by OTLP over HTTP to this collector, e.g.
     /// `http://127.0.0.1:4318`; off without it. A `traceparent` header joins the caller's trace.
-    #[arg(long, global = true, env = "SWITCHYARD_OTLP_ENDPOINT")]
+    #[arg(long, global = true, env = "POINTSMAN_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// The command to run.
     #[command(subcommand)]
@@ -45,7 +45,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// switchyard's commands.
+/// pointsman's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate route files without loading a model; reports every problem at once.
@@ -73,8 +73,8 @@ pub enum Command {
     },
     /// Route one prompt and explain the decision as a table (scores as bars); JSON with --json.
     Explain {
-        /// Index directory written by `switchyard build`.
-        #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+        /// Index directory written by `pointsman build`.
+        #[arg(long, env = "POINTSMAN_INDEX", default_value = "index")]
         index: PathBuf,
         /// The prompt to explain.
         prompt: String,
@@ -89,14 +89,14 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) for switchyard.
+    /// Print the man page (roff) for pointsman.
     Man,
     /// Print the OpenAPI document of the HTTP API (also served at `/openapi.json`).
     Openapi,
     /// Route one prompt and print the decision as JSON (the same JSON as `POST /v1/route`).
     Route {
-        /// Index directory written by `switchyard build`.
-        #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+        /// Index directory written by `pointsman build`.
+        #[arg(long, env = "POINTSMAN_INDEX", default_value = "index")]
         index: PathBuf,
         /// The prompt to route.
         prompt: String,
@@ -110,16 +110,16 @@ pub enum Command {
 pub struct ModelArgs {
     /// Directory holding model.onnx, tokenizer.json, tokenizer_config.json,
     /// special_tokens_map.json and config.json.
-    #[arg(long, env = "SWITCHYARD_MODEL_DIR", default_value = DEFAULT_MODEL_DIR)]
+    #[arg(long, env = "POINTSMAN_MODEL_DIR", default_value = DEFAULT_MODEL_DIR)]
     pub model_dir: PathBuf,
     /// Path of the ONNX Runtime shared library (libonnxruntime.so.1.x).
-    #[arg(long, env = "SWITCHYARD_ORT_LIB", default_value = DEFAULT_ORT_LIBRARY)]
+    #[arg(long, env = "POINTSMAN_ORT_LIB", default_value = DEFAULT_ORT_LIBRARY)]
     pub ort_lib: PathBuf,
     /// Pooling of the model's token vectors (recorded in the index).
-    #[arg(long, value_enum, default_value_t = PoolingKind::Mean, env = "SWITCHYARD_POOLING")]
+    #[arg(long, value_enum, default_value_t = PoolingKind::Mean, env = "POINTSMAN_POOLING")]
     pub pooling: PoolingKind,
     /// Token window; longer prompts are cut to their first N tokens (recorded in the index).
-    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS, env = "SWITCHYARD_MAX_TOKENS")]
+    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS, env = "POINTSMAN_MAX_TOKENS")]
     pub max_tokens: usize,
     /// ONNX Runtime intra-op threads per model session [default: `serve` gives each worker an
     /// equal share of the cores (one thread each with the default workers on up to 4 cores);
@@ -127,12 +127,12 @@ pub struct ModelArgs {
     /// Measured on 2 cores with the default model (benches/route.rs, `session_settings`): one
     /// thread embeds one prompt in 1.94 ms, two threads in 2.83 ms (their hand-offs cost more
     /// than they share), so `serve` runs a single-thread session per core by default.
-    #[arg(long, env = "SWITCHYARD_INTRA_THREADS")]
+    #[arg(long, env = "POINTSMAN_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
     /// Let idle ONNX Runtime threads spin-wait. With one thread a session it changes nothing
     /// (1.93 against 1.94 ms a prompt); with more, idle cores burn CPU that the HTTP layer and
     /// other processes need.
-    #[arg(long, env = "SWITCHYARD_SPINNING")]
+    #[arg(long, env = "POINTSMAN_SPINNING")]
     pub spinning: bool,
 }
 
@@ -181,7 +181,7 @@ pub struct BuildArgs {
     /// A route file, or a directory whose *.yaml files form one route table.
     pub routes: PathBuf,
     /// Index directory to write (the previous index in it stays live if the build fails).
-    #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+    #[arg(long, env = "POINTSMAN_INDEX", default_value = "index")]
     pub out: PathBuf,
     /// From this many utterances on, build an HNSW graph instead of relying on an exact scan.
     #[arg(long, default_value_t = IndexParams::default().hnsw_min_vectors)]
@@ -197,8 +197,8 @@ pub struct BuildArgs {
 /// Arguments of `eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Index directory written by `switchyard build`.
-    #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+    /// Index directory written by `pointsman build`.
+    #[arg(long, env = "POINTSMAN_INDEX", default_value = "index")]
     pub index: PathBuf,
     /// Labelled prompts: JSON lines `{"text": ..., "route": name or null}`, or a `.csv` file
     /// with a `text,route` header (empty route = should fall back).
@@ -217,8 +217,8 @@ pub struct EvalArgs {
 /// Arguments of `calibrate`.
 #[derive(Debug, Args)]
 pub struct CalibrateArgs {
-    /// Index directory written by `switchyard build`.
-    #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+    /// Index directory written by `pointsman build`.
+    #[arg(long, env = "POINTSMAN_INDEX", default_value = "index")]
     pub index: PathBuf,
     /// Labelled prompts, as for `eval`; include out-of-scope lines (route null).
     #[arg(long)]
@@ -235,7 +235,7 @@ pub struct CalibrateArgs {
     /// Labelled lines a route needs for a threshold of its own (others keep the global one).
     #[arg(long, default_value_t = 10)]
     pub min_support: usize,
-    /// Write the route table with the fitted thresholds to this file (then `switchyard build` it).
+    /// Write the route table with the fitted thresholds to this file (then `pointsman build` it).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print the result as JSON.
@@ -255,88 +255,88 @@ pub enum ObjectiveArg {
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Index directory written by `switchyard build`.
-    #[arg(long, env = "SWITCHYARD_INDEX", default_value = "index")]
+    /// Index directory written by `pointsman build`.
+    #[arg(long, env = "POINTSMAN_INDEX", default_value = "index")]
     pub index: PathBuf,
     /// Route files the index must have been built from; serving refuses a stale index.
-    #[arg(long, env = "SWITCHYARD_ROUTES")]
+    #[arg(long, env = "POINTSMAN_ROUTES")]
     pub routes: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, env = "SWITCHYARD_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "POINTSMAN_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Model sessions (worker threads) embedding prompts, fed by one queue [default: one per
     /// core, at most 4]. Measured on 2 cores with the default model, which embeds prompts one at
     /// a time: a single-thread session embeds one in 1.94 ms, a session of two threads in 2.83 ms
     /// (benches/route.rs, `session_settings`); two single-thread sessions answer 796 requests/s
     /// at concurrency 32 (bench-results/load.md).
-    #[arg(long, env = "SWITCHYARD_WORKERS")]
+    #[arg(long, env = "POINTSMAN_WORKERS")]
     pub workers: Option<usize>,
     /// Prompts that may wait for a worker; beyond it requests get 429.
-    #[arg(long, env = "SWITCHYARD_QUEUE_CAPACITY", default_value_t = EngineOptions::default().queue_capacity)]
+    #[arg(long, env = "POINTSMAN_QUEUE_CAPACITY", default_value_t = EngineOptions::default().queue_capacity)]
     pub queue_capacity: usize,
     /// Most prompts embedded in one forward pass (a model that quantises activations at run
     /// time, like the default, embeds each prompt alone whatever this says).
-    #[arg(long, env = "SWITCHYARD_MAX_BATCH", default_value_t = EngineOptions::default().max_batch)]
+    #[arg(long, env = "POINTSMAN_MAX_BATCH", default_value_t = EngineOptions::default().max_batch)]
     pub max_batch: usize,
     /// Most padded tokens in one forward pass.
-    #[arg(long, env = "SWITCHYARD_MAX_BATCH_TOKENS", default_value_t = EngineOptions::default().max_batch_tokens)]
+    #[arg(long, env = "POINTSMAN_MAX_BATCH_TOKENS", default_value_t = EngineOptions::default().max_batch_tokens)]
     pub max_batch_tokens: usize,
     /// Count spend caps and rate limits in Redis (shared by replicas), e.g.
     /// `redis://127.0.0.1:6379/0`; without it they are counted in this process's memory.
-    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    #[arg(long, env = "POINTSMAN_REDIS_URL")]
     pub redis_url: Option<Secret>,
-    /// Prefix of switchyard's Redis keys.
-    #[arg(long, env = "SWITCHYARD_REDIS_PREFIX", default_value = "switchyard:")]
+    /// Prefix of pointsman's Redis keys.
+    #[arg(long, env = "POINTSMAN_REDIS_PREFIX", default_value = "pointsman:")]
     pub redis_prefix: String,
     /// Reload the index when its `CURRENT` file changes (checked every second); SIGHUP and
     /// `POST /v1/admin/reload` reload it anyway.
-    #[arg(long, env = "SWITCHYARD_WATCH")]
+    #[arg(long, env = "POINTSMAN_WATCH")]
     pub watch: bool,
     /// Key for the admin endpoints (`Authorization: Bearer <key>`); without it they are off.
-    #[arg(long, env = "SWITCHYARD_ADMIN_KEY")]
+    #[arg(long, env = "POINTSMAN_ADMIN_KEY")]
     pub admin_key: Option<Secret>,
     /// Write every decision as a JSON line to this file (off by default; prompts are hashed,
     /// not written).
-    #[arg(long, env = "SWITCHYARD_DECISION_LOG")]
+    #[arg(long, env = "POINTSMAN_DECISION_LOG")]
     pub decision_log: Option<PathBuf>,
     /// Rotate the decision log at this size.
-    #[arg(long, env = "SWITCHYARD_DECISION_LOG_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "POINTSMAN_DECISION_LOG_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub decision_log_max_bytes: u64,
     /// Rotated decision-log files kept.
-    #[arg(long, env = "SWITCHYARD_DECISION_LOG_KEEP", default_value_t = 5)]
+    #[arg(long, env = "POINTSMAN_DECISION_LOG_KEEP", default_value_t = 5)]
     pub decision_log_keep: usize,
     /// Embeddings kept for repeated prompts; 0 turns the cache off.
-    #[arg(long, env = "SWITCHYARD_EMBED_CACHE_ENTRIES", default_value_t = EngineOptions::default().embed_cache_entries)]
+    #[arg(long, env = "POINTSMAN_EMBED_CACHE_ENTRIES", default_value_t = EngineOptions::default().embed_cache_entries)]
     pub embed_cache_entries: usize,
     /// Largest request body in bytes (413 beyond).
-    #[arg(long, env = "SWITCHYARD_BODY_LIMIT_BYTES", default_value_t = ServerOptions::default().body_limit_bytes)]
+    #[arg(long, env = "POINTSMAN_BODY_LIMIT_BYTES", default_value_t = ServerOptions::default().body_limit_bytes)]
     pub body_limit_bytes: usize,
     /// Largest body of a proxied chat request in bytes (413 beyond).
-    #[arg(long, env = "SWITCHYARD_PROXY_BODY_LIMIT_BYTES", default_value_t = ServerOptions::default().proxy_body_limit_bytes)]
+    #[arg(long, env = "POINTSMAN_PROXY_BODY_LIMIT_BYTES", default_value_t = ServerOptions::default().proxy_body_limit_bytes)]
     pub proxy_body_limit_bytes: usize,
     /// Most prompts in one /v1/route/batch request.
-    #[arg(long, env = "SWITCHYARD_MAX_BATCH_PROMPTS", default_value_t = ServerOptions::default().max_batch_prompts)]
+    #[arg(long, env = "POINTSMAN_MAX_BATCH_PROMPTS", default_value_t = ServerOptions::default().max_batch_prompts)]
     pub max_batch_prompts: usize,
     /// Longest prompt in bytes on the route endpoints (422 beyond).
-    #[arg(long, env = "SWITCHYARD_MAX_PROMPT_BYTES", default_value_t = ServerOptions::default().max_prompt_bytes)]
+    #[arg(long, env = "POINTSMAN_MAX_PROMPT_BYTES", default_value_t = ServerOptions::default().max_prompt_bytes)]
     pub max_prompt_bytes: usize,
     /// Longest a route request may take, in milliseconds, before it is answered with 503.
-    #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT_MS", default_value_t = ServerOptions::default().request_timeout_ms)]
+    #[arg(long, env = "POINTSMAN_REQUEST_TIMEOUT_MS", default_value_t = ServerOptions::default().request_timeout_ms)]
     pub request_timeout_ms: u64,
     /// Serve the OpenAI-compatible proxy (`/v1/chat/completions`, `/v1/models`) with the
     /// providers, timeouts and retries of this file (see examples/proxy.yaml).
-    #[arg(long, env = "SWITCHYARD_PROXY")]
+    #[arg(long, env = "POINTSMAN_PROXY")]
     pub proxy: Option<PathBuf>,
     /// API keys the route, usage and proxy endpoints require (`Authorization: Bearer <key>`);
     /// comma-separated in the environment. Without any, those endpoints are open.
-    #[arg(long = "api-key", env = "SWITCHYARD_API_KEYS", value_delimiter = ',')]
+    #[arg(long = "api-key", env = "POINTSMAN_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<Secret>,
     /// Requests per second each caller may make (by API key, else tenant header), across
     /// replicas with `--redis-url`; 0 = no limit.
-    #[arg(long, env = "SWITCHYARD_RATE_LIMIT_PER_S", default_value_t = 0.0)]
+    #[arg(long, env = "POINTSMAN_RATE_LIMIT_PER_S", default_value_t = 0.0)]
     pub rate_limit_per_s: f64,
     /// Requests a caller may make at once above its rate.
-    #[arg(long, env = "SWITCHYARD_RATE_LIMIT_BURST", default_value_t = 20)]
+    #[arg(long, env = "POINTSMAN_RATE_LIMIT_BURST", default_value_t = 20)]
     pub rate_limit_burst: u32,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -363,13 +363,13 @@ impl Drop for Telemetry {
     }
 }
 
-/// Sets up logging on stderr (filtered by `SWITCHYARD_LOG`) and, with an OTLP endpoint, trace
+/// Sets up logging on stderr (filtered by `POINTSMAN_LOG`) and, with an OTLP endpoint, trace
 /// export. Keep the returned guard alive until the program ends.
 pub fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POINTSMAN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn,hnsw_rs=warn"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
@@ -380,10 +380,10 @@ pub fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::R
     let traces = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("switchyard"))
+            .with_tracer(p.tracer("pointsman"))
             .with_filter(
                 tracing_subscriber::filter::Targets::new()
-                    .with_target("switchyard", tracing::Level::INFO),
+                    .with_target("pointsman", tracing::Level::INFO),
             )
     });
     tracing_subscriber::registry()
@@ -419,7 +419,7 @@ fn tracer_provider(endpoint: &str) -> anyhow::Result<opentelemetry_sdk::trace::S
         .with_batch_exporter(exporter)
         .with_resource(
             opentelemetry_sdk::Resource::builder()
-                .with_service_name("switchyard")
+                .with_service_name("pointsman")
                 .build(),
         )
         .build())
@@ -450,7 +450,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             clap_complete::generate(
                 shell,
                 &mut Cli::command(),
-                "switchyard",
+                "pointsman",
                 &mut std::io::stdout(),
             );
             Ok(Outcome::Success)
@@ -711,7 +711,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
     }
     if let Some(out) = &args.out {
         let yaml = format!(
-            "# Calibrated by `switchyard calibrate` on {} ({objective:?}); rebuild with `switchyard build`.\n{}",
+            "# Calibrated by `pointsman calibrate` on {} ({objective:?}); rebuild with `pointsman build`.\n{}",
             args.data.display(),
             crate::config::to_yaml(&eval::apply(table, &cal))
         );
@@ -765,7 +765,7 @@ fn init(path: &Path, force: bool) -> anyhow::Result<Outcome> {
     std::fs::write(path, STARTER_ROUTES)
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!(
-        "wrote {}; next: `switchyard check {0}`, then `switchyard build {0} --out index/`",
+        "wrote {}; next: `pointsman check {0}`, then `pointsman build {0} --out index/`",
         path.display()
     );
     Ok(Outcome::Success)
@@ -1086,7 +1086,7 @@ async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Result<Outcome>
         }
     });
 
-    println!("switchyard listening on http://{addr}");
+    println!("pointsman listening on http://{addr}");
     tracing::info!(%addr, "listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -1131,7 +1131,7 @@ mod tests {
         clap_complete::generate(
             clap_complete::Shell::Bash,
             &mut Cli::command(),
-            "switchyard",
+            "pointsman",
             &mut out,
         );
         assert!(String::from_utf8(out).unwrap().contains("calibrate"));
@@ -1139,7 +1139,7 @@ mod tests {
         clap_mangen::Man::new(Cli::command())
             .render(&mut man)
             .unwrap();
-        assert!(String::from_utf8(man).unwrap().contains(".TH switchyard"));
+        assert!(String::from_utf8(man).unwrap().contains(".TH pointsman"));
     }
 
     #[test]
@@ -1158,7 +1158,7 @@ mod tests {
     #[test]
     fn serve_args_debug_shows_no_key_or_password() {
         let cli = Cli::parse_from([
-            "switchyard",
+            "pointsman",
             "serve",
             "--redis-url",
             "redis://:s3cret@host:6379/0",
@@ -1174,7 +1174,7 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("not serve")
         };
-        // two keys from one comma-separated value, as SWITCHYARD_API_KEYS gives them
+        // two keys from one comma-separated value, as POINTSMAN_API_KEYS gives them
         assert_eq!(args.api_keys.len(), 2);
     }
 }

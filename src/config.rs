@@ -159,7 +159,7 @@ pub struct RuleWhen {
     /// Phrases of which the prompt must contain at least one (case-insensitive).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keywords: Vec<String>,
-    /// The request's tier (`x-switchyard-tier`) must be this.
+    /// The request's tier (`x-pointsman-tier`) must be this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
 }
@@ -761,7 +761,7 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
             issues.push(place(file, &raw.version).issue(
                 None,
                 format!(
-                    "unsupported version {}; this switchyard reads `version: {ROUTE_FILE_VERSION}`",
+                    "unsupported version {}; this pointsman reads `version: {ROUTE_FILE_VERSION}`",
                     raw.version.value
                 ),
             ));

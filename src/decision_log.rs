@@ -2,7 +2,7 @@
 //! thread and rotated by size (`path`, `path.1`, ... `path.N`). Off unless a path is given.
 //!
 //! Requests never wait for the disk: lines go through a bounded queue, and when it is full the
-//! line is dropped and counted (`switchyard_decision_log_dropped_total`). Prompts are not
+//! line is dropped and counted (`pointsman_decision_log_dropped_total`). Prompts are not
 //! written, only a hash of them, since they may hold personal data.
 
 use std::fs::{File, OpenOptions};
@@ -73,7 +73,7 @@ impl DecisionLog {
         let (lines, rx) = mpsc::sync_channel::<String>(QUEUE_LINES);
         let (done_tx, done) = mpsc::channel::<()>();
         std::thread::Builder::new()
-            .name("switchyard-decision-log".into())
+            .name("pointsman-decision-log".into())
             .spawn(move || {
                 let write = |out: &mut BufWriter<File>, size: &mut u64, line: &str| -> std::io::Result<()> {
                     out.write_all(line.as_bytes())?;

@@ -148,12 +148,12 @@ pub struct ModelSpec {
 
 /// Where `scripts/setup.sh` puts the default model, all-MiniLM-L6-v2 with its MatMuls quantised
 /// to int8 (relative to the working directory).
-pub const DEFAULT_MODEL_DIR: &str = ".cache/switchyard/models/all-MiniLM-L6-v2-q8";
+pub const DEFAULT_MODEL_DIR: &str = ".cache/pointsman/models/all-MiniLM-L6-v2-q8";
 /// Where `scripts/setup.sh` puts the reference model, the same weights computed in fp32: 2.4
 /// times the CPU per prompt for the same routing accuracy (README, "Models").
-pub const REFERENCE_MODEL_DIR: &str = ".cache/switchyard/models/all-MiniLM-L6-v2";
+pub const REFERENCE_MODEL_DIR: &str = ".cache/pointsman/models/all-MiniLM-L6-v2";
 /// Where `scripts/setup.sh` puts ONNX Runtime's shared library.
-pub const DEFAULT_ORT_LIBRARY: &str = ".cache/switchyard/onnxruntime/libonnxruntime.so.1.31.1";
+pub const DEFAULT_ORT_LIBRARY: &str = ".cache/pointsman/onnxruntime/libonnxruntime.so.1.31.1";
 
 /// Default token window: sentence-transformers uses 256 for all-MiniLM-L6-v2.
 pub const DEFAULT_MAX_TOKENS: usize = 256;

@@ -276,7 +276,7 @@ impl Engine {
             let shared = Arc::clone(&shared);
             let rx = rx.clone();
             std::thread::Builder::new()
-                .name(format!("switchyard-embed-{i}"))
+                .name(format!("pointsman-embed-{i}"))
                 .spawn(move || worker(embedder, shared, rx, options))
                 .map_err(|e| EmbedError::Inference(format!("cannot start a worker: {e}")))?;
         }

@@ -428,7 +428,7 @@ pub fn render(report: &Report) -> String {
         "  {:<20} {:>9} {:>10} {:>13} {:>8} {:>8}",
         "", "in-scope", "oos recall", "oos precision", "overall", "macro F1"
     );
-    row(&mut s, "switchyard", &report.figures);
+    row(&mut s, "pointsman", &report.figures);
     row(
         &mut s,
         "nearest neighbour",
@@ -542,8 +542,8 @@ mod tests {
             "{json}"
         );
         let text = render(&r);
-        let switchyard = text.lines().find(|l| l.contains("switchyard")).unwrap();
-        assert!(switchyard.contains("n/a"), "{text}");
+        let pointsman = text.lines().find(|l| l.contains("pointsman")).unwrap();
+        assert!(pointsman.contains("n/a"), "{text}");
         // balanced accuracy is the in-scope accuracy alone
         assert_eq!(Objective::Accuracy.value(&r.figures, 1.0), Some(0.5));
     }

@@ -107,8 +107,8 @@ pub struct FileEntry {
 pub struct Manifest {
     /// Artifact format version.
     pub format_version: u32,
-    /// switchyard version that wrote it.
-    pub switchyard_version: String,
+    /// pointsman version that wrote it.
+    pub pointsman_version: String,
     /// Build time, seconds since the Unix epoch.
     pub built_at_unix: u64,
     /// The embedding model the vectors come from.
@@ -156,11 +156,11 @@ pub enum IndexError {
     },
     /// No index has been built in this directory.
     #[error(
-        "no index found in {0} (no {CURRENT_FILE} file); build one with `switchyard build ROUTES --out {0}`"
+        "no index found in {0} (no {CURRENT_FILE} file); build one with `pointsman build ROUTES --out {0}`"
     )]
     NotBuilt(PathBuf),
     /// A file is damaged or does not match the manifest.
-    #[error("index at {path} is corrupted: {reason}; rebuild it with `switchyard build`")]
+    #[error("index at {path} is corrupted: {reason}; rebuild it with `pointsman build`")]
     Corrupted {
         /// The generation directory or file.
         path: PathBuf,
@@ -169,7 +169,7 @@ pub enum IndexError {
     },
     /// The artifact was written in another format.
     #[error(
-        "index at {path} has format version {found}, this switchyard reads {FORMAT_VERSION}; rebuild it with `switchyard build`"
+        "index at {path} has format version {found}, this pointsman reads {FORMAT_VERSION}; rebuild it with `pointsman build`"
     )]
     Format {
         /// The generation directory.
@@ -179,7 +179,7 @@ pub enum IndexError {
     },
     /// The artifact was built with a different embedding model.
     #[error(
-        "index at {path} was built with model `{built_id}` ({built_detail}) but the loaded model is `{loaded_id}` ({loaded_detail}); rebuild it with `switchyard build` using this model, or serve with the model it was built with"
+        "index at {path} was built with model `{built_id}` ({built_detail}) but the loaded model is `{loaded_id}` ({loaded_detail}); rebuild it with `pointsman build` using this model, or serve with the model it was built with"
     )]
     ModelMismatch {
         /// The generation directory.
@@ -195,7 +195,7 @@ pub enum IndexError {
     },
     /// The artifact's routes are not the route files given.
     #[error(
-        "index at {path} was built from other routes than {routes} (route table hash {built} vs {current}); rebuild it with `switchyard build {routes}`"
+        "index at {path} was built from other routes than {routes} (route table hash {built} vs {current}); rebuild it with `pointsman build {routes}`"
     )]
     RoutesMismatch {
         /// The generation directory.
@@ -444,7 +444,7 @@ fn write_generation(
 
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
-        switchyard_version: env!("CARGO_PKG_VERSION").to_string(),
+        pointsman_version: env!("CARGO_PKG_VERSION").to_string(),
         built_at_unix,
         model: input.model.clone(),
         route_table_sha256: input.table.canonical_hash(),
@@ -848,7 +848,7 @@ impl Index {
         match self.graph.as_ref().map(GraphHandle::wait) {
             None | Some(GraphState::Ready) => Ok(()),
             // a damaged file's reason already says where and what to do
-            Some(GraphState::Failed(reason)) if reason.contains("switchyard build") => {
+            Some(GraphState::Failed(reason)) if reason.contains("pointsman build") => {
                 Err(IndexError::Graph(reason))
             }
             Some(GraphState::Failed(reason)) => Err(IndexError::Corrupted {
@@ -936,7 +936,7 @@ impl GraphHandle {
             cv.notify_all();
         };
         std::thread::Builder::new()
-            .name("switchyard-hnsw".into())
+            .name("pointsman-hnsw".into())
             .spawn(move || {
                 // verified before hnsw_rs reads them: its loader asserts on bad input
                 for suffix in ["hnsw.graph", "hnsw.data"] {
@@ -1219,14 +1219,14 @@ mod tests {
         .unwrap();
         let err = Index::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("format version 9"), "{err}");
-        assert!(err.contains("switchyard build"), "{err}");
+        assert!(err.contains("pointsman build"), "{err}");
     }
 
     #[test]
     fn missing_index_says_how_to_build() {
         let dir = tempfile::tempdir().unwrap();
         let err = Index::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("switchyard build"), "{err}");
+        assert!(err.contains("pointsman build"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! switchyard: a semantic LLM router.
+//! pointsman: a semantic LLM router.
 //!
 //! Data flows one way:
 //! route files ─[`config`]→ [`config::RouteTable`] ─[`embed`]→ vectors ─[`index`]→ artifact on disk;

@@ -1,10 +1,10 @@
-//! The `switchyard` binary: parses the command line, runs the command, maps the result to an
+//! The `pointsman` binary: parses the command line, runs the command, maps the result to an
 //! exit code (0 success, 1 a check that ran and failed, 2 an error).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchyard::cli::{self, Cli, Outcome};
+use pointsman::cli::{self, Cli, Outcome};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,6 +1,6 @@
 //! Prometheus metrics, rendered by hand in the text exposition format (one small dependency-free
 //! registry instead of a metrics stack that pulls a TLS library). Every name starts with
-//! `switchyard_`.
+//! `pointsman_`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -198,29 +198,29 @@ impl Metrics {
     /// Renders everything in the Prometheus text format.
     pub fn render(&self, gauges: Option<Gauges>) -> String {
         let mut out = String::new();
-        out.push_str("# HELP switchyard_requests_total HTTP requests by endpoint and status.\n# TYPE switchyard_requests_total counter\n");
+        out.push_str("# HELP pointsman_requests_total HTTP requests by endpoint and status.\n# TYPE pointsman_requests_total counter\n");
         for ((endpoint, status), n) in self.requests.lock().expect("metrics lock").iter() {
             let _ = writeln!(
                 out,
-                "switchyard_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
+                "pointsman_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
                 escape(endpoint)
             );
         }
-        out.push_str("# HELP switchyard_decisions_total Routing decisions by route and model (route=\"\" is a fallback).\n# TYPE switchyard_decisions_total counter\n");
+        out.push_str("# HELP pointsman_decisions_total Routing decisions by route and model (route=\"\" is a fallback).\n# TYPE pointsman_decisions_total counter\n");
         for ((route, model), n) in self.decisions.lock().expect("metrics lock").iter() {
             let _ = writeln!(
                 out,
-                "switchyard_decisions_total{{route=\"{}\",model=\"{}\"}} {n}",
+                "pointsman_decisions_total{{route=\"{}\",model=\"{}\"}} {n}",
                 escape(route),
                 escape(model)
             );
         }
         let spend = self.spend.lock().expect("metrics lock");
-        out.push_str("# HELP switchyard_estimated_spend_usd_total Estimated cost of routed requests by chosen model.\n# TYPE switchyard_estimated_spend_usd_total counter\n");
+        out.push_str("# HELP pointsman_estimated_spend_usd_total Estimated cost of routed requests by chosen model.\n# TYPE pointsman_estimated_spend_usd_total counter\n");
         for (model, usd) in spend.iter() {
             let _ = writeln!(
                 out,
-                "switchyard_estimated_spend_usd_total{{model=\"{}\"}} {usd}",
+                "pointsman_estimated_spend_usd_total{{model=\"{}\"}} {usd}",
                 escape(model)
             );
         }
@@ -229,43 +229,43 @@ impl Metrics {
         drop(spend);
         let _ = writeln!(
             out,
-            "# HELP switchyard_estimated_savings_usd_total Estimated cost saved against sending every routed request to the catalog's most expensive model.\n# TYPE switchyard_estimated_savings_usd_total counter\nswitchyard_estimated_savings_usd_total {saved}"
+            "# HELP pointsman_estimated_savings_usd_total Estimated cost saved against sending every routed request to the catalog's most expensive model.\n# TYPE pointsman_estimated_savings_usd_total counter\npointsman_estimated_savings_usd_total {saved}"
         );
-        out.push_str("# HELP switchyard_reported_spend_usd_total Cost of usage reported through /v1/usage, by model.\n# TYPE switchyard_reported_spend_usd_total counter\n");
+        out.push_str("# HELP pointsman_reported_spend_usd_total Cost of usage reported through /v1/usage, by model.\n# TYPE pointsman_reported_spend_usd_total counter\n");
         for (model, usd) in self.usage.lock().expect("metrics lock").iter() {
             let _ = writeln!(
                 out,
-                "switchyard_reported_spend_usd_total{{model=\"{}\"}} {usd}",
+                "pointsman_reported_spend_usd_total{{model=\"{}\"}} {usd}",
                 escape(model)
             );
         }
-        out.push_str("# HELP switchyard_upstream_requests_total Proxy tries of upstream models by model and result.\n# TYPE switchyard_upstream_requests_total counter\n");
+        out.push_str("# HELP pointsman_upstream_requests_total Proxy tries of upstream models by model and result.\n# TYPE pointsman_upstream_requests_total counter\n");
         for ((model, result), n) in self.upstream.lock().expect("metrics lock").iter() {
             let _ = writeln!(
                 out,
-                "switchyard_upstream_requests_total{{model=\"{}\",result=\"{result}\"}} {n}",
+                "pointsman_upstream_requests_total{{model=\"{}\",result=\"{result}\"}} {n}",
                 escape(model)
             );
         }
         let _ = writeln!(
             out,
-            "# HELP switchyard_reloads_total Index reloads by result.\n# TYPE switchyard_reloads_total counter\nswitchyard_reloads_total{{result=\"ok\"}} {}\nswitchyard_reloads_total{{result=\"failed\"}} {}",
+            "# HELP pointsman_reloads_total Index reloads by result.\n# TYPE pointsman_reloads_total counter\npointsman_reloads_total{{result=\"ok\"}} {}\npointsman_reloads_total{{result=\"failed\"}} {}",
             self.reloads_ok.load(Ordering::Relaxed),
             self.reloads_failed.load(Ordering::Relaxed)
         );
         let counters = [
             (
-                "switchyard_fallbacks_total",
+                "pointsman_fallbacks_total",
                 "Decisions that fell back to the default model.",
                 &self.fallbacks,
             ),
             (
-                "switchyard_truncated_prompts_total",
+                "pointsman_truncated_prompts_total",
                 "Prompts cut to the model's token window.",
                 &self.truncated,
             ),
             (
-                "switchyard_overloaded_total",
+                "pointsman_overloaded_total",
                 "Requests refused with 429 because the queue was full.",
                 &self.overloaded,
             ),
@@ -279,22 +279,22 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP switchyard_http_requests_in_flight HTTP requests received and not yet answered, this one included (a streamed answer counts until its headers are sent).\n# TYPE switchyard_http_requests_in_flight gauge\nswitchyard_http_requests_in_flight {}",
+            "# HELP pointsman_http_requests_in_flight HTTP requests received and not yet answered, this one included (a streamed answer counts until its headers are sent).\n# TYPE pointsman_http_requests_in_flight gauge\npointsman_http_requests_in_flight {}",
             self.in_flight.load(Ordering::Relaxed)
         );
         let histograms = [
             (
-                "switchyard_request_duration_seconds",
+                "pointsman_request_duration_seconds",
                 "Route request latency, submission to answer.",
                 &self.request_latency,
             ),
             (
-                "switchyard_embed_duration_seconds",
+                "pointsman_embed_duration_seconds",
                 "Forward-pass time of the batch each prompt rode in.",
                 &self.embed_latency,
             ),
             (
-                "switchyard_queue_duration_seconds",
+                "pointsman_queue_duration_seconds",
                 "Time prompts waited for a worker.",
                 &self.queue_latency,
             ),
@@ -306,31 +306,31 @@ impl Metrics {
         if let Some(g) = gauges {
             for (name, kind, help, value) in [
                 (
-                    "switchyard_queue_length",
+                    "pointsman_queue_length",
                     "gauge",
                     "Prompts waiting for a worker.",
                     g.queue_len as u64,
                 ),
                 (
-                    "switchyard_index_vectors",
+                    "pointsman_index_vectors",
                     "gauge",
                     "Vectors in the live index.",
                     g.index_vectors as u64,
                 ),
                 (
-                    "switchyard_embed_cache_hits_total",
+                    "pointsman_embed_cache_hits_total",
                     "counter",
                     "Prompts answered from the embedding cache.",
                     g.cache_hits,
                 ),
                 (
-                    "switchyard_embed_cache_misses_total",
+                    "pointsman_embed_cache_misses_total",
                     "counter",
                     "Prompts that needed a forward pass.",
                     g.cache_misses,
                 ),
                 (
-                    "switchyard_embed_cache_entries",
+                    "pointsman_embed_cache_entries",
                     "gauge",
                     "Embeddings held in the cache.",
                     g.cache_entries as u64,
@@ -364,15 +364,15 @@ mod tests {
             ..Gauges::default()
         }));
         assert!(
-            text.contains("switchyard_requests_total{endpoint=\"/v1/route\",status=\"200\"} 1")
+            text.contains("pointsman_requests_total{endpoint=\"/v1/route\",status=\"200\"} 1")
         );
-        assert!(text.contains("switchyard_decisions_total{route=\"orders\",model=\"small\"} 1"));
-        assert!(text.contains("switchyard_fallbacks_total 1"));
-        assert!(text.contains("switchyard_overloaded_total 1"));
-        assert!(text.contains("switchyard_request_duration_seconds_bucket{le=\"0.005\"} 1"));
-        assert!(text.contains("switchyard_request_duration_seconds_bucket{le=\"0.003\"} 0"));
-        assert!(text.contains("switchyard_request_duration_seconds_count 1"));
-        assert!(text.contains("switchyard_queue_length 3"));
+        assert!(text.contains("pointsman_decisions_total{route=\"orders\",model=\"small\"} 1"));
+        assert!(text.contains("pointsman_fallbacks_total 1"));
+        assert!(text.contains("pointsman_overloaded_total 1"));
+        assert!(text.contains("pointsman_request_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("pointsman_request_duration_seconds_bucket{le=\"0.003\"} 0"));
+        assert!(text.contains("pointsman_request_duration_seconds_count 1"));
+        assert!(text.contains("pointsman_queue_length 3"));
     }
 
     #[test]
@@ -381,7 +381,7 @@ mod tests {
         let shown = |m: &Metrics| {
             m.render(None)
                 .lines()
-                .find_map(|l| l.strip_prefix("switchyard_http_requests_in_flight "))
+                .find_map(|l| l.strip_prefix("pointsman_http_requests_in_flight "))
                 .map(str::to_owned)
         };
         let first = m.in_flight();

@@ -83,7 +83,7 @@ struct RawProvider {
 }
 
 /// Headers a provider may not take from the client (besides every `content-*` header):
-/// switchyard sets them, reads the answer as it asked for it, or they belong to one connection.
+/// pointsman sets them, reads the answer as it asked for it, or they belong to one connection.
 const UNFORWARDABLE_HEADERS: [&str; 12] = [
     "authorization",
     "proxy-authorization",
@@ -380,7 +380,7 @@ impl ProxyConfig {
                             || lower.starts_with("content-") =>
                     {
                         problems.push(format!(
-                            "providers.{name}.forward_headers: `{header}` cannot be forwarded (switchyard sets it, reads the answer as it asked for it, or it belongs to one connection)"
+                            "providers.{name}.forward_headers: `{header}` cannot be forwarded (pointsman sets it, reads the answer as it asked for it, or it belongs to one connection)"
                         ))
                     }
                     Ok(h) if forward_headers.contains(&h) => {}

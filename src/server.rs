@@ -205,7 +205,7 @@ impl AppState {
     fn admit_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(key) = &self.admin_key else {
             return Err(ApiError::Forbidden(
-                "the admin endpoints are off; start `switchyard serve` with --admin-key".into(),
+                "the admin endpoints are off; start `pointsman serve` with --admin-key".into(),
             ));
         };
         let given = bearer(headers);
@@ -692,7 +692,7 @@ impl MakeRequestId for RequestIds {
 /// The OpenAPI document's frame; the paths come from the handlers mounted in [`app`].
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "switchyard", description = "A semantic LLM router: routes each prompt to the right model."),
+    info(title = "pointsman", description = "A semantic LLM router: routes each prompt to the right model."),
     modifiers(&BearerAuth),
     tags(
         (name = "routing", description = "Decisions and usage"),
@@ -780,7 +780,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts the request in `switchyard_http_requests_in_flight` until its response is ready.
+/// Counts the request in `pointsman_http_requests_in_flight` until its response is ready.
 async fn count_in_flight(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let _in_flight = state.metrics.in_flight();
     next.run(req).await
@@ -853,17 +853,17 @@ fn timing_headers(response: &RouteResponse) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let t = &routed.timings;
     for (name, value) in [
-        ("x-switchyard-queue-ms", t.queue_ms),
-        ("x-switchyard-embed-ms", t.embed_ms),
-        ("x-switchyard-search-ms", t.search_ms),
-        ("x-switchyard-total-ms", t.total_ms),
+        ("x-pointsman-queue-ms", t.queue_ms),
+        ("x-pointsman-embed-ms", t.embed_ms),
+        ("x-pointsman-search-ms", t.search_ms),
+        ("x-pointsman-total-ms", t.total_ms),
     ] {
         if let Ok(v) = HeaderValue::from_str(&format!("{value:.3}")) {
             headers.insert(HeaderName::from_static(name), v);
         }
     }
     if let Ok(v) = HeaderValue::from_str(&routed.decision.model) {
-        headers.insert(HeaderName::from_static("x-switchyard-model"), v);
+        headers.insert(HeaderName::from_static("x-pointsman-model"), v);
     }
     headers
 }
@@ -917,7 +917,7 @@ fn record_decision(state: &AppState, response: &RouteResponse) {
     }
 }
 
-/// Who a request is for: `x-switchyard-tenant`, `x-switchyard-tier`, and the API key from
+/// Who a request is for: `x-pointsman-tenant`, `x-pointsman-tier`, and the API key from
 /// `Authorization: Bearer ...`, kept only as a hash prefix.
 fn identity(headers: &HeaderMap) -> Identity {
     let text = |name: &str| {
@@ -934,8 +934,8 @@ fn identity(headers: &HeaderMap) -> Identity {
         .map(|k| crate::config::hex(&Sha256::digest(k.as_bytes()))[..16].to_string());
     Identity {
         key,
-        tenant: text("x-switchyard-tenant"),
-        tier: text("x-switchyard-tier"),
+        tenant: text("x-pointsman-tenant"),
+        tier: text("x-pointsman-tier"),
     }
 }
 
@@ -1189,7 +1189,7 @@ pub struct UsageReport {
     /// Answer tokens billed.
     pub output_tokens: u64,
     /// The estimate charged when the request was routed (`selection.estimated_cost_usd`), so
-    /// that only the difference is added; 0 when the request was not routed by switchyard.
+    /// that only the difference is added; 0 when the request was not routed by pointsman.
     #[serde(default)]
     pub estimated_cost_usd: f64,
 }
@@ -1496,7 +1496,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     })))
 }
 
-/// Prometheus metrics (text format), every name prefixed `switchyard_`.
+/// Prometheus metrics (text format), every name prefixed `pointsman_`.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let gauges = state.engine.get().map(|e| {
@@ -1512,7 +1512,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = state.metrics.render(gauges);
     if let Some(log) = &state.decision_log {
         text.push_str(&format!(
-            "# HELP switchyard_decision_log_dropped_total Decision-log lines dropped because the writer was behind.\n# TYPE switchyard_decision_log_dropped_total counter\nswitchyard_decision_log_dropped_total {}\n",
+            "# HELP pointsman_decision_log_dropped_total Decision-log lines dropped because the writer was behind.\n# TYPE pointsman_decision_log_dropped_total counter\npointsman_decision_log_dropped_total {}\n",
             log.dropped()
         ));
     }

@@ -1,6 +1,6 @@
 //! The one place that turns vectors into similarities and similarities into distances.
 //!
-//! Every vector switchyard stores or searches is L2-normalised, so cosine similarity is the dot
+//! Every vector pointsman stores or searches is L2-normalised, so cosine similarity is the dot
 //! product. simsimd computes it with SIMD kernels picked at run time; `1 - similarity` is the
 //! distance handed to the HNSW graph, clamped at zero because rounding can push the dot product
 //! of a vector with itself above 1 (hnsw_rs asserts distances are non-negative).

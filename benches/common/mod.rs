@@ -1,9 +1,9 @@
 //! Seeded synthetic data shared by the search and open-time benches.
 
-use switchyard::config::{Defaults, Method, Route, RouteTable};
-use switchyard::embed::{ModelInfo, PoolingKind};
-use switchyard::index::{ArtifactInput, IndexParams, Utterance, write_artifact};
-use switchyard::similarity::normalise;
+use pointsman::config::{Defaults, Method, Route, RouteTable};
+use pointsman::embed::{ModelInfo, PoolingKind};
+use pointsman::index::{ArtifactInput, IndexParams, Utterance, write_artifact};
+use pointsman::similarity::normalise;
 
 /// Vector dimension (all-MiniLM-L6-v2's).
 pub const DIM: usize = 384;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Converts CLINC150 (the OOS-eval "full" variant, data_full.json) into switchyard inputs.
+"""Converts CLINC150 (the OOS-eval "full" variant, data_full.json) into pointsman inputs.
 
     python3 examples/clinc150/convert.py PATH/TO/data_full.json OUT_DIR [--per-route 10]
 

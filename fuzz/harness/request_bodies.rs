@@ -18,13 +18,13 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use switchyard::config;
-use switchyard::embed::{EmbedError, Embedded, Embedder, ModelInfo};
-use switchyard::engine::{Engine, EngineOptions};
-use switchyard::index::IndexParams;
-use switchyard::indexer;
-use switchyard::proxy::ProxyConfig;
-use switchyard::server::{AppState, ServerOptions, app};
+use pointsman::config;
+use pointsman::embed::{EmbedError, Embedded, Embedder, ModelInfo};
+use pointsman::engine::{Engine, EngineOptions};
+use pointsman::index::IndexParams;
+use pointsman::indexer;
+use pointsman::proxy::ProxyConfig;
+use pointsman::server::{AppState, ServerOptions, app};
 use tower::ServiceExt;
 
 /// The endpoints, by the first byte's bits 0-1.
@@ -198,8 +198,8 @@ pub fn check(data: &[u8]) {
     }
     if selector & 0x40 != 0 {
         request = request
-            .header("x-switchyard-tenant", "fuzz")
-            .header("x-switchyard-tier", "gold");
+            .header("x-pointsman-tenant", "fuzz")
+            .header("x-pointsman-tier", "gold");
     }
     let request = request
         .body(Body::from(body.to_vec()))

@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use switchyard::config::{self, ConfigError, RouteTable};
-use switchyard::proxy::ProxyConfig;
+use pointsman::config::{self, ConfigError, RouteTable};
+use pointsman::proxy::ProxyConfig;
 
 /// Where an input is cut into two route files, when it holds this line; else at the newline
 /// nearest its middle.

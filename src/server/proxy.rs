@@ -61,7 +61,7 @@ fn openai_error(e: ApiError) -> Response {
 fn proxy_of(state: &AppState) -> Result<Arc<Proxy>, ApiError> {
     state.proxy.clone().ok_or_else(|| {
         ApiError::NotFound(
-            "the OpenAI-compatible proxy is off; start `switchyard serve --proxy proxy.yaml`"
+            "the OpenAI-compatible proxy is off; start `pointsman serve --proxy proxy.yaml`"
                 .into(),
         )
     })
@@ -79,12 +79,12 @@ pub(super) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
         let index = state.engine()?.index();
         let table = index.table();
         let entry = |id: &str, owner: &str| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owner});
-        let mut data = vec![entry("auto", "switchyard")];
+        let mut data = vec![entry("auto", "pointsman")];
         data.extend(
             table
                 .routes
                 .iter()
-                .map(|r| entry(&r.name, "switchyard-route")),
+                .map(|r| entry(&r.name, "pointsman-route")),
         );
         let served = proxy.config.served_models(table);
         data.extend(served.into_iter().map(|(m, p)| entry(m, p)));
@@ -204,7 +204,7 @@ struct Plan {
 /// `stream: true`); errors use OpenAI's shape.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "proxy",
     request_body(content = serde_json::Value, description = "OpenAI chat-completions request"),
-    responses((status = 200, description = "The upstream's answer, with x-switchyard-* headers", body = serde_json::Value),
+    responses((status = 200, description = "The upstream's answer, with x-pointsman-* headers", body = serde_json::Value),
         (status = 404, description = "Unknown model, or the proxy is off", body = serde_json::Value),
         (status = 502, description = "Every candidate failed", body = serde_json::Value),
         (status = 504, description = "No upstream answered in time", body = serde_json::Value)))]
@@ -454,7 +454,7 @@ struct Answered {
     body: AnswerBody,
     /// Position of the model in the plan's list.
     position: usize,
-    /// Whether the relay must drop the usage chunk switchyard asked for.
+    /// Whether the relay must drop the usage chunk pointsman asked for.
     strip_usage: bool,
 }
 
@@ -985,7 +985,7 @@ async fn forward(
     }
 }
 
-/// The switchyard headers of a proxied answer.
+/// The pointsman headers of a proxied answer.
 fn decision_headers(plan: &Plan, position: usize, tries: u32, escalations: &[String]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut put = |name: &'static str, value: String| {
@@ -993,14 +993,14 @@ fn decision_headers(plan: &Plan, position: usize, tries: u32, escalations: &[Str
             headers.insert(HeaderName::from_static(name), v);
         }
     };
-    put("x-switchyard-model", plan.models[position].model.clone());
-    put("x-switchyard-fallback", (position > 0).to_string());
-    put("x-switchyard-attempts", tries.to_string());
+    put("x-pointsman-model", plan.models[position].model.clone());
+    put("x-pointsman-fallback", (position > 0).to_string());
+    put("x-pointsman-attempts", tries.to_string());
     if !escalations.is_empty() {
-        put("x-switchyard-escalations", escalations.len().to_string());
+        put("x-pointsman-escalations", escalations.len().to_string());
     }
     match &plan.routed {
-        None => put("x-switchyard-outcome", "passthrough".into()),
+        None => put("x-pointsman-outcome", "passthrough".into()),
         Some(r) => {
             let outcome = &r.routed.decision.outcome;
             let name = match outcome {
@@ -1009,12 +1009,12 @@ fn decision_headers(plan: &Plan, position: usize, tries: u32, escalations: &[Str
                 Outcome::Override { .. } => "override",
                 Outcome::Fallback { .. } => "fallback",
             };
-            put("x-switchyard-outcome", name.into());
+            put("x-pointsman-outcome", name.into());
             if let Some(route) = r.routed.decision.route() {
-                put("x-switchyard-route", route.to_string());
+                put("x-pointsman-route", route.to_string());
             }
             if let Outcome::Matched { score, .. } = outcome {
-                put("x-switchyard-score", format!("{score:.4}"));
+                put("x-pointsman-score", format!("{score:.4}"));
             }
         }
     }

@@ -4,12 +4,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
-const url = process.env.SWITCHYARD_URL;
+const url = process.env.POINTSMAN_URL;
 const shots = process.env.SCREENSHOT_DIR || ".";
-const apiKey = process.env.SWITCHYARD_API_KEY;
+const apiKey = process.env.POINTSMAN_API_KEY;
 
 test("the playground routes a typed prompt and shows why", async () => {
-  assert.ok(url && apiKey, "SWITCHYARD_URL or SWITCHYARD_API_KEY is not set (run scripts/browser-test.sh)");
+  assert.ok(url && apiKey, "POINTSMAN_URL or POINTSMAN_API_KEY is not set (run scripts/browser-test.sh)");
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

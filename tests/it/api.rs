@@ -4,8 +4,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use switchyard::engine::EngineOptions;
-use switchyard::server::{AppState, ServerOptions, app};
+use pointsman::engine::EngineOptions;
+use pointsman::server::{AppState, ServerOptions, app};
 use tower::ServiceExt;
 
 use crate::common::*;
@@ -82,9 +82,9 @@ async fn route_returns_decision_scores_neighbours_and_timings() {
         assert!(v["timings"][key].as_f64().unwrap() >= 0.0, "{key}");
     }
     for h in [
-        "x-switchyard-embed-ms",
-        "x-switchyard-total-ms",
-        "x-switchyard-model",
+        "x-pointsman-embed-ms",
+        "x-pointsman-total-ms",
+        "x-pointsman-model",
     ] {
         assert!(r.headers.contains_key(h), "{h} missing");
     }
@@ -291,7 +291,7 @@ async fn info_endpoints() {
     );
 
     let v = get(&state, "/v1/index").await.json();
-    assert_eq!(v["format_version"], switchyard::index::FORMAT_VERSION);
+    assert_eq!(v["format_version"], pointsman::index::FORMAT_VERSION);
     assert_eq!(v["model"]["dimension"], 384);
     assert_eq!(v["model"]["pooling"], "mean");
     assert_eq!(v["search"]["kind"], "exact");
@@ -327,22 +327,22 @@ async fn metrics_count_requests_decisions_and_latency() {
     assert_eq!(r.status, StatusCode::OK);
     let m = r.text;
     assert!(
-        m.contains("switchyard_requests_total{endpoint=\"/v1/route\",status=\"200\"} 2"),
+        m.contains("pointsman_requests_total{endpoint=\"/v1/route\",status=\"200\"} 2"),
         "{m}"
     );
     assert!(
-        m.contains("switchyard_requests_total{endpoint=\"/v1/route\",status=\"422\"} 1"),
+        m.contains("pointsman_requests_total{endpoint=\"/v1/route\",status=\"422\"} 1"),
         "{m}"
     );
     assert!(
         m.contains(
-            "switchyard_decisions_total{route=\"order_status\",model=\"llama-3.1-8b-instruct\"} 1"
+            "pointsman_decisions_total{route=\"order_status\",model=\"llama-3.1-8b-instruct\"} 1"
         ),
         "{m}"
     );
-    assert!(m.contains("switchyard_fallbacks_total 1"), "{m}");
+    assert!(m.contains("pointsman_fallbacks_total 1"), "{m}");
     assert!(
-        m.contains("switchyard_request_duration_seconds_count 2"),
+        m.contains("pointsman_request_duration_seconds_count 2"),
         "{m}"
     );
 }
@@ -427,7 +427,7 @@ async fn repeated_prompts_come_from_the_embedding_cache() {
     let stats = engine.cache_stats();
     assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
     let m = get(&state, "/metrics").await.text;
-    assert!(m.contains("switchyard_embed_cache_hits_total 1"), "{m}");
+    assert!(m.contains("pointsman_embed_cache_hits_total 1"), "{m}");
 
     let off = fake_engine(
         &fake,
@@ -463,7 +463,7 @@ async fn request_timeout_answers_503() {
 
 #[tokio::test]
 async fn reload_swaps_in_a_rebuilt_index_and_refuses_a_broken_one() {
-    use switchyard::server::ReloadSource;
+    use pointsman::server::ReloadSource;
     let mut fake = FakeEmbedder::new("fake");
     let dir = fake_index(&mut fake);
     let engine = fake_engine(&fake, dir.path(), EngineOptions::default());
@@ -489,8 +489,8 @@ async fn reload_swaps_in_a_rebuilt_index_and_refuses_a_broken_one() {
     // rebuild the same directory with the route renamed
     let renamed = FAKE_ROUTES.replace("name: greet", "name: salute");
     let table =
-        switchyard::config::parse_sources(&[("r.yaml".into(), renamed.into_bytes())]).unwrap();
-    switchyard::indexer::build(
+        pointsman::config::parse_sources(&[("r.yaml".into(), renamed.into_bytes())]).unwrap();
+    pointsman::indexer::build(
         &table,
         &mut fake,
         dir.path(),
@@ -527,11 +527,11 @@ async fn reload_swaps_in_a_rebuilt_index_and_refuses_a_broken_one() {
     );
     let m = get(&state, "/metrics").await.text;
     assert!(
-        m.contains("switchyard_reloads_total{result=\"ok\"} 1"),
+        m.contains("pointsman_reloads_total{result=\"ok\"} 1"),
         "{m}"
     );
     assert!(
-        m.contains("switchyard_reloads_total{result=\"failed\"} 1"),
+        m.contains("pointsman_reloads_total{result=\"failed\"} 1"),
         "{m}"
     );
 }

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
-use switchyard::config::{self, RouteTable};
-use switchyard::embed::{
+use pointsman::config::{self, RouteTable};
+use pointsman::embed::{
     DEFAULT_MAX_TOKENS, DEFAULT_MODEL_DIR, DEFAULT_ORT_LIBRARY, EmbedError, Embedded, Embedder,
     ModelInfo, ModelSpec, OnnxEmbedder, PoolingKind,
 };
-use switchyard::engine::{Engine, EngineOptions};
-use switchyard::index::IndexParams;
-use switchyard::indexer;
+use pointsman::engine::{Engine, EngineOptions};
+use pointsman::index::IndexParams;
+use pointsman::indexer;
 
 use crate::word_hash;
 
@@ -30,8 +30,8 @@ fn env_or(var: &str, default: &str) -> PathBuf {
 /// The default model, where `scripts/setup.sh` puts it. Panics (never skips) when it is missing.
 pub fn model_spec() -> ModelSpec {
     let spec = ModelSpec {
-        model_dir: env_or("SWITCHYARD_MODEL_DIR", DEFAULT_MODEL_DIR),
-        ort_library: env_or("SWITCHYARD_ORT_LIB", DEFAULT_ORT_LIBRARY),
+        model_dir: env_or("POINTSMAN_MODEL_DIR", DEFAULT_MODEL_DIR),
+        ort_library: env_or("POINTSMAN_ORT_LIB", DEFAULT_ORT_LIBRARY),
         pooling: PoolingKind::Mean,
         max_tokens: DEFAULT_MAX_TOKENS,
         intra_threads: 1,
@@ -210,21 +210,21 @@ pub fn fake_engine_for(routes: &str) -> (Arc<Engine>, tempfile::TempDir) {
 }
 
 /// The real binary, pointed at the model.
-pub fn switchyard() -> Command {
+pub fn pointsman() -> Command {
     let spec = model_spec();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    cmd.env("SWITCHYARD_MODEL_DIR", &spec.model_dir)
-        .env("SWITCHYARD_ORT_LIB", &spec.ort_library)
-        .env("SWITCHYARD_LOG", "warn");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pointsman"));
+    cmd.env("POINTSMAN_MODEL_DIR", &spec.model_dir)
+        .env("POINTSMAN_ORT_LIB", &spec.ort_library)
+        .env("POINTSMAN_LOG", "warn");
     cmd
 }
 
-/// Starts `switchyard serve` on a free port; returns the process and its base URL.
+/// Starts `pointsman serve` on a free port; returns the process and its base URL.
 pub fn serve(index: &Path, extra: &[&str]) -> (Serving, String) {
-    serve_with(switchyard(), index, extra)
+    serve_with(pointsman(), index, extra)
 }
 
-/// A running `switchyard serve`, killed when dropped if it is still running, so that a failing
+/// A running `pointsman serve`, killed when dropped if it is still running, so that a failing
 /// test leaves no server behind.
 pub struct Serving(std::process::Child);
 
@@ -265,7 +265,7 @@ pub fn serve_with(mut command: Command, index: &Path, extra: &[&str]) -> (Servin
         .unwrap();
     let base = line
         .trim()
-        .strip_prefix("switchyard listening on ")
+        .strip_prefix("pointsman listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
     (Serving(child), base)
@@ -292,9 +292,9 @@ pub fn signal(child: &std::process::Child, signal: &str) {
     assert!(status.success(), "kill -{signal} {} failed", child.id());
 }
 
-/// `switchyard build ROUTES --out OUT`, which must succeed.
+/// `pointsman build ROUTES --out OUT`, which must succeed.
 pub fn build(routes: &Path, out: &Path) {
-    let status = switchyard()
+    let status = pointsman()
         .arg("build")
         .arg(routes)
         .arg("--out")

@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use switchyard::server::{AppState, ServerOptions, app};
+use pointsman::server::{AppState, ServerOptions, app};
 use tower::ServiceExt;
 
 use crate::common::*;
@@ -51,7 +51,7 @@ fn state_without_admin() -> (AppState, tempfile::TempDir) {
 async fn call(state: &AppState, uri: &str, tenant: &str, body: Value) -> (StatusCode, Value) {
     let mut req = Request::post(uri)
         .header(header::CONTENT_TYPE, "application/json")
-        .header("x-switchyard-tenant", tenant);
+        .header("x-pointsman-tenant", tenant);
     if uri.starts_with("/v1/admin/") {
         req = req.header(header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}"));
     }
@@ -142,7 +142,7 @@ async fn budget_downgrades_then_refuses_with_402() {
 #[tokio::test]
 async fn a_key_budget_caps_one_api_key_named_by_its_hash() {
     use sha2::Digest;
-    let hash = |key: &str| switchyard::config::hex(&sha2::Sha256::digest(key))[..16].to_string();
+    let hash = |key: &str| pointsman::config::hex(&sha2::Sha256::digest(key))[..16].to_string();
     // one premium request ($0.25) fits under the key's $0.4 a day, a second only as mid ($0.125)
     let routes = COST_ROUTES.replace(
         "  - {scope: tenant, period: day, limit_usd: 0.875}",
@@ -225,20 +225,20 @@ async fn usage_reports_adjust_the_budget() {
     let text =
         String::from_utf8(m.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(
-        text.contains("switchyard_estimated_spend_usd_total{model=\"premium\"} 0.25"),
+        text.contains("pointsman_estimated_spend_usd_total{model=\"premium\"} 0.25"),
         "{text}"
     );
     assert!(
-        text.contains("switchyard_estimated_spend_usd_total{model=\"mid\"} 0.125"),
+        text.contains("pointsman_estimated_spend_usd_total{model=\"mid\"} 0.125"),
         "{text}"
     );
     // saved against always-premium: 0.25 - 0.125
     assert!(
-        text.contains("switchyard_estimated_savings_usd_total 0.125"),
+        text.contains("pointsman_estimated_savings_usd_total 0.125"),
         "{text}"
     );
     assert!(
-        text.contains("switchyard_reported_spend_usd_total{model=\"premium\"} 0.75"),
+        text.contains("pointsman_reported_spend_usd_total{model=\"premium\"} 0.75"),
         "{text}"
     );
 }
@@ -432,7 +432,7 @@ async fn static_rules_come_before_the_scores() {
     let req = |tier: &'static str| {
         Request::post("/v1/route")
             .header(header::CONTENT_TYPE, "application/json")
-            .header("x-switchyard-tier", tier)
+            .header("x-pointsman-tier", tier)
             .body(Body::from(r#"{"prompt": "good morning friend"}"#))
             .unwrap()
     };
@@ -452,7 +452,7 @@ async fn static_rules_come_before_the_scores() {
 
 #[tokio::test]
 async fn the_decision_log_explains_every_decision_without_the_prompt() {
-    use switchyard::decision_log::{DecisionLog, LogOptions};
+    use pointsman::decision_log::{DecisionLog, LogOptions};
     let (state, _dir) = state();
     let logs = tempfile::tempdir().unwrap();
     let path = logs.path().join("decisions.jsonl");

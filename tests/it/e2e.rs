@@ -21,7 +21,7 @@ fn build_if_changed_keeps_a_current_index_and_rebuilds_a_changed_or_damaged_one(
     let root = tempfile::tempdir().unwrap();
     let index = root.path().join("index");
     let build_if_changed = |routes: &std::path::Path| {
-        let out = switchyard()
+        let out = pointsman()
             .arg("build")
             .arg(routes)
             .arg("--out")
@@ -33,7 +33,7 @@ fn build_if_changed_keeps_a_current_index_and_rebuilds_a_changed_or_damaged_one(
         assert!(out.status.success(), "{stderr}");
         String::from_utf8(out.stdout).unwrap()
     };
-    let live = || std::fs::read_to_string(index.join(switchyard::index::CURRENT_FILE)).unwrap();
+    let live = || std::fs::read_to_string(index.join(pointsman::index::CURRENT_FILE)).unwrap();
     let built = |stdout: String| assert!(stdout.starts_with("built "), "{stdout}");
 
     built(build_if_changed(&example_routes()));
@@ -97,7 +97,7 @@ fn build_serve_query_and_shut_down() {
 #[test]
 fn route_command_prints_the_api_json() {
     let v = json_of(
-        switchyard()
+        pointsman()
             .args(["route", "--index"])
             .arg(example_index().dir.path())
             .arg("How do I reset my password?"),
@@ -108,7 +108,7 @@ fn route_command_prints_the_api_json() {
 
 #[test]
 fn check_command_exit_codes() {
-    let ok = switchyard()
+    let ok = pointsman()
         .arg("check")
         .arg(example_routes())
         .output()
@@ -117,14 +117,14 @@ fn check_command_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "version: 1\ndefault_route: {model: m}\nroutes:\n  - name: a\n    model: m\n    utterances: []\n").unwrap();
-    let out = switchyard().arg("check").arg(&bad).output().unwrap();
+    let out = pointsman().arg("check").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("bad.yaml:6:17: route `a`: route has no utterances"),
         "{err}"
     );
-    let out = switchyard()
+    let out = pointsman()
         .arg("check")
         .arg(dir.path().join("missing.yaml"))
         .output()
@@ -141,7 +141,7 @@ fn serve_refuses_stale_corrupted_or_foreign_indexes() {
     // routes changed since the build
     let routes =
         edited_example_routes(|text| text.replace("Track order 98765", "Track order 55555"));
-    let out = switchyard()
+    let out = pointsman()
         .args(["serve", "--addr", "127.0.0.1:0", "--index"])
         .arg(dir.path())
         .arg("--routes")
@@ -151,28 +151,28 @@ fn serve_refuses_stale_corrupted_or_foreign_indexes() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("built from other routes") && err.contains("switchyard build"),
+        err.contains("built from other routes") && err.contains("pointsman build"),
         "{err}"
     );
 
     // a different token window is a different model identity
-    let out = switchyard()
+    let out = pointsman()
         .args(["route", "--max-tokens", "128", "--index"])
         .arg(dir.path())
         .arg("hello")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rebuild it with `switchyard build`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rebuild it with `pointsman build`"));
 
     // a damaged vectors file
-    let generation = switchyard::index::current_generation(dir.path()).unwrap();
+    let generation = pointsman::index::current_generation(dir.path()).unwrap();
     let vectors = generation.join("vectors.f32");
     let mut bytes = std::fs::read(&vectors).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&vectors, bytes).unwrap();
-    let out = switchyard()
+    let out = pointsman()
         .args(["route", "--index"])
         .arg(dir.path())
         .arg("hello")
@@ -191,7 +191,7 @@ fn eval_and_calibrate_on_the_example_labelled_set() {
     let data = repo().join("examples/customer-support.jsonl");
     let index = example_index().dir.path();
     let r = json_of(
-        switchyard()
+        pointsman()
             .args(["eval", "--json", "--index"])
             .arg(index)
             .arg("--data")
@@ -223,7 +223,7 @@ fn eval_and_calibrate_on_the_example_labelled_set() {
         "{cost}"
     );
 
-    let below = switchyard()
+    let below = pointsman()
         .args(["eval", "--min-accuracy", "0.999", "--index"])
         .arg(index)
         .arg("--data")
@@ -235,7 +235,7 @@ fn eval_and_calibrate_on_the_example_labelled_set() {
     let dir = tempfile::tempdir().unwrap();
     let calibrated = dir.path().join("calibrated.yaml");
     let c = json_of(
-        switchyard()
+        pointsman()
             .args(["calibrate", "--json", "--min-support", "3", "--index"])
             .arg(index)
             .arg("--data")
@@ -251,7 +251,7 @@ fn eval_and_calibrate_on_the_example_labelled_set() {
     // the written file is a valid route file that builds and evaluates as reported
     build(&calibrated, &dir.path().join("index"));
     let r = json_of(
-        switchyard()
+        pointsman()
             .args(["eval", "--json", "--index"])
             .arg(dir.path().join("index"))
             .arg("--data")
@@ -267,7 +267,7 @@ fn eval_and_calibrate_on_the_example_labelled_set() {
 fn failing_route_tests_stop_a_build_and_keep_the_live_index() {
     let dir = tempfile::tempdir().unwrap();
     build(&example_routes(), dir.path());
-    let before = switchyard::index::current_generation(dir.path()).unwrap();
+    let before = pointsman::index::current_generation(dir.path()).unwrap();
     // a test that cannot pass: a gardening question must go to order_status
     let routes = edited_example_routes(|text| {
         text.replace(
@@ -275,7 +275,7 @@ fn failing_route_tests_stop_a_build_and_keep_the_live_index() {
             r#"match: ["Where is my order #12345?", "How deep should I plant tulip bulbs?"]"#,
         )
     });
-    let out = switchyard()
+    let out = pointsman()
         .arg("build")
         .arg(routes.path())
         .arg("--out")
@@ -291,7 +291,7 @@ fn failing_route_tests_stop_a_build_and_keep_the_live_index() {
         "{err}"
     );
     assert_eq!(
-        switchyard::index::current_generation(dir.path()).unwrap(),
+        pointsman::index::current_generation(dir.path()).unwrap(),
         before
     );
     // no staging directory is left behind

@@ -85,7 +85,7 @@ impl HeldRequest {
     }
 }
 
-/// A running `switchyard serve --admin-key` (killed on drop, as every [`Serving`] is).
+/// A running `pointsman serve --admin-key` (killed on drop, as every [`Serving`] is).
 struct Server {
     child: Serving,
     base: String,
@@ -148,7 +148,7 @@ impl Server {
         error
     }
 
-    /// The value of one series from `/metrics`, e.g. `switchyard_queue_length`.
+    /// The value of one series from `/metrics`, e.g. `pointsman_queue_length`.
     fn metric(&self, series: &str) -> f64 {
         let (status, text) = http(&self.base, "GET", "/metrics", "").unwrap();
         assert_eq!(status, 200, "{text}");
@@ -209,7 +209,7 @@ fn listing(dir: &Path) -> Vec<String> {
 }
 
 fn current_file(index: &Path) -> String {
-    std::fs::read_to_string(index.join(switchyard::index::CURRENT_FILE)).unwrap()
+    std::fs::read_to_string(index.join(pointsman::index::CURRENT_FILE)).unwrap()
 }
 
 /// An index of the example routes in `root/index`.
@@ -238,7 +238,7 @@ fn deleting_the_index_directory_keeps_the_open_index_serving() {
     );
     server.assert_serving();
     assert_eq!(
-        server.metric(r#"switchyard_reloads_total{result="failed"}"#),
+        server.metric(r#"pointsman_reloads_total{result="failed"}"#),
         1.0
     );
 
@@ -261,10 +261,10 @@ fn deleting_the_index_directory_keeps_the_open_index_serving() {
 fn garbage_in_the_index_directory_is_refused_and_the_open_index_keeps_serving() {
     let root = tempfile::tempdir().unwrap();
     let index = example_index_in(root.path());
-    let live = switchyard::index::current_generation(&index).unwrap();
+    let live = pointsman::index::current_generation(&index).unwrap();
     // the same routes with an HNSW graph, whose files are verified apart from the others
     let hnsw = root.path().join("hnsw");
-    let out = switchyard()
+    let out = pointsman()
         .arg("build")
         .arg(example_routes())
         .arg("--out")
@@ -277,7 +277,7 @@ fn garbage_in_the_index_directory_is_refused_and_the_open_index_keeps_serving() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let hnsw_live = switchyard::index::current_generation(&hnsw).unwrap();
+    let hnsw_live = pointsman::index::current_generation(&hnsw).unwrap();
     assert!(
         listing(&hnsw_live)
             .iter()
@@ -391,13 +391,13 @@ fn garbage_in_the_index_directory_is_refused_and_the_open_index_keeps_serving() 
         // still answering, from the index opened before
         server.assert_serving();
         assert_eq!(
-            server.metric(r#"switchyard_reloads_total{result="failed"}"#),
+            server.metric(r#"pointsman_reloads_total{result="failed"}"#),
             (n + 1) as f64,
             "{what}"
         );
     }
     assert_eq!(
-        server.metric(r#"switchyard_reloads_total{result="ok"}"#),
+        server.metric(r#"pointsman_reloads_total{result="ok"}"#),
         0.0
     );
 
@@ -412,7 +412,7 @@ fn garbage_in_the_index_directory_is_refused_and_the_open_index_keeps_serving() 
 /// The binary run under `ulimit -f KIB` with SIGXFSZ ignored: a write past the limit fails with
 /// EFBIG, as a write to a full disk fails with ENOSPC, instead of killing the process.
 fn with_file_size_limit(kib: u64) -> Command {
-    let inner = switchyard();
+    let inner = pointsman();
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
         .arg(format!(r#"trap "" XFSZ; ulimit -f {kib}; exec "$0" "$@""#))
@@ -430,7 +430,7 @@ fn with_file_size_limit(kib: u64) -> Command {
 fn a_build_that_runs_out_of_disk_leaves_the_live_index_serving() {
     let root = tempfile::tempdir().unwrap();
     let index = example_index_in(root.path());
-    let live = switchyard::index::current_generation(&index).unwrap();
+    let live = pointsman::index::current_generation(&index).unwrap();
     let current = current_file(&index);
     let before = listing(&index);
     let mut server = Server::start(&index, &[]);
@@ -457,7 +457,7 @@ fn a_build_that_runs_out_of_disk_leaves_the_live_index_serving() {
 
     // the live generation is whole: the CLI opens it, verifying every file's checksum
     let v = json_of(
-        switchyard()
+        pointsman()
             .args(["route", "--index"])
             .arg(&index)
             .arg(ORDER_PROMPT),
@@ -502,7 +502,7 @@ fn sigterm_lets_every_request_in_flight_finish_and_exits_0() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         // the scrape counts itself
-        let in_flight = server.metric("switchyard_http_requests_in_flight") as usize;
+        let in_flight = server.metric("pointsman_http_requests_in_flight") as usize;
         if in_flight > CLIENTS {
             break;
         }

@@ -1,10 +1,10 @@
 //! Routing on the real embedding model.
 
-use switchyard::config;
-use switchyard::embed::{Embedder, OnnxEmbedder, REFERENCE_MODEL_DIR, Sessions};
-use switchyard::engine::{Engine, EngineOptions};
-use switchyard::index::{Index, IndexError};
-use switchyard::policy::{FallbackReason, Outcome};
+use pointsman::config;
+use pointsman::embed::{Embedder, OnnxEmbedder, REFERENCE_MODEL_DIR, Sessions};
+use pointsman::engine::{Engine, EngineOptions};
+use pointsman::index::{Index, IndexError};
+use pointsman::policy::{FallbackReason, Outcome};
 
 use crate::common::*;
 
@@ -113,7 +113,7 @@ fn batch_embedding_matches_single_embedding() {
     let batch = embedder.embed(&texts).unwrap();
     for (text, b) in texts.iter().zip(&batch) {
         let single = &embedder.embed(&[text]).unwrap()[0];
-        let sim = switchyard::similarity::similarity(&single.vector, &b.vector);
+        let sim = pointsman::similarity::similarity(&single.vector, &b.vector);
         assert!(sim > 0.9999, "{text}: {sim}");
         assert_eq!(single.tokens, b.tokens);
     }
@@ -169,7 +169,7 @@ fn the_reference_model_batches_by_length_and_matches_single_embeddings() {
     for ((text, x), y) in texts.iter().zip(&a).zip(&b) {
         let alone = &split.embed(&[text]).unwrap()[0];
         for other in [y, alone] {
-            let sim = switchyard::similarity::similarity(&x.vector, &other.vector);
+            let sim = pointsman::similarity::similarity(&x.vector, &other.vector);
             assert!(sim > 0.9999, "{text}: {sim}");
         }
         assert_eq!((x.tokens, x.prompt_tokens), (y.tokens, y.prompt_tokens));
@@ -186,12 +186,12 @@ fn an_index_built_with_another_model_is_refused() {
     assert!(
         matches!(
             err,
-            switchyard::engine::RouteError::Index(IndexError::ModelMismatch { .. })
+            pointsman::engine::RouteError::Index(IndexError::ModelMismatch { .. })
         ),
         "{text}"
     );
     assert!(
-        text.contains("other-model") && text.contains("rebuild it with `switchyard build`"),
+        text.contains("other-model") && text.contains("rebuild it with `pointsman build`"),
         "{text}"
     );
 

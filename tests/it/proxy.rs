@@ -8,8 +8,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use switchyard::proxy::ProxyConfig;
-use switchyard::server::{AppState, ServerOptions, app};
+use pointsman::proxy::ProxyConfig;
+use pointsman::server::{AppState, ServerOptions, app};
 use tower::ServiceExt;
 
 use crate::common::*;
@@ -126,7 +126,7 @@ async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, HeaderMap, B
 fn chat_request(body: &Value, tenant: &str) -> Request<Body> {
     Request::post("/v1/chat/completions")
         .header(header::CONTENT_TYPE, "application/json")
-        .header("x-switchyard-tenant", tenant)
+        .header("x-pointsman-tenant", tenant)
         .body(Body::from(body.to_string()))
         .unwrap()
 }
@@ -168,11 +168,11 @@ async fn auto_routes_to_the_chosen_model_at_its_provider() {
         body["choices"][0]["message"]["content"],
         "answer from premium-v2"
     );
-    assert_eq!(h(&headers, "x-switchyard-route"), "greet");
-    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
-    assert_eq!(h(&headers, "x-switchyard-outcome"), "matched");
-    assert_eq!(h(&headers, "x-switchyard-fallback"), "false");
-    assert!(h(&headers, "x-switchyard-score").parse::<f32>().unwrap() > 0.9);
+    assert_eq!(h(&headers, "x-pointsman-route"), "greet");
+    assert_eq!(h(&headers, "x-pointsman-model"), "premium");
+    assert_eq!(h(&headers, "x-pointsman-outcome"), "matched");
+    assert_eq!(h(&headers, "x-pointsman-fallback"), "false");
+    assert!(h(&headers, "x-pointsman-score").parse::<f32>().unwrap() > 0.9);
     let sent = &p.upstream.received()[0];
     assert_eq!(sent.model, "premium-v2");
     // the provider's key, never the caller's; other fields pass as they came
@@ -183,7 +183,7 @@ async fn auto_routes_to_the_chosen_model_at_its_provider() {
     // of the client's headers, only those the provider's `forward_headers` names
     assert_eq!(sent.headers["openai-organization"], "org-client");
     assert!(!sent.headers.contains_key("x-client-secret-sauce"));
-    assert!(!sent.headers.contains_key("x-switchyard-tenant"));
+    assert!(!sent.headers.contains_key("x-pointsman-tenant"));
     assert_eq!(sent.body["temperature"], 0.2);
     assert_eq!(
         sent.body["messages"],
@@ -192,9 +192,9 @@ async fn auto_routes_to_the_chosen_model_at_its_provider() {
 
     // a prompt no route takes goes to the default route's model
     let (_, headers, _) = chat(&p.state, ask("auto", "quantum chromodynamics lecture")).await;
-    assert_eq!(h(&headers, "x-switchyard-outcome"), "fallback");
-    assert_eq!(h(&headers, "x-switchyard-model"), "cheap");
-    assert!(headers.get("x-switchyard-route").is_none());
+    assert_eq!(h(&headers, "x-pointsman-outcome"), "fallback");
+    assert_eq!(h(&headers, "x-pointsman-model"), "cheap");
+    assert!(headers.get("x-pointsman-route").is_none());
 }
 
 #[tokio::test]
@@ -202,13 +202,13 @@ async fn a_route_name_pins_the_route_and_a_model_name_passes_through() {
     let p = proxied("").await;
     let (status, headers, _) = chat(&p.state, ask("data", "hello there")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h(&headers, "x-switchyard-outcome"), "override");
-    assert_eq!(h(&headers, "x-switchyard-route"), "data");
-    assert_eq!(h(&headers, "x-switchyard-model"), "cheap");
+    assert_eq!(h(&headers, "x-pointsman-outcome"), "override");
+    assert_eq!(h(&headers, "x-pointsman-route"), "data");
+    assert_eq!(h(&headers, "x-pointsman-model"), "cheap");
 
     let (status, headers, body) = chat(&p.state, ask("mid", "hello there")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(h(&headers, "x-switchyard-outcome"), "passthrough");
+    assert_eq!(h(&headers, "x-pointsman-outcome"), "passthrough");
     assert_eq!(body["choices"][0]["message"]["content"], "answer from mid");
 
     // unknown models get OpenAI's error shape, with what to do
@@ -258,9 +258,9 @@ async fn errors_retry_with_backoff_then_fall_back_to_the_next_candidate() {
     let (status, headers, body) = chat(&p.state, ask("auto", "hello there")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["choices"][0]["message"]["content"], "answer from mid");
-    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
-    assert_eq!(h(&headers, "x-switchyard-fallback"), "true");
-    assert_eq!(h(&headers, "x-switchyard-attempts"), "4");
+    assert_eq!(h(&headers, "x-pointsman-model"), "mid");
+    assert_eq!(h(&headers, "x-pointsman-fallback"), "true");
+    assert_eq!(h(&headers, "x-pointsman-attempts"), "4");
     assert_eq!(
         p.upstream.models(),
         ["premium-v2", "premium-v2", "mid", "mid"]
@@ -297,7 +297,7 @@ async fn errors_retry_with_backoff_then_fall_back_to_the_next_candidate() {
     let metrics = String::from_utf8(metrics.to_vec()).unwrap();
     assert!(
         metrics.contains(
-            "switchyard_upstream_requests_total{model=\"premium\",result=\"status_5xx\"} 4"
+            "pointsman_upstream_requests_total{model=\"premium\",result=\"status_5xx\"} 4"
         ),
         "{metrics}"
     );
@@ -311,11 +311,11 @@ async fn a_model_that_failed_every_try_is_marked_down_for_a_while() {
         [Behaviour::Status(500), Behaviour::Status(500)],
     );
     let (_, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
-    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
+    assert_eq!(h(&headers, "x-pointsman-model"), "mid");
     // the next request does not try premium at all
     let (_, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
-    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
-    assert_eq!(h(&headers, "x-switchyard-fallback"), "false");
+    assert_eq!(h(&headers, "x-pointsman-model"), "mid");
+    assert_eq!(h(&headers, "x-pointsman-fallback"), "false");
     assert_eq!(
         p.upstream.models(),
         ["premium-v2", "premium-v2", "mid", "mid"]
@@ -338,7 +338,7 @@ async fn the_default_routes_models_are_fallbacks_in_their_order() {
     );
     let (status, headers, body) = chat(&p.state, ask("auto", "hello there")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
+    assert_eq!(h(&headers, "x-pointsman-model"), "mid");
     assert_eq!(p.upstream.models(), ["premium-v2", "premium-v2", "mid"]);
 }
 
@@ -350,8 +350,8 @@ async fn a_stalled_upstream_times_out_and_the_next_candidate_answers() {
     let (status, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
     assert_eq!(status, StatusCode::OK);
     // both tries of premium timed out before their first byte
-    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
-    assert_eq!(h(&headers, "x-switchyard-attempts"), "3");
+    assert_eq!(h(&headers, "x-pointsman-model"), "mid");
+    assert_eq!(h(&headers, "x-pointsman-attempts"), "3");
 
     // the total deadline bounds the whole request: 504, though no single try timed out
     let p = proxied(
@@ -385,7 +385,7 @@ async fn streams_pass_through_event_by_event_without_buffering() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(h(res.headers(), "content-type"), "text/event-stream");
-    assert_eq!(h(res.headers(), "x-switchyard-model"), "premium");
+    assert_eq!(h(res.headers(), "x-pointsman-model"), "premium");
     let mut body = res.into_body();
     // the first event arrives while the upstream is still holding the rest back
     let first = tokio::time::timeout(Duration::from_secs(2), body.frame())
@@ -405,7 +405,7 @@ async fn streams_pass_through_event_by_event_without_buffering() {
 }
 
 #[tokio::test]
-async fn the_usage_chunk_switchyard_asked_for_is_not_shown_to_the_client() {
+async fn the_usage_chunk_pointsman_asked_for_is_not_shown_to_the_client() {
     let p = proxied("").await;
     let (status, _, got) = send(
         &p.state,
@@ -478,9 +478,9 @@ async fn the_cascade_escalates_answers_that_fail_its_check() {
     p.upstream.script("cheap", [Behaviour::Says("ok".into())]);
     let (status, headers, body) = chat(&p.state, ask("auto", "give me json data")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h(&headers, "x-switchyard-route"), "data");
-    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
-    assert_eq!(h(&headers, "x-switchyard-escalations"), "1");
+    assert_eq!(h(&headers, "x-pointsman-route"), "data");
+    assert_eq!(h(&headers, "x-pointsman-model"), "premium");
+    assert_eq!(h(&headers, "x-pointsman-escalations"), "1");
     assert_eq!(
         body["choices"][0]["message"]["content"],
         "answer from premium-v2"
@@ -496,22 +496,22 @@ async fn the_cascade_escalates_answers_that_fail_its_check() {
     req["response_format"] = json!({"type": "json_object"});
     let (status, headers, got) = send(&p.state, chat_request(&req, "t2")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+    assert_eq!(h(&headers, "x-pointsman-model"), "premium");
     assert!(String::from_utf8_lossy(&got).contains("premium-v2"));
 
     // an answer that passes is the cheap one's
     p.upstream
         .script("cheap", [Behaviour::Says("{\"valid\": \"json\"}".into())]);
     let (_, headers, got) = send(&p.state, chat_request(&req, "t3")).await;
-    assert_eq!(h(&headers, "x-switchyard-model"), "cheap");
-    assert!(headers.get("x-switchyard-escalations").is_none());
+    assert_eq!(h(&headers, "x-pointsman-model"), "cheap");
+    assert!(headers.get("x-pointsman-escalations").is_none());
     assert!(String::from_utf8_lossy(&got).contains("valid"));
 }
 
 /// Waits until the metrics report `usd` of upstream usage for `model` (settlement runs just
 /// after the answer; the spend counters move before the metrics do).
 async fn wait_for_reported_spend(state: &AppState, model: &str, usd: f64) {
-    let prefix = format!("switchyard_reported_spend_usd_total{{model=\"{model}\"}} ");
+    let prefix = format!("pointsman_reported_spend_usd_total{{model=\"{model}\"}} ");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (_, _, m) = send(state, Request::get("/metrics").body(Body::empty()).unwrap()).await;
@@ -539,7 +539,7 @@ async fn upstream_usage_feeds_the_spend_caps() {
     assert_eq!(cost, 0.3);
     let (status, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+    assert_eq!(h(&headers, "x-pointsman-model"), "premium");
     let (status, _, _) = send(
         &p.state,
         chat_request(&streaming("auto", "hello there", false), "t"),
@@ -556,7 +556,7 @@ async fn upstream_usage_feeds_the_spend_caps() {
     let (status, headers, _) =
         send(&p.state, chat_request(&ask("auto", "hello there"), "other")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+    assert_eq!(h(&headers, "x-pointsman-model"), "premium");
 }
 
 #[tokio::test]
@@ -677,26 +677,26 @@ async fn a_short_follow_up_stays_on_the_conversations_route() {
         ),
     ];
     let (_, headers, _) = chat(&state, conversation(&order[..1])).await;
-    assert_eq!(h(&headers, "x-switchyard-route"), "order_status");
+    assert_eq!(h(&headers, "x-pointsman-route"), "order_status");
 
     // alone, the follow-up matches nothing; in the conversation it stays on order_status
     let follow_up = "and what about the other one?";
     let (_, alone, _) = chat(&state, conversation(&[("user", follow_up)])).await;
     assert_ne!(
-        alone.get("x-switchyard-route").map(|v| v.to_str().unwrap()),
+        alone.get("x-pointsman-route").map(|v| v.to_str().unwrap()),
         Some("order_status")
     );
     let mut turns = order.to_vec();
     turns.push(("user", follow_up));
     let (status, headers, _) = chat(&state, conversation(&turns)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h(&headers, "x-switchyard-route"), "order_status");
+    assert_eq!(h(&headers, "x-pointsman-route"), "order_status");
 
     // a new turn that clearly matches another route moves the conversation there
     turns.push(("assistant", "The other one ships tomorrow."));
     turns.push(("user", "How do I reset my password?"));
     let (_, headers, _) = chat(&state, conversation(&turns)).await;
-    assert_eq!(h(&headers, "x-switchyard-route"), "account_basics");
+    assert_eq!(h(&headers, "x-pointsman-route"), "account_basics");
 }
 
 /// The real binary serving the example routes on the real model, with every provider pointing
@@ -713,7 +713,7 @@ fn serve_proxy(upstream: &Upstream, dir: &std::path::Path) -> (Serving, String) 
         .collect();
     let file = dir.join("proxy.yaml");
     std::fs::write(&file, format!("version: 1\nproviders:\n{providers}")).unwrap();
-    let mut command = switchyard();
+    let mut command = pointsman();
     command.env("UP_KEY", UPSTREAM_KEY);
     serve_with(
         command,
@@ -728,11 +728,11 @@ fn serve_proxy(upstream: &Upstream, dir: &std::path::Path) -> (Serving, String) 
 }
 
 /// The `openai` Python package, unmodified, against the real binary. `scripts/test.sh`
-/// installs it and sets `SWITCHYARD_PYTHON`; without it this test fails, it does not skip.
+/// installs it and sets `POINTSMAN_PYTHON`; without it this test fails, it does not skip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmodified_openai_client_works_end_to_end() {
-    let python = std::env::var("SWITCHYARD_PYTHON").unwrap_or_else(|_| {
-        panic!("SWITCHYARD_PYTHON is not set: run scripts/test.sh, which installs the `openai` package and sets it")
+    let python = std::env::var("POINTSMAN_PYTHON").unwrap_or_else(|_| {
+        panic!("POINTSMAN_PYTHON is not set: run scripts/test.sh, which installs the `openai` package and sets it")
     });
     let upstream = Upstream::start().await;
     upstream.script("gpt-4o", [Behaviour::CutAfter(3)]);
@@ -819,8 +819,8 @@ async fn a_stream_silent_after_its_headers_is_retried_then_replaced() {
     .await;
     assert_eq!(status, StatusCode::OK);
     // nothing had reached the client, so the next candidate could still answer
-    assert_eq!(h(&headers, "x-switchyard-model"), "mid");
-    assert_eq!(h(&headers, "x-switchyard-fallback"), "true");
+    assert_eq!(h(&headers, "x-pointsman-model"), "mid");
+    assert_eq!(h(&headers, "x-pointsman-fallback"), "true");
     assert!(String::from_utf8_lossy(&got).ends_with("data: [DONE]\n\n"));
 }
 
@@ -845,7 +845,7 @@ async fn a_model_named_directly_is_held_to_the_same_spend_caps() {
     for _ in 0..2 {
         let (status, headers, _) = chat(&p.state, ask("premium", "hi")).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(h(&headers, "x-switchyard-outcome"), "passthrough");
+        assert_eq!(h(&headers, "x-pointsman-outcome"), "passthrough");
     }
     // the second answer's settlement lands just after it
     wait_for_reported_spend(&p.state, "premium", 0.6).await;
@@ -860,7 +860,7 @@ async fn failed_requests_give_back_what_they_reserved() {
     let p = proxied("").await;
     // one real answer: $0.30 of the $0.50 cap
     let (_, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
-    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+    assert_eq!(h(&headers, "x-pointsman-model"), "premium");
     // twenty requests that fail on every candidate reserve ~$0.01 each while they run
     for _ in 0..20 {
         for m in ["premium-v2", "mid", "cheap"] {
@@ -873,7 +873,7 @@ async fn failed_requests_give_back_what_they_reserved() {
     // had they kept it, premium (~$0.01) would no longer fit under the cap
     let (status, headers, _) = chat(&p.state, ask("auto", "hello there")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h(&headers, "x-switchyard-model"), "premium");
+    assert_eq!(h(&headers, "x-pointsman-model"), "premium");
 }
 
 #[tokio::test]
@@ -885,7 +885,7 @@ async fn long_conversations_fit_the_proxys_own_body_limit() {
     body["metadata"] = json!({"attachment": "x".repeat(1536 * 1024)});
     let (status, headers, _) = chat(&p.state, body.clone()).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h(&headers, "x-switchyard-route"), "greet");
+    assert_eq!(h(&headers, "x-pointsman-route"), "greet");
     assert_eq!(
         p.upstream.received()[0].body["metadata"],
         body["metadata"],

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use switchyard::budget::{Budget, Counted, Identity, Ledger, Period, RedisStore, Scope, caps_for};
+use pointsman::budget::{Budget, Counted, Identity, Ledger, Period, RedisStore, Scope, caps_for};
 
 struct RedisServer {
     child: Child,
@@ -78,7 +78,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn caps(tenant: &str) -> Vec<switchyard::budget::CapKey> {
+fn caps(tenant: &str) -> Vec<pointsman::budget::CapKey> {
     let budgets = [Budget {
         scope: Scope::Tenant,
         id: None,
@@ -247,7 +247,7 @@ async fn rate_limits_are_shared_by_replicas_and_keep_no_caller_in_clear() {
 async fn replicas_answer_429_once_the_callers_shared_bucket_is_empty() {
     use axum::body::Body;
     use axum::http::{Request, StatusCode, header};
-    use switchyard::server::{AppState, ServerOptions, app};
+    use pointsman::server::{AppState, ServerOptions, app};
     use tower::ServiceExt;
 
     let mut redis = RedisServer::start();
@@ -265,7 +265,7 @@ async fn replicas_answer_429_once_the_callers_shared_bucket_is_empty() {
     let route = |state: &AppState, tenant: &str| {
         let req = Request::post("/v1/route")
             .header(header::CONTENT_TYPE, "application/json")
-            .header("x-switchyard-tenant", tenant)
+            .header("x-pointsman-tenant", tenant)
             .body(Body::from(r#"{"prompt": "hello there"}"#))
             .unwrap();
         app(state.clone()).oneshot(req)

@@ -1,6 +1,6 @@
-"""An unmodified OpenAI Python client talking to switchyard's proxy.
+"""An unmodified OpenAI Python client talking to pointsman's proxy.
 
-Run by tests/it/proxy.rs against a running `switchyard serve --proxy ...` whose providers point
+Run by tests/it/proxy.rs against a running `pointsman serve --proxy ...` whose providers point
 at the test's fake upstream. Prints one JSON object with what the client saw; the Rust test
 checks it. Exits non-zero on anything unexpected.
 
@@ -26,8 +26,8 @@ raw = client.chat.completions.with_raw_response.create(
 completion = raw.parse()
 seen["completion"] = {
     "content": completion.choices[0].message.content,
-    "route": raw.headers.get("x-switchyard-route"),
-    "model": raw.headers.get("x-switchyard-model"),
+    "route": raw.headers.get("x-pointsman-route"),
+    "model": raw.headers.get("x-pointsman-model"),
     "usage": completion.usage.total_tokens,
 }
 
@@ -41,7 +41,7 @@ follow = client.chat.completions.with_raw_response.create(
     ],
 )
 follow.parse()
-seen["follow_up_route"] = follow.headers.get("x-switchyard-route")
+seen["follow_up_route"] = follow.headers.get("x-pointsman-route")
 
 pieces = []
 stream = client.chat.completions.create(

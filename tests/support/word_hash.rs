@@ -3,7 +3,7 @@
 //! (`tests/it/main.rs`) and of the request-body fuzz target, whose harness the test crate also
 //! compiles: both fake embedders use it as `crate::word_hash`.
 
-use switchyard::embed::{Embedded, ModelInfo, PoolingKind};
+use pointsman::embed::{Embedded, ModelInfo, PoolingKind};
 
 /// The identity of a fake model named `id`.
 pub fn info(id: &str) -> ModelInfo {
@@ -29,7 +29,7 @@ pub fn embed(text: &str) -> Embedded {
             .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
         v[(h % 16) as usize] += 1.0;
     }
-    switchyard::similarity::normalise(&mut v);
+    pointsman::similarity::normalise(&mut v);
     Embedded {
         vector: v,
         tokens: words.len().min(8) + 2,
