@@ -651,12 +651,12 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
         (_, Some(r), _) => Objective::MaxOosAccept(r),
         (None, None, ObjectiveArg::Accuracy) => Objective::Accuracy,
     };
+    // the scores of every line, and the lines a static rule decides whatever the thresholds
     let mut evidence = Vec::with_capacity(vectors.len());
+    let mut fixed = Vec::with_capacity(vectors.len());
     for (v, e) in vectors.iter().zip(&examples) {
-        let hits = index.search(&v.vector, index.table().defaults.top_k)?;
-        evidence.push(crate::engine::route_scores(
-            &index, &e.text, &v.vector, &hits,
-        ));
+        evidence.push(crate::dispatch::scores(&index, &e.text, v)?);
+        fixed.push(crate::dispatch::rule_route(&index, &e.text, None).map(str::to_string));
     }
     let table = index.table();
     if examples.iter().all(|e| e.route.is_some()) {
@@ -665,7 +665,14 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
             args.data.display()
         );
     }
-    let cal = eval::calibrate(table, &examples, &evidence, objective, args.min_support);
+    let cal = eval::calibrate(
+        table,
+        &examples,
+        &evidence,
+        &fixed,
+        objective,
+        args.min_support,
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&cal)?);
     } else {
@@ -723,18 +730,10 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
 
 fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
     let (index, examples, vectors) = labelled(&args.index, &args.data, &args.model)?;
-    let table = index.table();
-    let position = |name: &str| table.routes.iter().position(|r| r.name == name);
-    let mut chosen = Vec::with_capacity(vectors.len());
-    let mut nearest = Vec::with_capacity(vectors.len());
-    for (v, e) in vectors.iter().zip(&examples) {
-        let routed = crate::engine::decide(&index, &e.text, v)?;
-        chosen.push(routed.decision.route().and_then(position));
-        nearest.push(routed.neighbours.first().and_then(|n| position(&n.route)));
-    }
-    let mut report = crate::eval::report(table, &examples, &chosen, &nearest);
-    let tokens: Vec<u64> = vectors.iter().map(|v| v.prompt_tokens as u64).collect();
-    report.cost = crate::eval::cost_figures(table, &chosen, &tokens);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(crate::eval::run(&Arc::new(index), &examples, &vectors))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -873,8 +872,9 @@ fn route(index: &Path, prompt: &str, model: &ModelArgs, as_table: bool) -> anyho
         .context("cannot start the async runtime")?;
     // the same decision as `POST /v1/route` with no identity and no capabilities asked for
     let who = crate::budget::Identity::default();
+    let request = crate::dispatch::Request::text(prompt, &who);
     let response = runtime
-        .block_on(server::route_request(&state, prompt, None, &who, &[]))
+        .block_on(server::route_request(&state, &request))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if as_table {
         print!("{}", explain_text(&response));
@@ -919,15 +919,17 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// `url` with any password replaced by `***`, for messages and logs.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+/// `url` with any password replaced by `***`, for messages and logs; a string that does not
+/// parse as a URL is hidden whole, since it may still hold a secret.
+fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
         }
-        _ => url.to_string(),
+        Err(_) => "***".to_string(),
     }
 }
 
@@ -1015,7 +1017,7 @@ async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Result<Outcome>
         state = state.with_rate_limit(args.rate_limit_per_s, args.rate_limit_burst);
     }
     if let Some(path) = &args.proxy {
-        let config = crate::proxy::ProxyConfig::load(path, &|var| std::env::var(var).ok())?;
+        let config = crate::proxy_config::ProxyConfig::load(path, &|var| std::env::var(var).ok())?;
         tracing::info!(file = %path.display(), providers = config.providers.len(), "OpenAI-compatible proxy on");
         state = state.with_proxy(config).map_err(anyhow::Error::msg)?;
     }

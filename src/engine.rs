@@ -121,6 +121,8 @@ pub struct Routed {
 
 struct Job {
     text: String,
+    /// The index snapshot the caller took: the decision is made on it, whatever is live by then.
+    index: Arc<Index>,
     submitted: Instant,
     reply: oneshot::Sender<Result<Routed, RouteError>>,
 }
@@ -350,6 +352,7 @@ impl Engine {
     /// Queues a prompt for a worker.
     fn submit(
         &self,
+        index: &Arc<Index>,
         text: &str,
     ) -> Result<oneshot::Receiver<Result<Routed, RouteError>>, RouteError> {
         if text.trim().is_empty() {
@@ -358,6 +361,7 @@ impl Engine {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             text: text.to_string(),
+            index: Arc::clone(index),
             submitted: Instant::now(),
             reply,
         };
@@ -370,39 +374,62 @@ impl Engine {
         }
     }
 
-    /// Routes one prompt, blocking the calling thread (for the CLI and benches; servers use
-    /// [`Engine::route_async`]).
+    /// Routes one prompt on the live index, blocking the calling thread (for benches and
+    /// tests; requests go through [`crate::dispatch`], which takes one snapshot for all steps).
     pub fn route(&self, text: &str) -> Result<Routed, RouteError> {
+        self.route_on(&self.index(), text)
+    }
+
+    /// Routes one prompt on `index`, blocking the calling thread.
+    pub fn route_on(&self, index: &Arc<Index>, text: &str) -> Result<Routed, RouteError> {
         if let Some(e) = self.cached(text) {
-            return decide_cached(&self.index(), text, &e);
+            return decide_cached(index, text, &e);
         }
-        self.submit(text)?
+        self.submit(index, text)?
             .blocking_recv()
             .map_err(|_| RouteError::ShuttingDown)?
     }
 
     /// A cache hit still searches and decides: on the blocking pool, off the async runtime.
-    async fn route_cached(&self, text: &str, e: Arc<Embedded>) -> Result<Routed, RouteError> {
-        let (index, text) = (self.index(), text.to_string());
+    async fn route_cached(
+        &self,
+        index: &Arc<Index>,
+        text: &str,
+        e: Arc<Embedded>,
+    ) -> Result<Routed, RouteError> {
+        let (index, text) = (Arc::clone(index), text.to_string());
         tokio::task::spawn_blocking(move || decide_cached(&index, &text, &e))
             .await
             .map_err(|_| RouteError::ShuttingDown)?
     }
 
-    /// Routes one prompt without blocking the async runtime.
+    /// Routes one prompt on the live index without blocking the async runtime.
     pub async fn route_async(&self, text: &str) -> Result<Routed, RouteError> {
+        self.route_async_on(&self.index(), text).await
+    }
+
+    /// Routes one prompt on `index` without blocking the async runtime.
+    pub async fn route_async_on(
+        &self,
+        index: &Arc<Index>,
+        text: &str,
+    ) -> Result<Routed, RouteError> {
         if let Some(e) = self.cached(text) {
-            return self.route_cached(text, e).await;
+            return self.route_cached(index, text, e).await;
         }
-        self.submit(text)?
+        self.submit(index, text)?
             .await
             .map_err(|_| RouteError::ShuttingDown)?
     }
 
-    /// Routes several prompts; they are queued together, so they share forward passes. Fails as
-    /// a whole if the queue cannot take them all.
-    pub async fn route_many(&self, texts: &[String]) -> Result<Vec<Routed>, RouteError> {
-        if texts.iter().any(|t| t.trim().is_empty()) {
+    /// Routes several prompts on `index`; they are queued together, so they share forward
+    /// passes. Fails as a whole if the queue cannot take them all.
+    pub async fn route_many_on<S: AsRef<str>>(
+        &self,
+        index: &Arc<Index>,
+        texts: &[S],
+    ) -> Result<Vec<Routed>, RouteError> {
+        if texts.iter().any(|t| t.as_ref().trim().is_empty()) {
             return Err(RouteError::EmptyPrompt);
         }
         let free = self.options.queue_capacity.saturating_sub(self.jobs.len());
@@ -414,16 +441,16 @@ impl Engine {
         // queue every prompt that needs a forward pass first, so that they share batches
         let pending = texts
             .iter()
-            .map(|t| match self.cached(t) {
+            .map(|t| match self.cached(t.as_ref()) {
                 Some(e) => Ok(Err(e)),
-                None => self.submit(t).map(Ok),
+                None => self.submit(index, t.as_ref()).map(Ok),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(pending.len());
         for (p, text) in pending.into_iter().zip(texts) {
             out.push(match p {
                 Ok(rx) => rx.await.map_err(|_| RouteError::ShuttingDown)??,
-                Err(e) => self.route_cached(text, e).await?,
+                Err(e) => self.route_cached(index, text.as_ref(), e).await?,
             });
         }
         Ok(out)
@@ -606,13 +633,12 @@ fn worker<E: Embedder>(
                 }
             }
             Ok(vectors) => {
-                let index = Arc::clone(&shared.index.read().expect("index lock poisoned"));
                 for (job, e) in batch.into_iter().zip(vectors) {
                     if let Some(cache) = &shared.cache {
                         cache.put(&job.text, e.clone());
                     }
                     let search_start = Instant::now();
-                    let result = decide(&index, &job.text, &e).map(|mut routed| {
+                    let result = decide(&job.index, &job.text, &e).map(|mut routed| {
                         routed.timings = Timings {
                             queue_ms: ms(started.duration_since(job.submitted)),
                             embed_ms,

@@ -217,43 +217,29 @@ pub struct CostFigures {
     pub saved_vs_premium: f64,
 }
 
-/// Estimated cost of sending each prompt (with `prompt_tokens[i]` tokens) where `chosen[i]`
-/// says, against the catalog's most expensive and cheapest models. `None` without a catalog.
+/// Estimated cost of a labelled set as routed (`routed_usd[i]`, the chosen candidate's
+/// estimate for prompt `i`, which has `prompt_tokens[i]` tokens and went to route `chosen[i]`),
+/// against the catalog's most expensive and cheapest models. `None` without a catalog.
 pub fn cost_figures(
     table: &RouteTable,
     chosen: &[Choice],
+    routed_usd: &[f64],
     prompt_tokens: &[u64],
 ) -> Option<CostFigures> {
     use crate::config::DEFAULT_EXPECTED_OUTPUT_TOKENS;
-    use crate::selection::{Needs, filter};
     if table.catalog.is_empty() {
         return None;
     }
-    let (mut routed, mut premium, mut cheapest) = (0.0, 0.0, 0.0);
+    let (mut premium, mut cheapest) = (0.0, 0.0);
     for (c, &tokens) in chosen.iter().zip(prompt_tokens) {
         let route = c.map(|r| &table.routes[r]);
         let output =
             u64::from(route.map_or(DEFAULT_EXPECTED_OUTPUT_TOKENS, |r| r.expected_output_tokens));
-        let needs = Needs {
-            prompt_tokens: tokens,
-            output_tokens: output,
-            capabilities: &[],
-        };
-        // as the server does: the route's candidates, then the default route's
-        let first_fit = |candidates: &[String]| {
-            filter(candidates, &table.catalog, &|_| false, &needs)
-                .0
-                .into_iter()
-                .next()
-        };
-        let chosen = route
-            .and_then(|r| first_fit(&r.candidates))
-            .or_else(|| first_fit(&table.default_candidates));
-        routed += chosen.and_then(|e| e.estimated_cost_usd).unwrap_or(0.0);
         let costs = table.catalog.values().map(|m| m.cost_usd(tokens, output));
         premium += costs.clone().fold(0.0, f64::max);
         cheapest += costs.fold(f64::INFINITY, f64::min);
     }
+    let routed: f64 = routed_usd.iter().sum();
     Some(CostFigures {
         routed_usd: routed,
         always_premium_usd: premium,
@@ -264,6 +250,42 @@ pub fn cost_figures(
             0.0
         },
     })
+}
+
+/// Decides every labelled prompt as the server would ([`crate::dispatch`]: rules, scores,
+/// policy, candidates), with no health marks and a dry-run ledger (evaluation spends no
+/// budget), and reports the figures. `embedded[i]` is the embedding of `examples[i]`.
+pub async fn run(
+    snapshot: &std::sync::Arc<crate::index::Index>,
+    examples: &[Example],
+    embedded: &[crate::embed::Embedded],
+) -> Result<Report, crate::dispatch::DispatchError> {
+    use crate::dispatch::{self, DispatchError, Request, Spend};
+    let table = snapshot.table();
+    let health = crate::selection::Health::default();
+    let who = crate::budget::Identity::default();
+    let position = |name: &str| table.routes.iter().position(|r| r.name == name);
+    let mut chosen = Vec::with_capacity(examples.len());
+    let mut nearest = Vec::with_capacity(examples.len());
+    let mut routed_usd = Vec::with_capacity(examples.len());
+    let mut tokens = Vec::with_capacity(examples.len());
+    for (e, v) in examples.iter().zip(embedded) {
+        let req = Request::text(&e.text, &who);
+        let decided = dispatch::dispatch_embedded(&health, Spend::DryRun, snapshot, &req, v).await;
+        // a request no candidate can take is answered with an error: it costs nothing
+        let (routed, cost) = match decided {
+            Ok(d) => (d.routed, d.selection.estimated_cost_usd.unwrap_or(0.0)),
+            Err(DispatchError::NoCandidate { routed, .. }) => (*routed, 0.0),
+            Err(other) => return Err(other),
+        };
+        chosen.push(routed.decision.route().and_then(position));
+        nearest.push(routed.neighbours.first().and_then(|n| position(&n.route)));
+        routed_usd.push(cost);
+        tokens.push(v.prompt_tokens as u64);
+    }
+    let mut report = report(table, examples, &chosen, &nearest);
+    report.cost = cost_figures(table, &chosen, &routed_usd, &tokens);
+    Ok(report)
 }
 
 /// Baseline figures.
@@ -662,12 +684,14 @@ fn quantiles(mut values: Vec<f32>, steps: usize) -> Vec<f32> {
 }
 
 /// Fits thresholds on labelled data. `evidence[i]` holds every route's score for example `i`
-/// (as `engine::route_scores` computes them); `min_support` is the number of lines a route needs
-/// for a threshold of its own.
+/// (as [`crate::dispatch::scores`] computes them) and `fixed[i]` the route a static rule sends
+/// it to whatever the thresholds ([`crate::dispatch::rule_route`]; empty when no line has one);
+/// `min_support` is the number of lines a route needs for a threshold of its own.
 pub fn calibrate(
     table: &RouteTable,
     examples: &[Example],
     evidence: &[Vec<crate::policy::Evidence>],
+    fixed: &[Option<String>],
     objective: Objective,
     min_support: usize,
 ) -> Calibration {
@@ -687,10 +711,13 @@ pub fn calibrate(
     let run = |t: &RouteTable| -> (Figures, f64) {
         let chosen: Vec<Choice> = evidence
             .iter()
-            .map(|ev| {
-                policy::decide(t, ev)
-                    .route()
-                    .and_then(|r| t.routes.iter().position(|x| x.name == r))
+            .enumerate()
+            .map(|(i, ev)| {
+                let position = |r: &str| t.routes.iter().position(|x| x.name == r);
+                match fixed.get(i).and_then(|r| r.as_deref()) {
+                    Some(rule_route) => position(rule_route),
+                    None => policy::decide(t, ev).route().and_then(position),
+                }
             })
             .collect();
         let precision = match_precision(&gold, &chosen);
@@ -849,7 +876,7 @@ mod calibrate_tests {
             1 => (Some("b"), 1, 0.8),
             _ => (None, 0, 0.4 + (i as f32) * 0.001),
         }));
-        let c = calibrate(&table, &examples, &evidence, Objective::Accuracy, 5);
+        let c = calibrate(&table, &examples, &evidence, &[], Objective::Accuracy, 5);
         assert_eq!(c.before.oos_recall, Some(0.0));
         assert_eq!(c.after.in_scope_accuracy, 1.0);
         assert_eq!(c.after.oos_recall, Some(1.0));
@@ -866,6 +893,7 @@ mod calibrate_tests {
             &table,
             &examples,
             &evidence,
+            &[],
             Objective::MaxOosAccept(0.0),
             5,
         );
@@ -888,6 +916,7 @@ mod calibrate_tests {
                 &table,
                 &examples,
                 &evidence,
+                &[],
                 Objective::TargetPrecision(p),
                 5,
             )

@@ -82,14 +82,12 @@ pub fn run_route_tests(index: &Index, embedder: &mut dyn Embedder) -> Result<(),
     let embedded = embed_batched(embedder, &texts, &mut |_, _| {})
         .map_err(|e| IndexError::Graph(e.to_string()))?;
     for ((route, prompt, should), e) in cases.iter().zip(embedded) {
-        let chosen = match index.rules().first_match(prompt, None) {
-            Some(rule) => Some(rule.route.clone()),
-            None => crate::engine::decide(index, prompt, &e)
-                .map_err(|e| IndexError::Graph(e.to_string()))?
-                .decision
-                .route()
-                .map(str::to_string),
-        };
+        // as the server decides: static rules first, then the scores
+        let chosen = crate::dispatch::decide_embedded(index, prompt, &e, None, None)
+            .map_err(|e| IndexError::Graph(e.to_string()))?
+            .decision
+            .route()
+            .map(str::to_string);
         let matched = chosen.as_deref() == Some(*route);
         if matched != *should {
             let went = chosen.map_or("the default route".to_string(), |r| format!("route `{r}`"));

@@ -363,9 +363,7 @@ mod tests {
             index_vectors: 10,
             ..Gauges::default()
         }));
-        assert!(
-            text.contains("pointsman_requests_total{endpoint=\"/v1/route\",status=\"200\"} 1")
-        );
+        assert!(text.contains("pointsman_requests_total{endpoint=\"/v1/route\",status=\"200\"} 1"));
         assert!(text.contains("pointsman_decisions_total{route=\"orders\",model=\"small\"} 1"));
         assert!(text.contains("pointsman_fallbacks_total 1"));
         assert!(text.contains("pointsman_overloaded_total 1"));

@@ -17,14 +17,14 @@ use std::sync::{Arc, OnceLock};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use serde_json::Value;
 use pointsman::config;
 use pointsman::embed::{EmbedError, Embedded, Embedder, ModelInfo};
 use pointsman::engine::{Engine, EngineOptions};
 use pointsman::index::IndexParams;
 use pointsman::indexer;
-use pointsman::proxy::ProxyConfig;
+use pointsman::proxy_config::ProxyConfig;
 use pointsman::server::{AppState, ServerOptions, app};
+use serde_json::Value;
 use tower::ServiceExt;
 
 /// The endpoints, by the first byte's bits 0-1.

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use pointsman::config::{self, ConfigError, RouteTable};
-use pointsman::proxy::ProxyConfig;
+use pointsman::proxy_config::ProxyConfig;
 
 /// Where an input is cut into two route files, when it holds this line; else at the newline
 /// nearest its middle.

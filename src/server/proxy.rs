@@ -1,6 +1,6 @@
 //! The OpenAI-compatible proxy: `POST /v1/chat/completions` and `GET /v1/models`.
 //!
-//! `model: "auto"` is routed on the conversation (see [`crate::proxy::ConversationPolicy`]);
+//! `model: "auto"` is routed on the conversation (see [`crate::proxy_config::ConversationPolicy`]);
 //! `model: "<route>"` pins a route and lets the candidates be chosen; any other model a
 //! provider serves passes through unrouted. The chosen model's provider gets the request with
 //! `model` rewritten; 429, 5xx, timeouts and connection errors are retried with backoff, then
@@ -21,9 +21,10 @@ use tracing::Instrument as _;
 
 use super::{ApiError, ApiJson, AppState, Content, Message, RouteResponse};
 use crate::budget::{CapKey, Identity, caps_for};
+use crate::dispatch;
+use crate::index::Index;
 use crate::policy::Outcome;
-use crate::proxy::{CascadeCheck, ConversationText, Provider, ProxyConfig, TurnChoice};
-use crate::selection::{self, Needs};
+use crate::proxy_config::{CascadeCheck, ConversationText, Provider, ProxyConfig};
 
 /// The proxy's configuration and its HTTP client.
 pub(super) struct Proxy {
@@ -61,8 +62,7 @@ fn openai_error(e: ApiError) -> Response {
 fn proxy_of(state: &AppState) -> Result<Arc<Proxy>, ApiError> {
     state.proxy.clone().ok_or_else(|| {
         ApiError::NotFound(
-            "the OpenAI-compatible proxy is off; start `pointsman serve --proxy proxy.yaml`"
-                .into(),
+            "the OpenAI-compatible proxy is off; start `pointsman serve --proxy proxy.yaml`".into(),
         )
     })
 }
@@ -197,6 +197,8 @@ struct Plan {
     /// The route's cascade check, if it asks for one.
     cascade: Option<CascadeCheck>,
     caps: Vec<CapKey>,
+    /// The index snapshot the decision was made on: prices and providers are read from it.
+    snapshot: Arc<Index>,
 }
 
 /// `POST /v1/chat/completions`: OpenAI's chat-completions request; `model` is `auto`, a route
@@ -236,9 +238,9 @@ async fn plan(
     request: &ChatRequest,
     who: &Identity,
 ) -> Result<Plan, ApiError> {
-    let engine = state.engine()?;
-    let index = engine.index();
-    let table = index.table();
+    // the one snapshot of the live index this request reads, to its end
+    let snapshot = state.engine()?.index();
+    let table = snapshot.table();
     let caps = caps_for(&table.budgets, who, std::time::SystemTime::now());
     let routed_name = request.model == "auto" || table.route(&request.model).is_some();
     if !routed_name {
@@ -265,6 +267,7 @@ async fn plan(
             }],
             cascade: None,
             caps,
+            snapshot,
         });
     }
     // routing reads the beginning of each turn: a long document is forwarded whole, not refused
@@ -278,81 +281,43 @@ async fn plan(
         ConversationText::new(&turns, proxy.config.conversation.window).ok_or_else(|| {
             ApiError::Validation("`messages` has no user message with text to route on".into())
         })?;
-    let timeout = Duration::from_millis(state.options.request_timeout_ms);
-    let (mut routed, text) = if request.model != "auto" {
-        let r = tokio::time::timeout(timeout, engine.route_async(&conversation.last))
-            .await
-            .map_err(|_| ApiError::Timeout(state.options.request_timeout_ms))??;
-        (r, conversation.last)
-    } else {
-        let policy = &proxy.config.conversation;
-        route_conversation(state, engine, conversation, who, timeout, policy).await?
+    let req = dispatch::Request {
+        prompt: dispatch::Prompt::Conversation {
+            turns: &conversation,
+            policy: &proxy.config.conversation,
+        },
+        route: (request.model != "auto").then_some(request.model.as_str()),
+        who,
+        capabilities: &request.capabilities,
+        // the context window must hold the whole conversation
+        whole_text_bytes: request.text_bytes(),
     };
-    if request.model != "auto" {
-        routed.decision.outcome = Outcome::Override {
-            route: request.model.clone(),
-        };
-    }
-    // the context window must hold the whole conversation: the routed text's real tokens, and
-    // an estimate of the rest
-    routed.prompt_tokens += request.text_bytes().saturating_sub(text.len()).div_ceil(4);
-    let response = super::select(state, engine, routed, &text, who, &request.capabilities).await?;
-    super::record_decision(state, &response);
-    let route = response
+    let cx = state.context()?;
+    let result = dispatch::dispatch_on(&cx, Arc::clone(&snapshot), &req).await;
+    state.log_decision(who, result.as_ref());
+    let decided = result.map_err(|e| state.refused(&e))?;
+    super::record_decision(state, &decided);
+    let mut models = vec![Candidate {
+        model: decided.selection.model.clone(),
+        estimate_usd: decided.selection.estimated_cost_usd,
+        reserved: decided.selection.counted.is_some(),
+    }];
+    models.extend(decided.fallbacks.iter().map(|e| Candidate {
+        model: e.model.clone(),
+        estimate_usd: e.estimated_cost_usd,
+        reserved: false,
+    }));
+    let cascade = decided
         .routed
         .decision
         .route()
-        .and_then(|r| table.route(r));
-    let needs = Needs {
-        prompt_tokens: response.routed.prompt_tokens as u64,
-        output_tokens: u64::from(
-            route.map_or(crate::config::DEFAULT_EXPECTED_OUTPUT_TOKENS, |r| {
-                r.expected_output_tokens
-            }),
-        ),
-        capabilities: &request.capabilities,
-    };
-    // fallbacks: the candidates after the chosen one, then the default route's
-    let mut models = vec![Candidate {
-        model: response.selection.model.clone(),
-        estimate_usd: response.selection.estimated_cost_usd,
-        reserved: response.selection.counted.is_some(),
-    }];
-    let from_default = response.selection.from_default;
-    let lists = route
-        .filter(|_| !from_default)
-        .map(|r| (r.candidates.as_slice(), false))
-        .into_iter()
-        .chain([(table.default_candidates.as_slice(), true)]);
-    for (list, is_default) in lists {
-        // in the list it was chosen from, the fallbacks are the models after it; the default
-        // route's list is whole when the choice came from the route's own
-        let after = (is_default == from_default)
-            .then(|| list.iter().position(|m| *m == response.selection.model))
-            .flatten()
-            .map_or(0, |i| i + 1);
-        let (eligible, _) = selection::filter(
-            &list[after..],
-            &table.catalog,
-            &|m| state.health.is_down(m),
-            &needs,
-        );
-        for e in eligible {
-            if !models.iter().any(|c| c.model == e.model) {
-                models.push(Candidate {
-                    model: e.model,
-                    estimate_usd: e.estimated_cost_usd,
-                    reserved: false,
-                });
-            }
-        }
-    }
-    let cascade = route.and_then(|r| proxy.config.cascade.get(&r.name).cloned());
+        .and_then(|r| proxy.config.cascade.get(r).cloned());
     Ok(Plan {
-        routed: Some(response),
+        routed: Some(decided),
         models,
         cascade,
         caps,
+        snapshot,
     })
 }
 
@@ -366,58 +331,6 @@ fn clip(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
-}
-
-/// Routes the last user turn and, when there are earlier turns, the recent window together
-/// (one batch), then applies the multi-turn policy. Returns the decision and its text.
-async fn route_conversation(
-    state: &AppState,
-    engine: &crate::engine::Engine,
-    conversation: ConversationText,
-    who: &Identity,
-    timeout: Duration,
-    policy: &crate::proxy::ConversationPolicy,
-) -> Result<(crate::engine::Routed, String), ApiError> {
-    let timed_out = || ApiError::Timeout(state.options.request_timeout_ms);
-    let Some(window) = conversation.window else {
-        let mut r = tokio::time::timeout(timeout, engine.route_async(&conversation.last))
-            .await
-            .map_err(|_| timed_out())??;
-        super::apply_rules(engine, &conversation.last, who, &mut r);
-        return Ok((r, conversation.last));
-    };
-    let texts = [conversation.last, window];
-    let mut both = tokio::time::timeout(timeout, engine.route_many(&texts))
-        .await
-        .map_err(|_| timed_out())??;
-    for (r, text) in both.iter_mut().zip(&texts) {
-        super::apply_rules(engine, text, who, r);
-    }
-    let window_routed = both.pop().expect("two decisions");
-    let last_routed = both.pop().expect("two decisions");
-    let [last_text, window_text] = texts;
-    let last = match &last_routed.decision.outcome {
-        Outcome::Matched { route, score } => {
-            let threshold = last_routed
-                .decision
-                .routes
-                .iter()
-                .find(|s| s.route == *route)
-                .and_then(|s| s.threshold);
-            Some((
-                route.as_str(),
-                crate::proxy::clear_match(policy, *score, threshold),
-            ))
-        }
-        // a rule on the last message is as clear as a match can be
-        Outcome::Rule { route, .. } => Some((route.as_str(), true)),
-        _ => None,
-    };
-    let choice = crate::proxy::choose_turn(last, window_routed.decision.route());
-    Ok(match choice {
-        TurnChoice::Last => (last_routed, last_text),
-        TurnChoice::Window => (window_routed, window_text),
-    })
 }
 
 /// A model the proxy may try, with what it is expected to cost.
@@ -490,9 +403,7 @@ async fn attempt(
 ) -> Result<Attempt, ApiError> {
     let deadline = run.deadline;
     let config = &proxy.config;
-    let engine = state.engine()?;
-    let index = engine.index();
-    let table = index.table();
+    let table = plan.snapshot.table();
     let mut failures = Vec::new();
     let mut over_budget = 0;
     for (position, candidate) in plan.models.iter().enumerate().skip(start) {
@@ -780,6 +691,7 @@ fn usage_of(v: &Value) -> Option<Usage> {
 /// whose client goes away gives back what it reserved.
 struct Spend {
     state: AppState,
+    snapshot: Arc<Index>,
     caps: Vec<CapKey>,
     /// Reserved now.
     reserved_usd: f64,
@@ -791,9 +703,11 @@ struct Spend {
 }
 
 impl Spend {
-    fn new(state: &AppState, caps: Vec<CapKey>, first: &Candidate) -> Self {
+    fn new(state: &AppState, plan: &Plan) -> Self {
+        let (caps, first) = (plan.caps.clone(), &plan.models[0]);
         Spend {
             state: state.clone(),
+            snapshot: Arc::clone(&plan.snapshot),
             caps,
             reserved_usd: first.estimate_usd.filter(|_| first.reserved).unwrap_or(0.0),
             spent_usd: 0.0,
@@ -843,16 +757,12 @@ impl Spend {
 
     /// The real cost of `usage` on `model` (0 without a catalog price).
     fn cost(&mut self, model: &str, usage: Usage) -> f64 {
-        let index = self.state.engine.get().map(|e| e.index());
-        let cost = index
-            .as_ref()
-            .and_then(|i| {
-                i.table()
-                    .catalog
-                    .get(model)
-                    .map(|m| m.cost_usd(usage.prompt, usage.completion))
-            })
-            .unwrap_or(0.0);
+        let cost = self
+            .snapshot
+            .table()
+            .catalog
+            .get(model)
+            .map_or(0.0, |m| m.cost_usd(usage.prompt, usage.completion));
         self.costs.push((model.to_string(), cost));
         cost
     }
@@ -894,7 +804,7 @@ async fn forward(
 ) -> Result<Response, ApiError> {
     let mut run = Run {
         deadline: Instant::now() + Duration::from_millis(proxy.config.timeouts.total_ms),
-        spend: Spend::new(state, plan.caps.clone(), &plan.models[0]),
+        spend: Spend::new(state, &plan),
         tries: 0,
     };
     let mut start = 0;

@@ -3,9 +3,9 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
 use pointsman::engine::EngineOptions;
 use pointsman::server::{AppState, ServerOptions, app};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::common::*;
@@ -591,7 +591,10 @@ async fn the_openapi_document_describes_every_mounted_route() {
         );
     }
     // and nothing is mounted beside the documented router: every route goes through `routes!`
-    let source = std::fs::read_to_string(repo().join("src/server.rs")).unwrap();
+    let source: String = std::fs::read_dir(repo().join("src/server"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
     assert!(
         !source.contains(".route(\""),
         "mount endpoints with `.routes(routes!(handler))` in `endpoints()` so that they are documented"
@@ -635,4 +638,95 @@ async fn bodies_must_be_json_objects() {
         .body(Body::from(r#"{"prompt": "Where is my order?"}"#))
         .unwrap();
     assert_eq!(send(&state, req).await.status, StatusCode::OK);
+}
+
+/// Two route tables that share no route or model name: a decision that read both would name
+/// one table's route with the other's model.
+fn generation(prefix: &str) -> String {
+    format!(
+        "version: 1
+defaults: {{top_k: 3}}
+default_route: {{model: {prefix}-default}}
+routes:
+  - name: {prefix}-greet
+    model: {prefix}-small
+    utterances: [hello there, good morning friend]
+  - name: {prefix}-bye
+    model: {prefix}-large
+    utterances: [goodbye for now, see you later]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_reads_one_index_generation_while_reloads_swap_tables() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut fake = FakeEmbedder::new("fake");
+    let (a, b) = (
+        index_of(&generation("a"), &mut fake),
+        index_of(&generation("b"), &mut fake),
+    );
+    let engine = Arc::new(
+        pointsman::engine::Engine::open(
+            a.path(),
+            vec![fake.clone(), fake.clone()],
+            EngineOptions::default(),
+        )
+        .unwrap(),
+    );
+    let state = AppState::with_engine(Arc::clone(&engine), ServerOptions::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let reloader = {
+        let (engine, stop) = (Arc::clone(&engine), Arc::clone(&stop));
+        let dirs = [b.path().to_path_buf(), a.path().to_path_buf()];
+        std::thread::spawn(move || {
+            let mut reloads = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                engine.reload(&dirs[reloads % 2], |_| Ok(())).unwrap();
+                reloads += 1;
+            }
+            reloads
+        })
+    };
+    let prompts = [
+        "hello there",
+        "see you later",
+        "good morning",
+        "what is this",
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..100 {
+        let replies = futures_util::future::join_all((0..8).map(|i| {
+            let body = json!({"prompt": prompts[(round + i) % prompts.len()]}).to_string();
+            let state = state.clone();
+            async move { post(&state, "/v1/route", &body).await }
+        }))
+        .await;
+        for r in replies {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            let v = r.json();
+            // every name the decision shows: its route, the scored routes, the chosen model
+            let mut names: Vec<&str> = v["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| [s["route"].as_str().unwrap(), s["model"].as_str().unwrap()])
+                .collect();
+            names.push(v["model"].as_str().unwrap());
+            names.push(v["selection"]["model"].as_str().unwrap());
+            names.extend(v["route"].as_str());
+            let generations: std::collections::BTreeSet<&str> =
+                names.iter().map(|n| &n[..1]).collect();
+            assert_eq!(generations.len(), 1, "a decision mixes two tables: {v}");
+            seen.extend(generations.into_iter().map(str::to_string));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reloads = reloader.join().unwrap();
+    assert!(
+        reloads >= 10,
+        "only {reloads} reloads ran during the requests"
+    );
+    assert_eq!(seen.len(), 2, "requests saw only generation {seen:?}");
 }

@@ -4,8 +4,8 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
 use pointsman::server::{AppState, ServerOptions, app};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::common::*;

@@ -441,3 +441,72 @@ fn traces_reach_an_otlp_collector_with_the_callers_trace_id() {
         .collect();
     assert!(contains(&id), "the span is not in the caller's trace");
 }
+
+/// Prompts with a fenced code block, which the example routes' static rule sends to `code`
+/// whatever their words say.
+const FENCED: [&str; 5] = [
+    "Please summarise what this does:\n```\nprint('hello')\n```",
+    "Translate the comments into French:\n```python\n# compute the total\n```",
+    "```sql\nSELECT * FROM orders\n``` where is my order?",
+    "Is this a refund policy?\n```\nrefund = total * 0.5\n```",
+    "```\nx = 3 * 7\n```\nwhat is the result?",
+];
+
+#[test]
+fn eval_route_and_the_http_api_decide_alike_on_a_table_with_rules() {
+    let index = example_index().dir.path();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rules.jsonl");
+    let lines: Vec<String> = FENCED
+        .iter()
+        .map(|p| serde_json::json!({"text": p, "route": "code"}).to_string())
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let r = json_of(
+        pointsman()
+            .args(["eval", "--json", "--index"])
+            .arg(index)
+            .arg("--data")
+            .arg(&data),
+    );
+    assert_eq!(r["in_scope_accuracy"], 1.0, "{r}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = pointsman::server::AppState::with_engine(
+        example_engine(),
+        pointsman::server::ServerOptions::default(),
+    );
+    for prompt in FENCED {
+        let cli = json_of(
+            pointsman()
+                .args(["route", "--index"])
+                .arg(index)
+                .arg(prompt),
+        );
+        let http: serde_json::Value = rt.block_on(async {
+            use tower::ServiceExt;
+            let req = axum::http::Request::post("/v1/route")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(
+                    serde_json::json!({"prompt": prompt}).to_string(),
+                ))
+                .unwrap();
+            let res = pointsman::server::app(state.clone())
+                .oneshot(req)
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let bytes = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            serde_json::from_slice(&bytes).unwrap()
+        });
+        for v in [&cli, &http] {
+            assert_eq!(v["outcome"], "rule", "{prompt:?}: {v}");
+            assert_eq!(v["route"], "code", "{prompt:?}: {v}");
+        }
+        assert_eq!(cli["model"], http["model"], "{prompt:?}");
+        assert_eq!(cli["selection"], http["selection"], "{prompt:?}");
+    }
+}

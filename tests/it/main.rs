@@ -10,6 +10,7 @@ mod fuzz_regressions;
 mod model;
 mod proxy;
 mod redis;
+mod specs;
 mod upstream;
 #[path = "../support/word_hash.rs"]
 mod word_hash;

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
-use pointsman::proxy::ProxyConfig;
+use pointsman::proxy_config::ProxyConfig;
 use pointsman::server::{AppState, ServerOptions, app};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::common::*;
@@ -567,7 +567,7 @@ async fn api_keys_and_rate_limits_guard_the_route_and_proxy_endpoints() {
         .clone()
         .with_api_keys(vec!["key-one".into(), "key-two".into()])
         // one request each 100 s after a burst of two: nothing refills during the test (the
-        // refill is unit-tested in src/server.rs)
+        // refill is unit-tested in src/server/auth.rs)
         .with_rate_limit(0.01, 2);
     let call = |key: Option<&str>, uri: &str| {
         let mut req = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
