@@ -22,3 +22,5 @@ pub mod scoring;
 pub mod selection;
 pub mod server;
 pub mod similarity;
+#[cfg(feature = "test-util")]
+pub mod test_util;

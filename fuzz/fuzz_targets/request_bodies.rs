@@ -3,8 +3,6 @@
 
 #[path = "../harness/request_bodies.rs"]
 mod harness;
-#[path = "../../tests/support/word_hash.rs"]
-mod word_hash;
 
 libfuzzer_sys::fuzz_target!(
     init: harness::check_alive(),

@@ -18,7 +18,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use pointsman::config;
-use pointsman::embed::{EmbedError, Embedded, Embedder, ModelInfo};
+
 use pointsman::engine::{Engine, EngineOptions};
 use pointsman::index::IndexParams;
 use pointsman::indexer;
@@ -108,32 +108,7 @@ mark_down_s: 0
 cascade: {greet: {min_chars: 5}}
 ";
 
-// the crate that includes this harness declares `word_hash` (tests/support/word_hash.rs)
-use crate::word_hash;
-
-/// Hashes words into a small vector: deterministic, fast, no model.
-#[derive(Clone)]
-struct FakeEmbedder {
-    info: ModelInfo,
-}
-
-impl FakeEmbedder {
-    fn new() -> Self {
-        FakeEmbedder {
-            info: word_hash::info("fuzz"),
-        }
-    }
-}
-
-impl Embedder for FakeEmbedder {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn embed(&mut self, texts: &[&str]) -> Result<Vec<Embedded>, EmbedError> {
-        Ok(texts.iter().map(|t| word_hash::embed(t)).collect())
-    }
-}
+use pointsman::test_util::FakeEmbedder;
 
 struct Harness {
     runtime: tokio::runtime::Runtime,
@@ -146,7 +121,7 @@ fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| {
         let table = config::parse_sources(&[(PathBuf::from("fuzz.yaml"), ROUTES.into())])
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut fake = FakeEmbedder::new();
+        let mut fake = FakeEmbedder::new("fuzz");
         // the engine reads the whole index when it opens, so the directory can go at once
         let dir = tempfile::tempdir().expect("a temporary directory");
         indexer::build(

@@ -4,18 +4,18 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use pointsman::config::{self, RouteTable};
 use pointsman::embed::{
-    DEFAULT_MAX_TOKENS, DEFAULT_MODEL_DIR, DEFAULT_ORT_LIBRARY, EmbedError, Embedded, Embedder,
-    ModelInfo, ModelSpec, OnnxEmbedder, PoolingKind,
+    DEFAULT_MAX_TOKENS, DEFAULT_MODEL_DIR, DEFAULT_ORT_LIBRARY, ModelSpec, OnnxEmbedder,
+    PoolingKind,
 };
 use pointsman::engine::{Engine, EngineOptions};
 use pointsman::index::IndexParams;
 use pointsman::indexer;
 
-use crate::word_hash;
+pub use pointsman::test_util::FakeEmbedder;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -87,66 +87,6 @@ pub fn example_engine() -> Arc<Engine> {
             )
         })
         .clone()
-}
-
-/// An embedder for tests of the machinery around the model: it hashes words into a small
-/// vector, and can be paused to hold its worker busy.
-#[derive(Clone)]
-pub struct FakeEmbedder {
-    info: ModelInfo,
-    gate: Arc<(Mutex<Gate>, Condvar)>,
-}
-
-/// Whether `embed` may go on, and how many calls wait for it.
-#[derive(Debug)]
-struct Gate {
-    open: bool,
-    waiting: usize,
-}
-
-impl FakeEmbedder {
-    pub fn new(id: &str) -> Self {
-        FakeEmbedder {
-            info: word_hash::info(id),
-            gate: Arc::new((
-                Mutex::new(Gate {
-                    open: true,
-                    waiting: 0,
-                }),
-                Condvar::new(),
-            )),
-        }
-    }
-
-    /// While closed, `embed` blocks.
-    pub fn set_open(&self, open: bool) {
-        let (lock, cv) = &*self.gate;
-        lock.lock().unwrap().open = open;
-        cv.notify_all();
-    }
-
-    /// Calls of `embed` (from any clone) blocked at the closed gate now.
-    pub fn waiting(&self) -> usize {
-        self.gate.0.lock().unwrap().waiting
-    }
-}
-
-impl Embedder for FakeEmbedder {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn embed(&mut self, texts: &[&str]) -> Result<Vec<Embedded>, EmbedError> {
-        let (lock, cv) = &*self.gate;
-        let mut gate = lock.lock().unwrap();
-        gate.waiting += 1;
-        while !gate.open {
-            gate = cv.wait(gate).unwrap();
-        }
-        gate.waiting -= 1;
-        drop(gate);
-        Ok(texts.iter().map(|t| word_hash::embed(t)).collect())
-    }
 }
 
 pub const FAKE_ROUTES: &str = "\

@@ -12,5 +12,3 @@ mod proxy;
 mod redis;
 mod specs;
 mod upstream;
-#[path = "../support/word_hash.rs"]
-mod word_hash;
