@@ -1,60 +1,43 @@
-//! Prometheus metrics, rendered by hand in the text exposition format (one small dependency-free
-//! registry instead of a metrics stack that pulls a TLS library). Every name starts with
-//! `pointsman_`.
+//! Prometheus metrics through `prometheus-client` (typed families, label escaping, the text
+//! exposition format). Every name starts with `pointsman_`.
+//!
+//! Counters that the server drives live in one [`Registry`]; values read from the engine when
+//! `/metrics` is scraped (queue length, cache counters) are encoded from a registry made for
+//! that scrape, so that they are never stale.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const LATENCY_BUCKETS_S: [f64; 14] = [
     0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// A cumulative latency histogram.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+/// The metric name prefix.
+pub const PREFIX: &str = "pointsman";
+
+/// A latency histogram in seconds.
+#[derive(Debug, Clone)]
+pub struct Histogram(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram(prometheus_client::metrics::histogram::Histogram::new(
+            LATENCY_BUCKETS_S,
+        ))
+    }
 }
 
 impl Histogram {
     /// Records one observation in seconds.
     pub fn observe(&self, seconds: f64) {
-        for (bound, bucket) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (bound, bucket) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(
-            out,
-            "{name}_sum{braces} {}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{braces} {count}");
+        self.0.observe(seconds);
     }
 }
 
@@ -75,34 +58,63 @@ pub struct Gauges {
 
 /// An HTTP request being handled: see [`Metrics::in_flight`].
 #[derive(Debug)]
-pub struct InFlight<'a>(&'a AtomicU64);
+pub struct InFlight<'a>(&'a Gauge);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    route: String,
+    model: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    model: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+type UsdCounter = Counter<f64, AtomicU64>;
+
 /// The server's metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    /// Requests by (endpoint, status).
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    /// Decisions by (route, model); fallbacks have route `""`.
-    decisions: Mutex<BTreeMap<(String, String), u64>>,
-    /// Estimated spend by model, and what the most expensive model would have cost.
-    spend: Mutex<BTreeMap<String, f64>>,
-    premium_spend: Mutex<f64>,
-    /// Reported (actual) spend by model.
-    usage: Mutex<BTreeMap<String, f64>>,
-    /// Proxy tries of upstream models by (model, result).
-    upstream: Mutex<BTreeMap<(String, &'static str), u64>>,
-    fallbacks: AtomicU64,
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
-    truncated: AtomicU64,
-    overloaded: AtomicU64,
-    in_flight: AtomicU64,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
+    spend: Family<ModelLabel, UsdCounter>,
+    /// What the most expensive catalog model would have cost for the routed requests.
+    premium_spend_usd: AtomicU64,
+    /// Estimated spend, summed over models (kept beside the family for the savings).
+    routed_spend_usd: AtomicU64,
+    usage: Family<ModelLabel, UsdCounter>,
+    upstream: Family<UpstreamLabels, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    fallbacks: Counter,
+    truncated: Counter,
+    overloaded: Counter,
+    rate_limited: Counter,
+    in_flight: Gauge,
     /// End-to-end latency of route requests.
     pub request_latency: Histogram,
     /// Time spent embedding (per prompt, shared batch time).
@@ -111,237 +123,238 @@ pub struct Metrics {
     pub queue_latency: Histogram,
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let m = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            decisions: Family::default(),
+            spend: Family::default(),
+            premium_spend_usd: AtomicU64::new(0f64.to_bits()),
+            routed_spend_usd: AtomicU64::new(0f64.to_bits()),
+            usage: Family::default(),
+            upstream: Family::default(),
+            reloads: Family::default(),
+            fallbacks: Counter::default(),
+            truncated: Counter::default(),
+            overloaded: Counter::default(),
+            rate_limited: Counter::default(),
+            in_flight: Gauge::default(),
+            request_latency: Histogram::default(),
+            embed_latency: Histogram::default(),
+            queue_latency: Histogram::default(),
+        };
+        registry.register(
+            "requests",
+            "HTTP responses by matched endpoint and status.",
+            m.requests.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Routing decisions by route and model (route=\"\" is a fallback).",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "estimated_spend_usd",
+            "Estimated cost of routed requests by chosen model.",
+            m.spend.clone(),
+        );
+        registry.register(
+            "reported_spend_usd",
+            "Cost of usage reported through /v1/usage or the proxy's upstream answers, by model.",
+            m.usage.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Proxy tries of upstream models by model and result.",
+            m.upstream.clone(),
+        );
+        registry.register("reloads", "Index reloads by result.", m.reloads.clone());
+        registry.register(
+            "fallbacks",
+            "Decisions that fell back to the default model.",
+            m.fallbacks.clone(),
+        );
+        registry.register(
+            "truncated_prompts",
+            "Prompts cut to the model's token window.",
+            m.truncated.clone(),
+        );
+        registry.register(
+            "overloaded",
+            "Requests refused with 429 because the embedding queue was full.",
+            m.overloaded.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 because their caller exceeded its rate limit.",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests received and not yet answered, this one included (a streamed answer counts until its headers are sent).",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Route request latency, submission to answer.",
+            m.request_latency.0.clone(),
+        );
+        registry.register(
+            "embed_duration_seconds",
+            "Forward-pass time of the batch each prompt rode in.",
+            m.embed_latency.0.clone(),
+        );
+        registry.register(
+            "queue_duration_seconds",
+            "Time prompts waited for a worker.",
+            m.queue_latency.0.clone(),
+        );
+        for reason in ["ok", "failed"] {
+            // both series exist from the start, so that a dashboard sees a zero
+            let _ = m.reloads.get_or_create(&ResultLabel { result: reason });
+        }
+        Metrics { registry, ..m }
+    }
+}
+
+fn add_f64(cell: &AtomicU64, v: f64) {
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+        Some((f64::from_bits(bits) + v).to_bits())
+    });
 }
 
 impl Metrics {
-    /// Counts a finished request.
-    pub fn request(&self, endpoint: &str, status: u16) {
-        *self
-            .requests
-            .lock()
-            .expect("metrics lock")
-            .entry((endpoint.to_string(), status))
-            .or_default() += 1;
-        if status == 429 {
-            self.overloaded.fetch_add(1, Ordering::Relaxed);
+    /// Counts a finished HTTP response by its matched endpoint, status and error kind (the
+    /// `type` of the error body, when it is one). Called by one middleware for every response.
+    pub fn response(&self, endpoint: &str, status: u16, error_kind: Option<&str>) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_string(),
+                status,
+            })
+            .inc();
+        match error_kind {
+            Some("overloaded") => {
+                self.overloaded.inc();
+            }
+            Some("rate_limited") => {
+                self.rate_limited.inc();
+            }
+            _ => {}
         }
     }
 
     /// Counts an HTTP request as in flight until the guard is dropped (its response is ready).
     pub fn in_flight(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
         InFlight(&self.in_flight)
     }
 
     /// Counts a decision.
     pub fn decision(&self, route: Option<&str>, model: &str, truncated: bool) {
-        *self
-            .decisions
-            .lock()
-            .expect("metrics lock")
-            .entry((route.unwrap_or("").to_string(), model.to_string()))
-            .or_default() += 1;
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                route: route.unwrap_or("").to_string(),
+                model: model.to_string(),
+            })
+            .inc();
         if route.is_none() {
-            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+            self.fallbacks.inc();
         }
         if truncated {
-            self.truncated.fetch_add(1, Ordering::Relaxed);
+            self.truncated.inc();
         }
     }
 
     /// Counts a routed request's estimated cost, beside the most expensive model's.
     pub fn spend(&self, model: &str, cost_usd: f64, premium_usd: f64) {
-        *self
-            .spend
-            .lock()
-            .expect("metrics lock")
-            .entry(model.to_string())
-            .or_default() += cost_usd;
-        *self.premium_spend.lock().expect("metrics lock") += premium_usd;
+        self.spend
+            .get_or_create(&ModelLabel {
+                model: model.to_string(),
+            })
+            .inc_by(cost_usd);
+        add_f64(&self.routed_spend_usd, cost_usd);
+        add_f64(&self.premium_spend_usd, premium_usd);
     }
 
     /// Counts an index reload.
     pub fn reload(&self, ok: bool) {
-        let c = if ok {
-            &self.reloads_ok
-        } else {
-            &self.reloads_failed
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts reported usage.
     pub fn usage(&self, model: &str, cost_usd: f64) {
-        *self
-            .usage
-            .lock()
-            .expect("metrics lock")
-            .entry(model.to_string())
-            .or_default() += cost_usd;
+        self.usage
+            .get_or_create(&ModelLabel {
+                model: model.to_string(),
+            })
+            .inc_by(cost_usd);
     }
 
     /// Counts one try of an upstream model by the proxy: `result` is `ok`, `status_429`,
     /// `status_5xx`, `status_4xx`, `timeout` or `connect`.
     pub fn upstream(&self, model: &str, result: &'static str) {
-        *self
-            .upstream
-            .lock()
-            .expect("metrics lock")
-            .entry((model.to_string(), result))
-            .or_default() += 1;
+        self.upstream
+            .get_or_create(&UpstreamLabels {
+                model: model.to_string(),
+                result,
+            })
+            .inc();
     }
 
-    /// Renders everything in the Prometheus text format.
-    pub fn render(&self, gauges: Option<Gauges>) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP pointsman_requests_total HTTP requests by endpoint and status.\n# TYPE pointsman_requests_total counter\n");
-        for ((endpoint, status), n) in self.requests.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "pointsman_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
-                escape(endpoint)
-            );
-        }
-        out.push_str("# HELP pointsman_decisions_total Routing decisions by route and model (route=\"\" is a fallback).\n# TYPE pointsman_decisions_total counter\n");
-        for ((route, model), n) in self.decisions.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "pointsman_decisions_total{{route=\"{}\",model=\"{}\"}} {n}",
-                escape(route),
-                escape(model)
-            );
-        }
-        let spend = self.spend.lock().expect("metrics lock");
-        out.push_str("# HELP pointsman_estimated_spend_usd_total Estimated cost of routed requests by chosen model.\n# TYPE pointsman_estimated_spend_usd_total counter\n");
-        for (model, usd) in spend.iter() {
-            let _ = writeln!(
-                out,
-                "pointsman_estimated_spend_usd_total{{model=\"{}\"}} {usd}",
-                escape(model)
-            );
-        }
-        let premium = *self.premium_spend.lock().expect("metrics lock");
-        let saved = premium - spend.values().sum::<f64>();
-        drop(spend);
-        let _ = writeln!(
-            out,
-            "# HELP pointsman_estimated_savings_usd_total Estimated cost saved against sending every routed request to the catalog's most expensive model.\n# TYPE pointsman_estimated_savings_usd_total counter\npointsman_estimated_savings_usd_total {saved}"
+    /// Renders everything in the Prometheus text format, with the engine's `gauges` and the
+    /// decision log's dropped lines when there are such.
+    pub fn render(&self, gauges: Option<Gauges>, decision_log_dropped: Option<u64>) -> String {
+        let mut scrape = Registry::with_prefix(PREFIX);
+        let premium = f64::from_bits(self.premium_spend_usd.load(Ordering::Relaxed));
+        let routed = f64::from_bits(self.routed_spend_usd.load(Ordering::Relaxed));
+        scrape.register(
+            "estimated_savings_usd",
+            "Estimated cost saved against sending every routed request to the catalog's most expensive model.",
+            ConstCounter::new(premium - routed),
         );
-        out.push_str("# HELP pointsman_reported_spend_usd_total Cost of usage reported through /v1/usage, by model.\n# TYPE pointsman_reported_spend_usd_total counter\n");
-        for (model, usd) in self.usage.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "pointsman_reported_spend_usd_total{{model=\"{}\"}} {usd}",
-                escape(model)
-            );
-        }
-        out.push_str("# HELP pointsman_upstream_requests_total Proxy tries of upstream models by model and result.\n# TYPE pointsman_upstream_requests_total counter\n");
-        for ((model, result), n) in self.upstream.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "pointsman_upstream_requests_total{{model=\"{}\",result=\"{result}\"}} {n}",
-                escape(model)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP pointsman_reloads_total Index reloads by result.\n# TYPE pointsman_reloads_total counter\npointsman_reloads_total{{result=\"ok\"}} {}\npointsman_reloads_total{{result=\"failed\"}} {}",
-            self.reloads_ok.load(Ordering::Relaxed),
-            self.reloads_failed.load(Ordering::Relaxed)
-        );
-        let counters = [
-            (
-                "pointsman_fallbacks_total",
-                "Decisions that fell back to the default model.",
-                &self.fallbacks,
-            ),
-            (
-                "pointsman_truncated_prompts_total",
-                "Prompts cut to the model's token window.",
-                &self.truncated,
-            ),
-            (
-                "pointsman_overloaded_total",
-                "Requests refused with 429 because the queue was full.",
-                &self.overloaded,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP pointsman_http_requests_in_flight HTTP requests received and not yet answered, this one included (a streamed answer counts until its headers are sent).\n# TYPE pointsman_http_requests_in_flight gauge\npointsman_http_requests_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed)
-        );
-        let histograms = [
-            (
-                "pointsman_request_duration_seconds",
-                "Route request latency, submission to answer.",
-                &self.request_latency,
-            ),
-            (
-                "pointsman_embed_duration_seconds",
-                "Forward-pass time of the batch each prompt rode in.",
-                &self.embed_latency,
-            ),
-            (
-                "pointsman_queue_duration_seconds",
-                "Time prompts waited for a worker.",
-                &self.queue_latency,
-            ),
-        ];
-        for (name, help, h) in histograms {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            h.render(&mut out, name, "");
-        }
         if let Some(g) = gauges {
-            for (name, kind, help, value) in [
-                (
-                    "pointsman_queue_length",
-                    "gauge",
-                    "Prompts waiting for a worker.",
-                    g.queue_len as u64,
-                ),
-                (
-                    "pointsman_index_vectors",
-                    "gauge",
-                    "Vectors in the live index.",
-                    g.index_vectors as u64,
-                ),
-                (
-                    "pointsman_embed_cache_hits_total",
-                    "counter",
-                    "Prompts answered from the embedding cache.",
-                    g.cache_hits,
-                ),
-                (
-                    "pointsman_embed_cache_misses_total",
-                    "counter",
-                    "Prompts that needed a forward pass.",
-                    g.cache_misses,
-                ),
-                (
-                    "pointsman_embed_cache_entries",
-                    "gauge",
-                    "Embeddings held in the cache.",
-                    g.cache_entries as u64,
-                ),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-                );
-            }
+            scrape.register(
+                "queue_length",
+                "Prompts waiting for a worker.",
+                ConstGauge::new(g.queue_len as i64),
+            );
+            scrape.register(
+                "index_vectors",
+                "Vectors in the live index.",
+                ConstGauge::new(g.index_vectors as i64),
+            );
+            scrape.register(
+                "embed_cache_hits",
+                "Prompts answered from the embedding cache.",
+                ConstCounter::new(g.cache_hits),
+            );
+            scrape.register(
+                "embed_cache_misses",
+                "Prompts that needed a forward pass.",
+                ConstCounter::new(g.cache_misses),
+            );
+            scrape.register(
+                "embed_cache_entries",
+                "Embeddings held in the cache.",
+                ConstGauge::new(g.cache_entries as i64),
+            );
         }
+        if let Some(dropped) = decision_log_dropped {
+            scrape.register(
+                "decision_log_dropped",
+                "Decision-log lines dropped because the writer was behind.",
+                ConstCounter::new(dropped),
+            );
+        }
+        let mut out = String::new();
+        // writing to a String cannot fail
+        let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &scrape))
+            .and_then(|()| encode_eof(&mut out));
         out
     }
 }
@@ -353,31 +366,49 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
-        m.request("/v1/route", 200);
-        m.request("/v1/route", 429);
+        m.response("/v1/route", 200, None);
+        m.response("/v1/route", 429, Some("overloaded"));
+        m.response("/v1/route", 429, Some("rate_limited"));
         m.decision(Some("orders"), "small", false);
         m.decision(None, "default", true);
         m.request_latency.observe(0.004);
-        let text = m.render(Some(Gauges {
-            queue_len: 3,
-            index_vectors: 10,
-            ..Gauges::default()
-        }));
+        let text = m.render(
+            Some(Gauges {
+                queue_len: 3,
+                index_vectors: 10,
+                ..Gauges::default()
+            }),
+            None,
+        );
         assert!(text.contains("pointsman_requests_total{endpoint=\"/v1/route\",status=\"200\"} 1"));
         assert!(text.contains("pointsman_decisions_total{route=\"orders\",model=\"small\"} 1"));
         assert!(text.contains("pointsman_fallbacks_total 1"));
-        assert!(text.contains("pointsman_overloaded_total 1"));
+        assert!(text.contains("pointsman_overloaded_total 1"), "{text}");
+        assert!(text.contains("pointsman_rate_limited_total 1"), "{text}");
         assert!(text.contains("pointsman_request_duration_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("pointsman_request_duration_seconds_bucket{le=\"0.003\"} 0"));
         assert!(text.contains("pointsman_request_duration_seconds_count 1"));
         assert!(text.contains("pointsman_queue_length 3"));
+        assert!(text.contains("pointsman_reloads_total{result=\"failed\"} 0"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::default();
+        m.decision(Some("a\"b\\c\nd"), "m", false);
+        let text = m.render(None, None);
+        assert!(
+            text.contains(r#"pointsman_decisions_total{route="a\"b\\c\nd",model="m"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]
     fn requests_count_in_flight_until_answered() {
         let m = Metrics::default();
         let shown = |m: &Metrics| {
-            m.render(None)
+            m.render(None, None)
                 .lines()
                 .find_map(|l| l.strip_prefix("pointsman_http_requests_in_flight "))
                 .map(str::to_owned)

@@ -166,7 +166,6 @@ pub(super) async fn admin_model_down(
     }
     state.health.mark_down(&model, Duration::from_secs(ttl_s));
     tracing::info!(%model, ttl_s, "model marked down");
-    state.metrics.request("/v1/admin/models/down", 200);
     Ok(Json(
         serde_json::json!({"model": model, "down_for_s": ttl_s}),
     ))
@@ -186,7 +185,6 @@ pub(super) async fn admin_model_up(
     known_model(&state, &model)?;
     let was_down = state.health.mark_up(&model);
     tracing::info!(%model, "model marked up");
-    state.metrics.request("/v1/admin/models/up", 200);
     Ok(Json(
         serde_json::json!({"model": model, "was_down": was_down}),
     ))

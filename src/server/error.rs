@@ -72,6 +72,10 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The kind of error a response carries (its body's `type`), for the metrics middleware.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ErrorKind(pub(super) &'static str);
+
 /// The one error body.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -121,6 +125,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         self.add_retry_after(response.headers_mut());
+        response.extensions_mut().insert(ErrorKind(kind));
         response
     }
 }

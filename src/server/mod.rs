@@ -322,7 +322,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            count_in_flight,
+            count_requests,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
         // every response carries `x-request-id`: the caller's own, or a new one
@@ -331,10 +331,21 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts the request in `pointsman_http_requests_in_flight` until its response is ready.
-async fn count_in_flight(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Counts the request in `pointsman_http_requests_in_flight` until its response is ready, then
+/// the response in `pointsman_requests_total` by matched endpoint (the route template, or
+/// `unmatched`) and status: every response, the errors of every endpoint included.
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let _in_flight = state.metrics.in_flight();
-    next.run(req).await
+    let endpoint = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(req).await;
+    let kind = response.extensions().get::<error::ErrorKind>().map(|k| k.0);
+    state
+        .metrics
+        .response(&endpoint, response.status().as_u16(), kind);
+    response
 }
 
 /// The span of one HTTP request (exported as a trace with `--otlp-endpoint`): method, path and

@@ -100,8 +100,8 @@ pub(super) async fn readyz(
     })))
 }
 
-/// Prometheus metrics (text format), every name prefixed `pointsman_`.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+/// Prometheus metrics (OpenMetrics text format), every name prefixed `pointsman_`.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "application/openmetrics-text")))]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let gauges = state.engine.get().map(|e| {
         let cache = e.cache_stats();
@@ -113,12 +113,14 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             cache_entries: cache.entries,
         }
     });
-    let mut text = state.metrics.render(gauges);
-    if let Some(log) = &state.decision_log {
-        text.push_str(&format!(
-            "# HELP pointsman_decision_log_dropped_total Decision-log lines dropped because the writer was behind.\n# TYPE pointsman_decision_log_dropped_total counter\npointsman_decision_log_dropped_total {}\n",
-            log.dropped()
-        ));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let dropped = state.decision_log.as_ref().map(|log| log.dropped());
+    let text = state.metrics.render(gauges, dropped);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }

@@ -57,6 +57,9 @@ fn openai_error(e: ApiError) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     e.add_retry_after(response.headers_mut());
     response
+        .extensions_mut()
+        .insert(super::error::ErrorKind(kind));
+    response
 }
 
 fn proxy_of(state: &AppState) -> Result<Arc<Proxy>, ApiError> {
@@ -225,11 +228,7 @@ pub(super) async fn chat_completions(
         forward(&state, &proxy, request, plan).await
     }
     .await;
-    let response = result.unwrap_or_else(openai_error);
-    state
-        .metrics
-        .request("/v1/chat/completions", response.status().as_u16());
-    response
+    result.unwrap_or_else(openai_error)
 }
 
 async fn plan(

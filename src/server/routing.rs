@@ -156,24 +156,13 @@ pub(super) fn timing_headers(response: &RouteResponse) -> HeaderMap {
     headers
 }
 
-pub(super) fn record(
-    state: &AppState,
-    endpoint: &str,
-    result: &Result<RouteResponse, ApiError>,
-    started: Instant,
-) {
-    match result {
-        Ok(response) => {
-            state.metrics.request(endpoint, 200);
-            record_decision(state, response);
-            state
-                .metrics
-                .request_latency
-                .observe(started.elapsed().as_secs_f64());
-        }
-        Err(e) => state
+pub(super) fn record(state: &AppState, result: &Result<RouteResponse, ApiError>, started: Instant) {
+    if let Ok(response) = result {
+        record_decision(state, response);
+        state
             .metrics
-            .request(endpoint, e.status_and_kind().0.as_u16()),
+            .request_latency
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -329,7 +318,7 @@ pub(super) async fn route(
         route_request(&state, &req).await
     }
     .await;
-    record(&state, "/v1/route", &result, started);
+    record(&state, &result, started);
     match result {
         Ok(response) => (timing_headers(&response), Json(response)).into_response(),
         Err(e) => e.into_response(),
@@ -380,7 +369,6 @@ pub(super) async fn route_batch(
     .await;
     match result {
         Ok(results) => {
-            state.metrics.request("/v1/route/batch", 200);
             state
                 .metrics
                 .request_latency
@@ -390,12 +378,7 @@ pub(super) async fn route_batch(
             }
             Json(BatchResponse { results }).into_response()
         }
-        Err(e) => {
-            state
-                .metrics
-                .request("/v1/route/batch", e.status_and_kind().0.as_u16());
-            e.into_response()
-        }
+        Err(e) => e.into_response(),
     }
 }
 
@@ -444,7 +427,6 @@ pub(super) async fn usage(
     let delta = (cost - report.estimated_cost_usd).max(0.0);
     let counted = state.ledger.adjust(&caps, delta).await;
     state.metrics.usage(&report.model, cost);
-    state.metrics.request("/v1/usage", 200);
     Ok(Json(serde_json::json!({
         "cost_usd": cost,
         "adjusted_by_usd": delta,

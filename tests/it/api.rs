@@ -730,3 +730,31 @@ async fn a_decision_reads_one_index_generation_while_reloads_swap_tables() {
     );
     assert_eq!(seen.len(), 2, "requests saw only generation {seen:?}");
 }
+
+#[tokio::test]
+async fn every_response_is_counted_by_its_endpoint_template_and_status() {
+    let (engine, _dir) = fake_engine_for(FAKE_ROUTES);
+    let state = AppState::with_engine(engine, ServerOptions::default()).with_admin_key("adm");
+    // errors of the usage and admin endpoints count too, under their route templates
+    post(
+        &state,
+        "/v1/usage",
+        r#"{"model": "nope", "input_tokens": 1, "output_tokens": 1}"#,
+    )
+    .await
+    .error(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+    let down = Request::post("/v1/admin/models/nope/down")
+        .header(header::AUTHORIZATION, "Bearer adm")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&state, down).await.status, StatusCode::NOT_FOUND);
+    get(&state, "/no/such/thing").await;
+    let m = get(&state, "/metrics").await.text;
+    for series in [
+        r#"pointsman_requests_total{endpoint="/v1/usage",status="422"} 1"#,
+        r#"pointsman_requests_total{endpoint="/v1/admin/models/{model}/down",status="404"} 1"#,
+        r#"pointsman_requests_total{endpoint="unmatched",status="404"} 1"#,
+    ] {
+        assert!(m.contains(series), "{series} missing:\n{m}");
+    }
+}
