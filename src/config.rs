@@ -1058,15 +1058,9 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
         }
     };
     let first_file = files.first().map(|(f, _)| f.clone())?;
-    if routes.is_empty() {
-        issues.push(ConfigIssue {
-            file: first_file,
-            line: 1,
-            column: 1,
-            route: None,
-            message: "no routes are declared; add at least one entry under `routes:`".into(),
-        });
-    } else if routes.len() == 1 && defaults.method == Method::Classifier {
+    // a table without intent routes is valid: every prompt goes to the default route, whose
+    // candidates a quality predictor (`build --outcomes`) may choose among
+    if routes.len() == 1 && defaults.method == Method::Classifier {
         issues.push(ConfigIssue {
             file: first_file,
             line: 1,

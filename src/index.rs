@@ -223,9 +223,6 @@ pub enum IndexError {
         /// Dimension found.
         got: usize,
     },
-    /// Nothing to index.
-    #[error("no vectors to index")]
-    Empty,
     /// The HNSW graph could not be built, written or loaded.
     #[error("HNSW graph: {0}")]
     Graph(String),
@@ -278,10 +275,8 @@ pub fn write_checked_artifact(
     check: impl FnOnce(&Index) -> Result<(), IndexError>,
 ) -> Result<PathBuf, IndexError> {
     let dim = input.model.dimension;
+    // no vectors is valid: a table without routes sends every prompt to the default route
     let n = input.utterances.len();
-    if n == 0 {
-        return Err(IndexError::Empty);
-    }
     if input.vectors.len() != n * dim {
         return Err(IndexError::DimMismatch {
             expected: n * dim,
@@ -694,6 +689,8 @@ impl Index {
             }
         };
         let classifier = match table.defaults.method {
+            // a table without routes has nothing to classify
+            Method::Classifier if table.routes.is_empty() => None,
             Method::Classifier => {
                 let c: Classifier = parse_json(
                     &generation.join(CLASSIFIER_FILE),

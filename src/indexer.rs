@@ -145,10 +145,11 @@ pub fn build(
         truncated += usize::from(e.truncated);
         vectors.extend(e.vector);
     }
-    let classifier = (table.defaults.method == Method::Classifier).then(|| {
-        let labels: Vec<usize> = utterances.iter().map(|u| u.route as usize).collect();
-        Classifier::train(&vectors, dim, &labels, table.routes.len())
-    });
+    let classifier = (table.defaults.method == Method::Classifier && !table.routes.is_empty())
+        .then(|| {
+            let labels: Vec<usize> = utterances.iter().map(|u| u.route as usize).collect();
+            Classifier::train(&vectors, dim, &labels, table.routes.len())
+        });
     let hnsw = total >= params.hnsw_min_vectors;
     let model = embedder.info().clone();
     let generation = index::write_checked_artifact(
