@@ -86,7 +86,27 @@ pub struct Defaults {
     /// A route matches only when the prompt's cosine similarity to the route's centroid (mean
     /// utterance vector) reaches this: an absolute "is it near at all" gate beside the score.
     pub min_similarity: Option<f32>,
+    /// How a quality predictor (an index built with `--outcomes`) chooses among a route's
+    /// candidates; `None` uses [`DEFAULT_QUALITY_KNOB`]. Ignored without a predictor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityKnob>,
 }
+
+/// The cost/quality knob of quality-aware routing: one number whose meaning a user can state.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum QualityKnob {
+    /// The cheapest candidate whose predicted quality is within this much (in [0, 1]) of the
+    /// best candidate's: 0 always takes the best predicted, 1 always the cheapest.
+    Tolerance(f32),
+    /// The candidate with the most `predicted quality − cost_weight × estimated cost in USD`:
+    /// how much quality one dollar per request is worth.
+    CostWeight(f64),
+}
+
+/// The knob when the route file sets none: the cheapest candidate predicted within 0.05
+/// (five points of accuracy) of the best.
+pub const DEFAULT_QUALITY_KNOB: QualityKnob = QualityKnob::Tolerance(0.05);
 
 /// Default `lexical_weight`, chosen on CLINC150 validation data.
 pub const DEFAULT_LEXICAL_WEIGHT: f32 = 0.1;
@@ -104,6 +124,7 @@ impl Default for Defaults {
             lexical_weight: DEFAULT_LEXICAL_WEIGHT,
             margin: None,
             min_similarity: None,
+            quality: None,
         }
     }
 }
@@ -307,6 +328,8 @@ struct OutDefaults<'a> {
     top_k: usize,
     aggregation: Aggregation,
     lexical_weight: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quality: Option<QualityKnob>,
     #[serde(skip)]
     _marker: std::marker::PhantomData<&'a ()>,
 }
@@ -343,6 +366,7 @@ pub fn to_yaml(table: &RouteTable) -> String {
             top_k: d.top_k,
             aggregation: d.aggregation,
             lexical_weight: d.lexical_weight,
+            quality: d.quality,
             _marker: std::marker::PhantomData,
         },
         models: &table.catalog,
@@ -472,6 +496,8 @@ struct RawDefaults {
     top_k: Option<Spanned<usize>>,
     #[serde(default)]
     aggregation: Option<Aggregation>,
+    #[serde(default)]
+    quality: Option<Spanned<QualityKnob>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -812,6 +838,18 @@ fn validate(files: &[(PathBuf, RawFile)], issues: &mut Vec<ConfigIssue>) -> Opti
                     ));
                 }
                 defaults.min_similarity = Some(m.value);
+            }
+            if let Some(q) = &d.value.quality {
+                let bad = match q.value {
+                    QualityKnob::Tolerance(t) => (!(0.0..=1.0).contains(&t))
+                        .then(|| format!("quality tolerance {t} is outside [0, 1]")),
+                    QualityKnob::CostWeight(w) => (!(w.is_finite() && w >= 0.0))
+                        .then(|| format!("quality cost_weight {w} must be a number of at least 0")),
+                };
+                if let Some(message) = bad {
+                    issues.push(place(file, q).issue(None, message));
+                }
+                defaults.quality = Some(q.value);
             }
         }
         for r in &raw.rules {
@@ -1365,5 +1403,28 @@ routes:
             is[0].to_string(),
             "r.yaml:16:16: route `refunds`: threshold 7 is outside [-1, 1]; similarities are cosines, so use a value such as 0.5"
         );
+    }
+
+    #[test]
+    fn a_table_without_routes_and_a_quality_knob_parse() {
+        let yaml = "version: 1
+defaults: {quality: {cost_weight: 250}}
+models:
+  big: {input_per_mtok: 10.0, output_per_mtok: 30.0, context_window: 128000}
+  small: {input_per_mtok: 0.2, output_per_mtok: 0.2, context_window: 32000}
+default_route: {models: [big, small]}
+routes: []
+";
+        let t = parse(yaml).unwrap();
+        assert!(t.routes.is_empty());
+        assert_eq!(t.defaults.quality, Some(QualityKnob::CostWeight(250.0)));
+        // and it survives a round trip through `to_yaml`, as calibrate writes it
+        assert_eq!(parse(&to_yaml(&t)).unwrap(), t);
+        let bad = issues(&yaml.replace("{cost_weight: 250}", "{tolerance: 1.5}"));
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!((bad[0].line, bad[0].column), (2, 21), "{}", bad[0]);
+        assert!(bad[0].message.contains("outside [0, 1]"), "{}", bad[0]);
+        let unknown = parse(&yaml.replace("{cost_weight: 250}", "{tolerence: 0.1}"));
+        assert!(unknown.is_err());
     }
 }
