@@ -190,6 +190,10 @@ pub struct BuildArgs {
     /// these parameters, and opens whole (a damaged or older-format index is rebuilt).
     #[arg(long)]
     pub if_changed: bool,
+    /// Graded outcomes (JSON lines: a prompt and each model's quality in [0, 1]) to train a
+    /// quality predictor on; every graded model must be in the catalog. Repeatable.
+    #[arg(long, num_args = 1..)]
+    pub outcomes: Vec<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -202,13 +206,24 @@ pub struct EvalArgs {
     pub index: PathBuf,
     /// Labelled prompts: JSON lines `{"text": ..., "route": name or null}`, or a `.csv` file
     /// with a `text,route` header (empty route = should fall back).
+    #[arg(
+        long,
+        required_unless_present = "outcomes",
+        conflicts_with = "outcomes"
+    )]
+    pub data: Option<PathBuf>,
+    /// Graded outcomes (as for `build --outcomes`; a test split the predictor was not trained
+    /// on): report the cost-quality curve, APGR, CPT and the baselines instead.
     #[arg(long)]
-    pub data: PathBuf,
+    pub outcomes: Option<PathBuf>,
+    /// With `--outcomes`: also draw the cost-quality curve as an SVG file.
+    #[arg(long, requires = "outcomes")]
+    pub plot: Option<PathBuf>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
     /// Exit 1 when in-scope accuracy is below this.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "outcomes")]
     pub min_accuracy: Option<f64>,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -221,8 +236,26 @@ pub struct CalibrateArgs {
     #[arg(long, env = "POINTSMAN_INDEX", default_value = "index")]
     pub index: PathBuf,
     /// Labelled prompts, as for `eval`; include out-of-scope lines (route null).
+    #[arg(
+        long,
+        required_unless_present = "outcomes",
+        conflicts_with = "outcomes"
+    )]
+    pub data: Option<PathBuf>,
+    /// Graded outcomes of a validation split: set the quality knob (`defaults.quality`) for a
+    /// target given by `--target-cost`, `--target-quality` or `--max-premium-share`.
     #[arg(long)]
-    pub data: PathBuf,
+    pub outcomes: Option<PathBuf>,
+    /// With `--outcomes`: the most quality at a mean cost per request of at most this (USD).
+    #[arg(long, requires = "outcomes", conflicts_with_all = ["target_quality", "max_premium_share"])]
+    pub target_cost: Option<f64>,
+    /// With `--outcomes`: the least cost at a mean quality of at least this.
+    #[arg(long, requires = "outcomes", conflicts_with = "max_premium_share")]
+    pub target_quality: Option<f64>,
+    /// With `--outcomes`: the most quality sending at most this share of requests to the most
+    /// expensive candidate.
+    #[arg(long, requires = "outcomes")]
+    pub max_premium_share: Option<f64>,
     /// What to optimise: `accuracy` is the mean of in-scope accuracy and out-of-scope recall.
     #[arg(long, value_enum, default_value_t = ObjectiveArg::Accuracy, conflicts_with_all = ["target_precision", "max_oos_accept"])]
     pub objective: ObjectiveArg,
@@ -305,6 +338,11 @@ pub struct ServeArgs {
     /// Rotated decision-log files kept.
     #[arg(long, env = "POINTSMAN_DECISION_LOG_KEEP", default_value_t = 5)]
     pub decision_log_keep: usize,
+    /// Turn on `POST /v1/feedback` and append each grade to this outcome log (JSON lines that
+    /// `build --outcomes` reads). Off by default. It holds prompt text, since training needs it:
+    /// the one file pointsman writes prompts to.
+    #[arg(long, env = "POINTSMAN_OUTCOME_LOG")]
+    pub outcome_log: Option<PathBuf>,
     /// Embeddings kept for repeated prompts; 0 turns the cache off.
     #[arg(long, env = "POINTSMAN_EMBED_CACHE_ENTRIES", default_value_t = EngineOptions::default().embed_cache_entries)]
     pub embed_cache_entries: usize,
@@ -437,13 +475,22 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             index,
             prompt,
             model,
-        } => route(&index, &prompt, &model, false),
+        } => route(&index, &prompt, &model, Shown::Json),
         Command::Explain {
             index,
             prompt,
             json,
             model,
-        } => route(&index, &prompt, &model, !json),
+        } => route(
+            &index,
+            &prompt,
+            &model,
+            if json {
+                Shown::ExplainedJson
+            } else {
+                Shown::Table
+            },
+        ),
         Command::Init { path, force } => init(&path, force),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -501,7 +548,12 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
         hnsw_min_vectors: args.hnsw_min_vectors,
         ..IndexParams::default()
     };
-    if args.if_changed && index_is_current(&args, &table, &params) {
+    let outcomes = if args.outcomes.is_empty() {
+        None
+    } else {
+        Some(indexer::Outcomes::read(&args.outcomes)?)
+    };
+    if args.if_changed && index_is_current(&args, &table, &params, outcomes.as_ref()) {
         println!(
             "{} is up to date with {}",
             args.out.display(),
@@ -511,9 +563,14 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
     }
     let mut embedder = args.model.offline_sessions()?;
     let bar = progress_bar(table.utterance_count(), "embedding utterances");
-    let built = indexer::build(&table, &mut embedder, &args.out, params, &mut |done, _| {
-        bar.set_position(done as u64)
-    });
+    let built = indexer::build_with(
+        &table,
+        &mut embedder,
+        &args.out,
+        params,
+        outcomes.as_ref(),
+        &mut |done, _| bar.set_position(done as u64),
+    );
     let report = match built {
         Err(indexer::BuildError::Index(e @ IndexError::RouteTests(_))) => {
             bar.finish_and_clear();
@@ -537,6 +594,14 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
         report.total_seconds,
         report.embed_seconds
     );
+    if let Some(q) = &report.quality {
+        print!("{}", crate::quality::render_training(q));
+        println!(
+            "quality predictor trained on {} graded prompts in {:.2}s",
+            outcomes.as_ref().map_or(0, |o| o.graded.len()),
+            report.quality_seconds
+        );
+    }
     Ok(Outcome::Success)
 }
 
@@ -544,7 +609,12 @@ fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
 /// parameters given (reads the model's files to hash them, without loading the model), and
 /// opens whole: every file verified against its manifest, in this build's format. A damaged or
 /// older index is rebuilt rather than kept.
-fn index_is_current(args: &BuildArgs, table: &config::RouteTable, params: &IndexParams) -> bool {
+fn index_is_current(
+    args: &BuildArgs,
+    table: &config::RouteTable,
+    params: &IndexParams,
+    outcomes: Option<&indexer::Outcomes>,
+) -> bool {
     let (Ok(m), Ok(files)) = (
         crate::index::read_manifest(&args.out),
         ModelFiles::read(&args.model.model_dir),
@@ -557,7 +627,14 @@ fn index_is_current(args: &BuildArgs, table: &config::RouteTable, params: &Index
         && m.model.pooling == args.model.pooling
         && m.model.max_tokens == args.model.max_tokens
         && m.params == *params;
+    // the same outcome files, byte for byte, or none on either side
+    let sums = |files: &[crate::quality::OutcomeFile]| -> Vec<String> {
+        files.iter().map(|f| f.sha256.clone()).collect()
+    };
+    let same_outcomes = sums(m.quality.as_ref().map_or(&[], |q| &q.outcomes))
+        == sums(outcomes.map_or(&[], |o| &o.files));
     built_from_these
+        && same_outcomes
         && crate::index::Index::open(&args.out)
             .and_then(|index| index.wait_for_graph())
             .inspect_err(
@@ -645,7 +722,14 @@ fn labelled(
 
 fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
     use crate::eval::{self, Objective};
-    let (index, examples, vectors) = labelled(&args.index, &args.data, &args.model)?;
+    if let Some(outcomes) = &args.outcomes {
+        return calibrate_outcomes(&args, outcomes);
+    }
+    let data = args
+        .data
+        .as_deref()
+        .expect("clap requires --data or --outcomes");
+    let (index, examples, vectors) = labelled(&args.index, data, &args.model)?;
     let objective = match (args.target_precision, args.max_oos_accept, args.objective) {
         (Some(p), _, _) => Objective::TargetPrecision(p),
         (_, Some(r), _) => Objective::MaxOosAccept(r),
@@ -662,7 +746,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
     if examples.iter().all(|e| e.route.is_some()) {
         anyhow::bail!(
             "{} has no out-of-scope lines (`\"route\": null`); calibration needs them to fit thresholds",
-            args.data.display()
+            data.display()
         );
     }
     let cal = eval::calibrate(
@@ -719,7 +803,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
     if let Some(out) = &args.out {
         let yaml = format!(
             "# Calibrated by `pointsman calibrate` on {} ({objective:?}); rebuild with `pointsman build`.\n{}",
-            args.data.display(),
+            data.display(),
             crate::config::to_yaml(&eval::apply(table, &cal))
         );
         std::fs::write(out, yaml).with_context(|| format!("cannot write {}", out.display()))?;
@@ -729,7 +813,14 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
-    let (index, examples, vectors) = labelled(&args.index, &args.data, &args.model)?;
+    if let Some(outcomes) = &args.outcomes {
+        return eval_outcomes(&args, outcomes);
+    }
+    let data = args
+        .data
+        .as_deref()
+        .expect("clap requires --data or --outcomes");
+    let (index, examples, vectors) = labelled(&args.index, data, &args.model)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .context("cannot start the async runtime")?;
@@ -749,6 +840,116 @@ fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
         }
         _ => Ok(Outcome::Success),
     }
+}
+
+/// An index with a quality predictor, graded outcomes, and the embeddings of their prompts.
+fn graded(
+    index_dir: &Path,
+    outcomes: &Path,
+    model: &ModelArgs,
+) -> anyhow::Result<(
+    Arc<Index>,
+    Vec<crate::quality::Graded>,
+    Vec<crate::embed::Embedded>,
+)> {
+    let index = Index::open(index_dir)?;
+    index.wait_for_graph()?;
+    if index.quality().is_none() {
+        return Err(crate::eval::OutcomeEvalError::NoPredictor.into());
+    }
+    let mut embedder = model.offline_sessions()?;
+    crate::engine::check_compatible(&index, crate::embed::Embedder::info(&embedder))?;
+    let graded = crate::quality::outcomes::read(outcomes)?;
+    let texts: Vec<&str> = graded.iter().map(|g| g.prompt.as_str()).collect();
+    let vectors = embed_all(&mut embedder, &texts)?;
+    Ok((Arc::new(index), graded, vectors))
+}
+
+fn eval_outcomes(args: &EvalArgs, outcomes: &Path) -> anyhow::Result<Outcome> {
+    let (index, graded, vectors) = graded(&args.index, outcomes, &args.model)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(crate::eval::run_outcomes(&index, &graded, &vectors))?;
+    if let Some(plot) = &args.plot {
+        let title = format!(
+            "{}: {} graded prompts",
+            outcomes.display(),
+            report.curve.rows
+        );
+        std::fs::write(plot, crate::quality::plot::svg(&report.curve, &title))
+            .with_context(|| format!("cannot write {}", plot.display()))?;
+        eprintln!("wrote {}", plot.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::eval::render_outcomes(&report));
+    }
+    Ok(Outcome::Success)
+}
+
+fn calibrate_outcomes(args: &CalibrateArgs, outcomes: &Path) -> anyhow::Result<Outcome> {
+    use crate::quality::Target;
+    let target = match (
+        args.target_cost,
+        args.target_quality,
+        args.max_premium_share,
+    ) {
+        (Some(c), _, _) => Target::MaxMeanCost(c),
+        (_, Some(q), _) => Target::MinMeanQuality(q),
+        (_, _, Some(s)) => Target::MaxPremiumShare(s),
+        _ => {
+            bail!("give the target: --target-cost USD, --target-quality Q or --max-premium-share S")
+        }
+    };
+    let (index, graded, vectors) = graded(&args.index, outcomes, &args.model)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(crate::eval::run_outcomes(&index, &graded, &vectors))?;
+    let Some(fit) = crate::quality::calibrate(&report.curve.curve, target) else {
+        bail!(
+            "no setting of the knob meets {target:?} on {}: the cheapest setting costs ${:.6} a request at quality {:.4}, the best ${:.6} at {:.4}",
+            outcomes.display(),
+            report.curve.baselines.cheapest.cost_usd,
+            report.curve.baselines.cheapest.quality,
+            report.curve.baselines.best_single.cost_usd,
+            report.curve.baselines.best_single.quality
+        );
+    };
+    let knob = match report.curve.knob {
+        crate::quality::KnobKind::Tolerance => config::QualityKnob::Tolerance(fit.knob as f32),
+        crate::quality::KnobKind::CostWeight => config::QualityKnob::CostWeight(fit.knob),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "target": target, "knob": knob, "fitted": fit,
+            }))?
+        );
+    } else {
+        println!(
+            "fitted for {target:?} on {} graded prompts: {knob:?}, mean cost ${:.6}, quality {:.4}, {:.1}% to the premium model",
+            graded.len(),
+            fit.cost_usd,
+            fit.quality,
+            fit.premium_share * 100.0
+        );
+    }
+    if let Some(out) = &args.out {
+        let mut table = index.table().clone();
+        table.defaults.quality = Some(knob);
+        let yaml = format!(
+            "# Calibrated by `pointsman calibrate` on {} ({target:?}); rebuild with `pointsman build --outcomes`.\n{}",
+            outcomes.display(),
+            crate::config::to_yaml(&table)
+        );
+        std::fs::write(out, yaml).with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(Outcome::Success)
 }
 
 /// The starter route file written by `init`.
@@ -863,7 +1064,18 @@ fn explain_text(r: &server::RouteResponse) -> String {
     s
 }
 
-fn route(index: &Path, prompt: &str, model: &ModelArgs, as_table: bool) -> anyhow::Result<Outcome> {
+/// How `route` and `explain` show a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// The API's JSON (`route`).
+    Json,
+    /// The API's JSON with the full explanation (`explain --json`).
+    ExplainedJson,
+    /// A readable table with the full explanation (`explain`).
+    Table,
+}
+
+fn route(index: &Path, prompt: &str, model: &ModelArgs, shown: Shown) -> anyhow::Result<Outcome> {
     let engine = open_engine(index, None, model, 1, EngineOptions::default())?;
     let state = AppState::with_engine(Arc::new(engine), ServerOptions::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -872,11 +1084,14 @@ fn route(index: &Path, prompt: &str, model: &ModelArgs, as_table: bool) -> anyho
         .context("cannot start the async runtime")?;
     // the same decision as `POST /v1/route` with no identity and no capabilities asked for
     let who = crate::budget::Identity::default();
-    let request = crate::dispatch::Request::text(prompt, &who);
+    let request = crate::dispatch::Request {
+        explain: shown != Shown::Json,
+        ..crate::dispatch::Request::text(prompt, &who)
+    };
     let response = runtime
         .block_on(server::route_request(&state, &request))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if as_table {
+    if shown == Shown::Table {
         print!("{}", explain_text(&response));
     } else {
         println!("{}", serde_json::to_string_pretty(&response)?);
@@ -1034,6 +1249,17 @@ async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Result<Outcome>
         })
         .with_context(|| format!("cannot open the decision log {}", path.display()))?;
         state = state.with_decision_log(log);
+    }
+    if let Some(path) = &args.outcome_log {
+        // rotated like the decision log, but kept whole until 1 GiB: it is training data
+        let log = crate::decision_log::DecisionLog::open(crate::decision_log::LogOptions {
+            path: path.clone(),
+            max_bytes: 1024 * 1024 * 1024,
+            keep: args.decision_log_keep,
+        })
+        .with_context(|| format!("cannot open the outcome log {}", path.display()))?;
+        tracing::info!(file = %path.display(), "outcome log on: POST /v1/feedback appends graded prompts (with their text) to it");
+        state = state.with_outcome_log(log);
     }
     if let Some(Secret(url)) = &args.redis_url {
         let store = crate::budget::RedisStore::connect(url, &args.redis_prefix)

@@ -24,13 +24,15 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::budget::{CapKey, Identity, Ledger, caps_for};
-use crate::config::{DEFAULT_EXPECTED_OUTPUT_TOKENS, Route, RouteTable};
+use crate::config::{DEFAULT_EXPECTED_OUTPUT_TOKENS, DEFAULT_QUALITY_KNOB, Route, RouteTable};
 use crate::embed::Embedded;
 use crate::engine::{Engine, RouteError, Routed};
 use crate::index::Index;
 use crate::policy::{Evidence, Outcome};
 use crate::proxy_config::{ConversationPolicy, ConversationText, TurnChoice};
-use crate::selection::{self, Choice, Eligible, Health, Needs, NoCandidate};
+use crate::selection::{
+    self, Choice, Eligible, Health, Needs, NoCandidate, QualityCandidate, QualityChoice,
+};
 
 /// What the request routes on.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +63,9 @@ pub struct Request<'a> {
     /// conversation); what lies beyond the routed text counts four bytes a token against the
     /// context window and the cost estimate. 0 for a single prompt.
     pub whole_text_bytes: usize,
+    /// Whether the decision should carry its full explanation (the graded examples nearest to
+    /// the prompt): `explain` on the CLI, `"explain": true` in a route request.
+    pub explain: bool,
 }
 
 impl<'a> Request<'a> {
@@ -72,6 +77,7 @@ impl<'a> Request<'a> {
             who,
             capabilities: &[],
             whole_text_bytes: 0,
+            explain: false,
         }
     }
 }
@@ -345,6 +351,7 @@ pub async fn dispatch_many(
             who,
             capabilities,
             whole_text_bytes: 0,
+            explain: false,
         };
         match select(
             cx.health,
@@ -387,8 +394,9 @@ fn needs<'a>(route: Option<&Route>, prompt_tokens: u64, capabilities: &'a [Strin
     }
 }
 
-/// Steps 5 and 6: the model among the route's candidates (then the default route's), its
-/// reservation, and the fallbacks after it.
+/// Steps 5 and 6: the model among the route's candidates (then the default route's), ordered
+/// by predicted quality and cost when the index has a quality predictor, its reservation, and
+/// the fallbacks after it.
 async fn select(
     health: &Health,
     spend: Spend<'_>,
@@ -401,6 +409,10 @@ async fn select(
     let table = snapshot.table();
     let route = routed.decision.route().and_then(|r| table.route(r));
     let needs = needs(route, routed.prompt_tokens as u64, req.capabilities);
+    let mut lists = selection::candidate_lists(table, route);
+    let quality = snapshot
+        .quality()
+        .map(|q| by_quality(q, table, &mut lists, &routed.vector, &needs, req.explain));
     let (ledger, caps): (Option<&Ledger>, Vec<CapKey>) = match spend {
         Spend::Reserve(ledger) => (
             Some(ledger),
@@ -410,8 +422,8 @@ async fn select(
     };
     let dry = Ledger::in_memory();
     let choice =
-        selection::choose(table, route, &needs, health, ledger.unwrap_or(&dry), &caps).await;
-    let choice = match choice {
+        selection::choose(table, &lists, &needs, health, ledger.unwrap_or(&dry), &caps).await;
+    let mut choice = match choice {
         Ok(c) => c,
         Err(refusal) => {
             return Err(DispatchError::NoCandidate {
@@ -421,7 +433,8 @@ async fn select(
             });
         }
     };
-    let fallbacks = fallbacks(table, route, &choice, &needs, health);
+    choice.quality = quality;
+    let fallbacks = fallbacks(table, &lists, &choice, &needs, health);
     routed.decision.model = choice.model.clone();
     Ok(Decided {
         routed,
@@ -432,27 +445,92 @@ async fn select(
     })
 }
 
-/// The eligible candidates after `choice`: the rest of the list it was chosen from, then the
-/// default route's (whole, when the choice came from the route's own list), each model once.
+/// The quality step: predicts each candidate's quality for the prompt, estimates its cost, and
+/// orders every candidate list by the route file's knob (the first eligible one is chosen, the
+/// rest are the fallbacks in that order). Returns what it saw, for the decision's explanation.
+fn by_quality(
+    quality: &crate::quality::QualityIndex,
+    table: &RouteTable,
+    lists: &mut [(Vec<String>, bool)],
+    vector: &[f32],
+    needs: &Needs<'_>,
+    explain: bool,
+) -> QualityChoice {
+    let knob = table.defaults.quality.unwrap_or(DEFAULT_QUALITY_KNOB);
+    let predicted = quality.predictor.predict(vector);
+    let of = |model: &str| {
+        let q = quality
+            .predictor
+            .models()
+            .iter()
+            .position(|m| m == model)
+            .map(|i| predicted[i]);
+        let cost = table
+            .catalog
+            .get(model)
+            .map(|m| m.cost_usd(needs.prompt_tokens, needs.output_tokens));
+        (q, cost)
+    };
+    let mut shown = Vec::new();
+    for (i, (list, _)) in lists.iter_mut().enumerate() {
+        let numbers: Vec<(Option<f32>, Option<f64>)> = list.iter().map(|m| of(m)).collect();
+        let scored: Vec<crate::quality::Scored> = numbers
+            .iter()
+            .map(|&(q, c)| crate::quality::Scored {
+                quality: q.unwrap_or(f32::NAN),
+                cost_usd: c.unwrap_or(f64::NAN),
+            })
+            .collect();
+        let order = crate::quality::rank(&scored, crate::quality::knob_of(knob));
+        let ranked: Vec<String> = order.iter().map(|&j| list[j].clone()).collect();
+        if i == 0 {
+            shown = order
+                .iter()
+                .map(|&j| QualityCandidate {
+                    model: list[j].clone(),
+                    predicted_quality: numbers[j].0,
+                    estimated_cost_usd: numbers[j].1,
+                })
+                .collect();
+        }
+        *list = ranked;
+    }
+    QualityChoice {
+        knob,
+        candidates: shown,
+        nearest_graded: if explain {
+            quality.nearest(vector, NEAREST_GRADED)
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Graded examples shown in an explanation.
+const NEAREST_GRADED: usize = 5;
+
+/// The eligible candidates after `choice`: the rest of the list it was chosen from, then every
+/// later list (see [`selection::candidate_lists`]), each model once.
 fn fallbacks(
     table: &RouteTable,
-    route: Option<&Route>,
+    lists: &[(Vec<String>, bool)],
     choice: &Choice,
     needs: &Needs<'_>,
     health: &Health,
 ) -> Vec<Eligible> {
-    let from_default = choice.from_default;
-    let lists = route
-        .filter(|_| !from_default)
-        .map(|r| (r.candidates.as_slice(), false))
-        .into_iter()
-        .chain([(table.default_candidates.as_slice(), true)]);
+    let from = lists
+        .iter()
+        .position(|(list, _)| list.contains(&choice.model))
+        .unwrap_or(0);
     let mut out: Vec<Eligible> = Vec::new();
-    for (list, is_default) in lists {
-        let after = (is_default == from_default)
-            .then(|| list.iter().position(|m| *m == choice.model))
-            .flatten()
-            .map_or(0, |i| i + 1);
+    for (i, (list, _)) in lists.iter().enumerate().skip(from) {
+        let after = if i == from {
+            list.iter()
+                .position(|m| *m == choice.model)
+                .map_or(0, |p| p + 1)
+        } else {
+            0
+        };
         let (eligible, _) = selection::filter(
             &list[after..],
             &table.catalog,

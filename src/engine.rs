@@ -117,6 +117,9 @@ pub struct Routed {
     pub prompt_tokens: usize,
     /// Where the time went.
     pub timings: Timings,
+    /// The prompt's embedding, for the steps after the scores (the quality predictor).
+    #[serde(skip)]
+    pub vector: Vec<f32>,
 }
 
 struct Job {
@@ -559,6 +562,7 @@ pub fn decide(index: &Index, text: &str, embedded: &Embedded) -> Result<Routed, 
         truncated: embedded.truncated,
         prompt_tokens: embedded.prompt_tokens,
         timings: Timings::default(),
+        vector: embedded.vector.clone(),
     })
 }
 

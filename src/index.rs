@@ -44,6 +44,9 @@ const ROUTES_FILE: &str = "routes.json";
 const UTTERANCES_FILE: &str = "utterances.json";
 const VECTORS_FILE: &str = "vectors.f32";
 const CLASSIFIER_FILE: &str = "classifier.json";
+const QUALITY_FILE: &str = "quality.json";
+const QUALITY_EXAMPLES_FILE: &str = "quality-examples.json";
+const QUALITY_VECTORS_FILE: &str = "quality-vectors.f32";
 const GRAPH_BASENAME: &str = "graph";
 const GENERATION_PREFIX: &str = "gen-";
 
@@ -123,6 +126,10 @@ pub struct Manifest {
     pub search: SearchKind,
     /// Every other file of the generation, with size and checksum.
     pub files: BTreeMap<String, FileEntry>,
+    /// The quality predictor, when the index was built with outcomes: the files it was trained
+    /// on (with their sha256), the models it predicts, and its cross-validated figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<crate::quality::QualityManifest>,
 }
 
 /// One stored utterance.
@@ -256,6 +263,8 @@ pub struct ArtifactInput<'a> {
     pub params: IndexParams,
     /// The trained classifier, for the `classifier` method.
     pub classifier: Option<Classifier>,
+    /// The quality predictor trained on outcomes (`build --outcomes`).
+    pub quality: Option<crate::quality::QualityArtifact>,
 }
 
 /// Writes a new generation into `dir` and makes it current. Returns the generation's path.
@@ -408,6 +417,22 @@ fn write_generation(
     if let Some(c) = &input.classifier {
         write_file(staging, CLASSIFIER_FILE, &to_json(c), &mut files)?;
     }
+    if let Some(q) = &input.quality {
+        write_file(
+            staging,
+            QUALITY_FILE,
+            q.predictor.to_json().as_bytes(),
+            &mut files,
+        )?;
+        write_file(
+            staging,
+            QUALITY_EXAMPLES_FILE,
+            &to_json(&q.examples),
+            &mut files,
+        )?;
+        let raw: Vec<u8> = q.vectors.iter().flat_map(|x| x.to_le_bytes()).collect();
+        write_file(staging, QUALITY_VECTORS_FILE, &raw, &mut files)?;
+    }
 
     let n = input.utterances.len();
     let search = if n >= input.params.hnsw_min_vectors {
@@ -450,6 +475,7 @@ fn write_generation(
         },
         search,
         files,
+        quality: input.quality.as_ref().map(|q| q.manifest.clone()),
     };
     let path = staging.join(MANIFEST_FILE);
     let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
@@ -489,6 +515,7 @@ pub struct Index {
     centroids: Vec<f32>,
     lexical: Lexical,
     classifier: Option<Classifier>,
+    quality: Option<crate::quality::QualityIndex>,
     rules: Rules,
 }
 
@@ -721,6 +748,27 @@ impl Index {
         );
         let rules = Rules::new(&table.rules)
             .map_err(|e| corrupted(format!("a rule's regex does not compile: {e}")))?;
+        let quality = match &manifest.quality {
+            None => None,
+            Some(_) => {
+                let json = read_verified(generation, QUALITY_FILE, files)?;
+                let json = String::from_utf8(json)
+                    .map_err(|_| corrupted(format!("{QUALITY_FILE} is not UTF-8")))?;
+                let examples = parse_json(
+                    &generation.join(QUALITY_EXAMPLES_FILE),
+                    &read_verified(generation, QUALITY_EXAMPLES_FILE, files)?,
+                )?;
+                let raw = read_verified(generation, QUALITY_VECTORS_FILE, files)?;
+                let vectors: Vec<f32> = raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                Some(
+                    crate::quality::QualityIndex::open(&json, examples, vectors, dim)
+                        .map_err(|reason| corrupted(format!("{QUALITY_FILE}: {reason}")))?,
+                )
+            }
+        };
         Ok(Index {
             generation: generation.to_path_buf(),
             rules,
@@ -732,6 +780,7 @@ impl Index {
             centroids,
             lexical,
             classifier,
+            quality,
         })
     }
 
@@ -779,6 +828,11 @@ impl Index {
     /// The trained classifier (`classifier` method only).
     pub fn classifier(&self) -> Option<&Classifier> {
         self.classifier.as_ref()
+    }
+
+    /// The quality predictor, when the index was built with outcomes.
+    pub fn quality(&self) -> Option<&crate::quality::QualityIndex> {
+        self.quality.as_ref()
     }
 
     /// Number of vectors.
@@ -1076,6 +1130,7 @@ mod tests {
                 vectors: vectors.clone(),
                 params,
                 classifier: None,
+                quality: None,
             },
         )
         .unwrap();
@@ -1267,6 +1322,7 @@ mod tests {
                 vectors: vec![0.0; 3],
                 params: IndexParams::default(),
                 classifier: None,
+                quality: None,
             },
         )
         .unwrap_err();

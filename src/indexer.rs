@@ -11,9 +11,50 @@ use crate::scoring::Classifier;
 /// Utterances embedded per forward pass while building.
 pub const BUILD_BATCH: usize = 32;
 
+/// Graded outcomes to train a quality predictor on (`build --outcomes`).
+#[derive(Debug, Clone)]
+pub struct Outcomes {
+    /// The files, with their sha256 and line counts.
+    pub files: Vec<crate::quality::OutcomeFile>,
+    /// Every graded prompt of every file, in order.
+    pub graded: Vec<crate::quality::Graded>,
+}
+
+impl Outcomes {
+    /// Reads outcome files (JSON lines; see [`crate::quality::outcomes`]). Every bad line of a
+    /// file is reported at once with its `file:line`.
+    pub fn read(paths: &[PathBuf]) -> Result<Self, crate::quality::OutcomeError> {
+        use sha2::{Digest, Sha256};
+        let mut files = Vec::new();
+        let mut graded = Vec::new();
+        for path in paths {
+            let bytes =
+                std::fs::read(path).map_err(|source| crate::quality::OutcomeError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+            let text = String::from_utf8_lossy(&bytes);
+            let lines = crate::quality::outcomes::parse(path, &text)?;
+            files.push(crate::quality::OutcomeFile {
+                path: path.clone(),
+                sha256: crate::config::hex(&Sha256::digest(&bytes)),
+                examples: lines.len(),
+            });
+            graded.extend(lines);
+        }
+        Ok(Outcomes { files, graded })
+    }
+}
+
 /// Errors of `build`.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The outcomes cannot train a predictor for these routes.
+    #[error("{0}")]
+    Outcomes(String),
+    /// Training the quality predictor failed.
+    #[error("training the quality predictor: {0}")]
+    Train(#[from] crate::quality::TrainError),
     /// Embedding failed.
     #[error(transparent)]
     Embed(#[from] EmbedError),
@@ -39,6 +80,10 @@ pub struct BuildReport {
     pub embed_seconds: f64,
     /// Wall time of the whole build.
     pub total_seconds: f64,
+    /// The quality predictor's training, when outcomes were given.
+    pub quality: Option<crate::quality::TrainReport>,
+    /// Time spent embedding graded prompts and training the predictor.
+    pub quality_seconds: f64,
 }
 
 /// Embeds `texts` in batches of [`BUILD_BATCH`], calling `progress` with (done, total) after
@@ -114,6 +159,82 @@ pub fn build(
     params: IndexParams,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<BuildReport, BuildError> {
+    build_with(table, embedder, out, params, None, progress)
+}
+
+/// Embeds the graded prompts and fits the quality predictor, choosing its method by
+/// cross-validation. Every graded model must be in the catalog.
+pub fn train_quality(
+    table: &RouteTable,
+    embedder: &mut dyn Embedder,
+    outcomes: &Outcomes,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(crate::quality::QualityArtifact, crate::quality::TrainReport), BuildError> {
+    let models: Vec<String> = crate::quality::outcomes::models(&outcomes.graded)
+        .into_iter()
+        .collect();
+    let unknown: Vec<&str> = models
+        .iter()
+        .filter(|m| !table.catalog.contains_key(*m))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(BuildError::Outcomes(format!(
+            "the outcomes grade models that are not in the route files' `models` catalog: {}; add them to the catalog (with their prices) or drop their grades",
+            unknown.join(", ")
+        )));
+    }
+    if outcomes.graded.is_empty() {
+        return Err(BuildError::Outcomes(
+            "the outcome files hold no graded prompt".into(),
+        ));
+    }
+    let texts: Vec<&str> = outcomes.graded.iter().map(|g| g.prompt.as_str()).collect();
+    let embedded = embed_batched(embedder, &texts, progress)?;
+    let dim = embedder.info().dimension;
+    let vectors: Vec<f32> = embedded.into_iter().flat_map(|e| e.vector).collect();
+    let (mut predictor, report) = crate::quality::train(
+        &vectors,
+        dim,
+        &outcomes.graded,
+        &models,
+        &crate::quality::TrainOptions::default(),
+    )?;
+    predictor.strip_vectors();
+    let examples = outcomes
+        .graded
+        .iter()
+        .map(|g| crate::quality::ExampleSummary {
+            prompt: crate::quality::prompt_start(&g.prompt),
+            quality: g.quality.clone(),
+        })
+        .collect();
+    let manifest = crate::quality::QualityManifest {
+        outcomes: outcomes.files.clone(),
+        models,
+        examples: outcomes.graded.len(),
+        training: serde_json::to_value(&report).unwrap_or_default(),
+    };
+    Ok((
+        crate::quality::QualityArtifact {
+            predictor,
+            examples,
+            vectors,
+            manifest,
+        },
+        report,
+    ))
+}
+
+/// [`build`], with a quality predictor trained on `outcomes` when given.
+pub fn build_with(
+    table: &RouteTable,
+    embedder: &mut dyn Embedder,
+    out: &Path,
+    params: IndexParams,
+    outcomes: Option<&Outcomes>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<BuildReport, BuildError> {
     let start = Instant::now();
     let utterances: Vec<Utterance> = table
         .routes
@@ -151,6 +272,15 @@ pub fn build(
             Classifier::train(&vectors, dim, &labels, table.routes.len())
         });
     let hnsw = total >= params.hnsw_min_vectors;
+    let t = Instant::now();
+    let (quality, quality_report) = match outcomes {
+        Some(o) => {
+            let (artifact, report) = train_quality(table, embedder, o, &mut |_, _| {})?;
+            (Some(artifact), Some(report))
+        }
+        None => (None, None),
+    };
+    let quality_seconds = t.elapsed().as_secs_f64();
     let model = embedder.info().clone();
     let generation = index::write_checked_artifact(
         out,
@@ -161,6 +291,7 @@ pub fn build(
             vectors,
             params,
             classifier,
+            quality,
         },
         |index| run_route_tests(index, embedder),
     )?;
@@ -172,5 +303,7 @@ pub fn build(
         truncated,
         embed_seconds: embed_time.as_secs_f64(),
         total_seconds: start.elapsed().as_secs_f64(),
+        quality: quality_report,
+        quality_seconds,
     })
 }

@@ -18,6 +18,7 @@ pub mod indexer;
 pub mod metrics;
 pub mod policy;
 pub mod proxy_config;
+pub mod quality;
 pub mod scoring;
 pub mod selection;
 pub mod server;

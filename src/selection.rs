@@ -291,6 +291,34 @@ pub struct Choice {
     /// Which spend counter answered (absent when no cap applies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counted: Option<crate::budget::Counted>,
+    /// How predicted quality and cost ordered the candidates (an index built with outcomes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityChoice>,
+}
+
+/// The quality step of a decision: each candidate's predicted quality and estimated cost, the
+/// knob, and the graded examples nearest to the prompt when an explanation was asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct QualityChoice {
+    /// The knob in force (`{"tolerance": t}` or `{"cost_weight": w}`).
+    #[schema(value_type = Object)]
+    pub knob: crate::config::QualityKnob,
+    /// The candidates in the order the knob ranks them (the first eligible one is chosen).
+    pub candidates: Vec<QualityCandidate>,
+    /// The graded examples nearest to the prompt (explanations only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nearest_graded: Vec<crate::quality::GradedNeighbour>,
+}
+
+/// One candidate as the quality step saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct QualityCandidate {
+    /// The model.
+    pub model: String,
+    /// Predicted quality in [0, 1] (`None` for a model the outcomes did not grade).
+    pub predicted_quality: Option<f32>,
+    /// Estimated cost of this request on it, in US dollars.
+    pub estimated_cost_usd: Option<f64>,
 }
 
 /// No candidate could take the request.
@@ -309,11 +337,33 @@ impl NoCandidate {
     }
 }
 
-/// Picks the first candidate of `route` (then of the default route) that passes [`filter`]
-/// and whose estimated cost fits every cap in `caps`, reserving that cost.
-pub async fn choose(
+/// The candidate lists of a decision, in the order to try them: the route's candidates (when a
+/// route was decided), then the default route's that are not among them, each with whether it
+/// is the default route's list.
+pub fn candidate_lists(
     table: &crate::config::RouteTable,
     route: Option<&crate::config::Route>,
+) -> Vec<(Vec<String>, bool)> {
+    let tried: &[String] = route.map_or(&[], |r| &r.candidates);
+    let default_rest: Vec<String> = table
+        .default_candidates
+        .iter()
+        .filter(|m| !tried.contains(m))
+        .cloned()
+        .collect();
+    let mut lists = Vec::new();
+    if let Some(r) = route {
+        lists.push((r.candidates.clone(), false));
+    }
+    lists.push((default_rest, route.is_some()));
+    lists
+}
+
+/// Picks the first candidate of `lists` (see [`candidate_lists`]) that passes [`filter`] and
+/// whose estimated cost fits every cap in `caps`, reserving that cost.
+pub async fn choose(
+    table: &crate::config::RouteTable,
+    lists: &[(Vec<String>, bool)],
     needs: &Needs<'_>,
     health: &Health,
     ledger: &crate::budget::Ledger,
@@ -324,22 +374,10 @@ pub async fn choose(
         .values()
         .map(|m| m.cost_usd(needs.prompt_tokens, needs.output_tokens))
         .reduce(f64::max);
-    // the default route's candidates after the route's own, each model considered once
-    let tried: &[String] = route.map_or(&[], |r| &r.candidates);
-    let default_rest: Vec<String> = table
-        .default_candidates
-        .iter()
-        .filter(|m| !tried.contains(m))
-        .cloned()
-        .collect();
-    let mut lists: Vec<(&[String], bool)> = Vec::new();
-    if let Some(r) = route {
-        lists.push((&r.candidates, false));
-    }
-    lists.push((&default_rest, route.is_some()));
     let mut skipped = Vec::new();
     let mut counted = None;
     for (candidates, from_default) in lists {
+        let from_default = *from_default;
         let (eligible, passed_over) =
             filter(candidates, &table.catalog, &|m| health.is_down(m), needs);
         skipped.extend(passed_over);
@@ -367,6 +405,7 @@ pub async fn choose(
                 from_default,
                 skipped,
                 counted,
+                quality: None,
             });
         }
     }

@@ -85,6 +85,7 @@ pub fn write_synthetic(dir: &std::path::Path, vectors: &[f32], params: IndexPara
             vectors: vectors.to_vec(),
             params,
             classifier: None,
+            quality: None,
         },
     )
     .expect("artifact writes");

@@ -27,6 +27,7 @@ use crate::selection::Health;
 mod admin;
 mod auth;
 mod error;
+mod feedback;
 mod ops;
 mod proxy;
 mod routing;
@@ -34,6 +35,7 @@ mod routing;
 pub use admin::{DownRequest, reload_index};
 use auth::{RateLimiter, identity};
 pub use error::{ApiError, ApiJson, ErrorBody};
+pub use feedback::{Feedback, OutcomeLog};
 use routing::record_decision;
 pub use routing::{
     BatchRequest, BatchResponse, Content, ContentPart, Message, RouteRequest, RouteResponse,
@@ -77,6 +79,7 @@ pub struct AppState {
     health: Arc<Health>,
     ledger: Arc<Ledger>,
     decision_log: Option<Arc<DecisionLog>>,
+    outcomes: Option<Arc<OutcomeLog>>,
     admin_key: Option<Arc<str>>,
     api_keys: Option<Arc<[String]>>,
     rate_limit: Option<Arc<RateLimiter>>,
@@ -104,6 +107,7 @@ impl AppState {
             health: Arc::new(Health::default()),
             ledger: Arc::new(Ledger::in_memory()),
             decision_log: None,
+            outcomes: None,
             admin_key: None,
             api_keys: None,
             rate_limit: None,
@@ -161,6 +165,20 @@ impl AppState {
     pub fn with_admin_key(mut self, key: &str) -> Self {
         self.admin_key = Some(Arc::from(key));
         self
+    }
+
+    /// Turns on `POST /v1/feedback`: grades of routed requests go to `log` as outcome lines
+    /// (with the prompt's text, which training needs).
+    pub fn with_outcome_log(mut self, log: DecisionLog) -> Self {
+        self.outcomes = Some(Arc::new(OutcomeLog::new(log)));
+        self
+    }
+
+    /// Remembers a decision for feedback under request id `id`, when the outcome log is on.
+    fn remember(&self, id: Option<&str>, decided: &RouteResponse) {
+        if let (Some(outcomes), Some(id)) = (&self.outcomes, id) {
+            outcomes.remember(id, &decided.text, &decided.selection.model);
+        }
     }
 
     /// Writes every decision to `log`.
@@ -282,6 +300,7 @@ fn endpoints(options: &ServerOptions) -> (Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(routing::route))
         .routes(routes!(routing::route_batch))
         .routes(routes!(routing::usage))
+        .routes(routes!(feedback::feedback))
         .merge(proxied)
         .routes(routes!(proxy::models))
         .routes(routes!(admin::admin_models))
@@ -310,6 +329,11 @@ async fn openapi_json() -> Response {
     static DOC: OnceLock<String> = OnceLock::new();
     let doc = DOC.get_or_init(|| openapi().to_json().unwrap_or_default());
     ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
+}
+
+/// The request id the request-id layer gave this request (the caller's own, or a new one).
+fn request_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok())
 }
 
 /// Builds the router.

@@ -202,6 +202,8 @@ struct Plan {
     caps: Vec<CapKey>,
     /// The index snapshot the decision was made on: prices and providers are read from it.
     snapshot: Arc<Index>,
+    /// The request's id, under which its decision (and a cascade's grades) are remembered.
+    request_id: Option<String>,
 }
 
 /// `POST /v1/chat/completions`: OpenAI's chat-completions request; `model` is `auto`, a route
@@ -223,8 +225,13 @@ pub(super) async fn chat_completions(
         let proxy = proxy_of(&state)?;
         let ApiJson(body) = body?;
         let who = super::identity(&headers);
+        let request_id = super::request_id(&headers).map(str::to_string);
         let request = ChatRequest::parse(body, headers)?;
-        let plan = plan(&state, &proxy, &request, &who).await?;
+        let mut plan = plan(&state, &proxy, &request, &who).await?;
+        if let Some(decided) = &plan.routed {
+            state.remember(request_id.as_deref(), decided);
+        }
+        plan.request_id = request_id;
         forward(&state, &proxy, request, plan).await
     }
     .await;
@@ -267,6 +274,7 @@ async fn plan(
             cascade: None,
             caps,
             snapshot,
+            request_id: None,
         });
     }
     // routing reads the beginning of each turn: a long document is forwarded whole, not refused
@@ -290,6 +298,7 @@ async fn plan(
         capabilities: &request.capabilities,
         // the context window must hold the whole conversation
         whole_text_bytes: request.text_bytes(),
+        explain: false,
     };
     let cx = state.context()?;
     let result = dispatch::dispatch_on(&cx, Arc::clone(&snapshot), &req).await;
@@ -317,6 +326,7 @@ async fn plan(
         cascade,
         caps,
         snapshot,
+        request_id: None,
     })
 }
 
@@ -873,7 +883,15 @@ async fn forward(
                 }
             }
         };
-        match check.failure(&answer.text, answer.tool_calls, request.wants_json) {
+        let verdict = check.failure(&answer.text, answer.tool_calls, request.wants_json);
+        // the check's verdict grades the answer, for the next `build --outcomes`
+        if let (Some(outcomes), Some(routed), Some(id)) =
+            (&state.outcomes, &plan.routed, &plan.request_id)
+        {
+            let grade = if verdict.is_none() { 1.0 } else { 0.0 };
+            outcomes.append(&format!("cascade:{id}"), &routed.text, &model, grade);
+        }
+        match verdict {
             None => {
                 run.spend
                     .settle(&model, answer.usage, candidate.estimate_usd);

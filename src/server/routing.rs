@@ -66,6 +66,9 @@ pub struct RouteRequest {
     /// Send to this route, bypassing the scores (it must exist).
     #[serde(default)]
     pub route: Option<String>,
+    /// Also list the graded examples nearest to the prompt behind a quality prediction.
+    #[serde(default)]
+    pub explain: bool,
 }
 
 impl RouteRequest {
@@ -313,9 +316,12 @@ pub(super) async fn route(
         let req = dispatch::Request {
             route: body.route.as_deref(),
             capabilities: &body.capabilities,
+            explain: body.explain,
             ..dispatch::Request::text(&text, &who)
         };
-        route_request(&state, &req).await
+        let decided = route_request(&state, &req).await?;
+        state.remember(super::request_id(&headers), &decided);
+        Ok(decided)
     }
     .await;
     record(&state, &result, started);
@@ -364,6 +370,12 @@ pub(super) async fn route_batch(
             Err(e) => state.log_decision(&who, Err(e)),
         }
         let out = result.map_err(|e| state.refused(&e))?;
+        // each prompt of a batch is graded as `<request id>:<position>`
+        if let Some(id) = super::request_id(&headers) {
+            for (i, d) in out.iter().enumerate() {
+                state.remember(Some(&format!("{id}:{i}")), d);
+            }
+        }
         Ok(out)
     }
     .await;

@@ -9,6 +9,7 @@ mod faults;
 mod fuzz_regressions;
 mod model;
 mod proxy;
+mod quality;
 mod redis;
 mod specs;
 mod upstream;
