@@ -1,6 +1,7 @@
 //! The quality step of a decision, with a predictor trained on 10,000 graded examples of 11
 //! models: predicting every candidate's quality for one prompt embedding and ranking them by the
-//! knob (what `dispatch` adds to a decision), beside one exact scan of the same 10,000 vectors
+//! knob (what `dispatch` adds to a decision), trained with the options `build --outcomes`
+//! uses, beside one exact scan of the same 10,000 vectors
 //! for scale. Training time is printed once. Seeded clustered 384-d vectors; each model's
 //! quality depends on the cluster, as real outcomes depend on the task.
 
@@ -8,12 +9,14 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
+// the shared helpers are for every bench; this one uses the vectors only
+#[allow(dead_code)]
 #[path = "common/mod.rs"]
 mod common;
 
 use common::{DIM, Rng, clustered};
 use criterion::{Criterion, criterion_group, criterion_main};
-use pointsman::quality::{Graded, Knob, Scored, TrainOptions, rank, train};
+use pointsman::quality::{Graded, Knob, KnobKind, Scored, rank, train};
 
 const EXAMPLES: usize = 10_000;
 const MODELS: usize = 11;
@@ -54,8 +57,10 @@ fn bench(c: &mut Criterion) {
     let vectors = clustered(EXAMPLES, CLUSTERS, 1);
     let (graded, models) = graded(&vectors);
     let started = Instant::now();
-    let (predictor, report) =
-        train(&vectors, DIM, &graded, &models, &TrainOptions::default()).expect("trains");
+    // the options `build --outcomes` trains with
+    let options =
+        pointsman::indexer::train_options(KnobKind::CostWeight, BTreeMap::new(), EXAMPLES);
+    let (predictor, report) = train(&vectors, DIM, &graded, &models, &options).expect("trains");
     eprintln!(
         "trained on {EXAMPLES} graded examples × {MODELS} models in {:.1} s; chose {}",
         started.elapsed().as_secs_f64(),
@@ -77,7 +82,7 @@ fn bench(c: &mut Criterion) {
                 .zip(&costs)
                 .map(|(&quality, &cost_usd)| Scored { quality, cost_usd })
                 .collect();
-            black_box(rank(&scored, Knob::Tolerance(0.05)))
+            black_box(rank(&scored, Knob::CostWeight(10.0)))
         })
     });
     g.bench_function("exact_scan_10000_for_scale", |b| {

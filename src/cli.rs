@@ -872,11 +872,11 @@ fn eval_outcomes(args: &EvalArgs, outcomes: &Path) -> anyhow::Result<Outcome> {
         .context("cannot start the async runtime")?;
     let report = runtime.block_on(crate::eval::run_outcomes(&index, &graded, &vectors))?;
     if let Some(plot) = &args.plot {
-        let title = format!(
-            "{}: {} graded prompts",
-            outcomes.display(),
-            report.curve.rows
+        let name = outcomes.file_name().map_or_else(
+            || outcomes.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
         );
+        let title = format!("{name}: {} graded prompts", report.curve.rows);
         std::fs::write(plot, crate::quality::plot::svg(&report.curve, &title))
             .with_context(|| format!("cannot write {}", plot.display()))?;
         eprintln!("wrote {}", plot.display());

@@ -410,9 +410,25 @@ async fn select(
     let route = routed.decision.route().and_then(|r| table.route(r));
     let needs = needs(route, routed.prompt_tokens as u64, req.capabilities);
     let mut lists = selection::candidate_lists(table, route);
-    let quality = snapshot
-        .quality()
-        .map(|q| by_quality(q, table, &mut lists, &routed.vector, &needs, req.explain));
+    let quality = snapshot.quality().map(|q| {
+        let knob = table.defaults.quality.unwrap_or_else(|| {
+            snapshot
+                .manifest()
+                .quality
+                .as_ref()
+                .map_or(DEFAULT_QUALITY_KNOB, |m| m.default_knob)
+        });
+        by_quality(
+            q,
+            table,
+            knob,
+            &mut lists,
+            &routed.vector,
+            &text,
+            &needs,
+            req.explain,
+        )
+    });
     let (ledger, caps): (Option<&Ledger>, Vec<CapKey>) = match spend {
         Spend::Reserve(ledger) => (
             Some(ledger),
@@ -448,27 +464,33 @@ async fn select(
 /// The quality step: predicts each candidate's quality for the prompt, estimates its cost, and
 /// orders every candidate list by the route file's knob (the first eligible one is chosen, the
 /// rest are the fallbacks in that order). Returns what it saw, for the decision's explanation.
+#[allow(clippy::too_many_arguments)] // the quality step's inputs, each from another layer
 fn by_quality(
     quality: &crate::quality::QualityIndex,
     table: &RouteTable,
+    knob: crate::config::QualityKnob,
     lists: &mut [(Vec<String>, bool)],
     vector: &[f32],
+    text: &str,
     needs: &Needs<'_>,
     explain: bool,
 ) -> QualityChoice {
-    let knob = table.defaults.quality.unwrap_or(DEFAULT_QUALITY_KNOB);
-    let predicted = quality.predictor.predict(vector);
+    let predictor = &quality.predictor;
+    let predicted = predictor.predict_prompt(vector, text);
+    let chars = text.chars().count();
     let of = |model: &str| {
-        let q = quality
-            .predictor
+        let q = predictor
             .models()
             .iter()
             .position(|m| m == model)
             .map(|i| predicted[i]);
-        let cost = table
-            .catalog
-            .get(model)
-            .map(|m| m.cost_usd(needs.prompt_tokens, needs.output_tokens));
+        // the cost the outcomes showed for prompts of this length, else the catalog's estimate
+        let cost = predictor.estimate_cost_usd(model, chars).or_else(|| {
+            table
+                .catalog
+                .get(model)
+                .map(|m| m.cost_usd(needs.prompt_tokens, needs.output_tokens))
+        });
         (q, cost)
     };
     let mut shown = Vec::new();

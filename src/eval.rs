@@ -363,10 +363,13 @@ pub async fn run_outcomes(
     let m = models.len();
     let health = crate::selection::Health::default();
     let who = crate::budget::Identity::default();
-    let knob = table
-        .defaults
-        .quality
-        .unwrap_or(crate::config::DEFAULT_QUALITY_KNOB);
+    let knob = table.defaults.quality.unwrap_or_else(|| {
+        snapshot
+            .manifest()
+            .quality
+            .as_ref()
+            .map_or(crate::config::DEFAULT_QUALITY_KNOB, |m| m.default_knob)
+    });
     let (mut predicted, mut decision_cost) = (
         vec![f32::NAN; graded.len() * m],
         vec![f64::NAN; graded.len() * m],

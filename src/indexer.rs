@@ -8,8 +8,34 @@ use crate::embed::{EmbedError, Embedded, Embedder};
 use crate::index::{self, ArtifactInput, Index, IndexError, IndexParams, Utterance};
 use crate::scoring::Classifier;
 
+/// Most graded prompts for which kNN predictors are tried (their exact scan of every graded
+/// prompt stays under about 0.1 ms a decision; measured in `benches/quality.rs`).
+pub const KNN_MAX_EXAMPLES: usize = 1_000;
+
 /// Utterances embedded per forward pass while building.
 pub const BUILD_BATCH: usize = 32;
+
+/// The training options of `build --outcomes` for `examples` graded prompts: the route file's
+/// kind of knob, catalog prices for models whose lines give no cost, and kNN methods only where
+/// their prediction stays cheap ([`KNN_MAX_EXAMPLES`]).
+pub fn train_options(
+    knob: crate::quality::KnobKind,
+    fallback_cost_usd: std::collections::BTreeMap<String, f64>,
+    examples: usize,
+) -> crate::quality::TrainOptions {
+    let mut options = crate::quality::TrainOptions {
+        knob,
+        fallback_cost_usd,
+        ..crate::quality::TrainOptions::default()
+    };
+    if examples > KNN_MAX_EXAMPLES {
+        // a kNN prediction scans every graded prompt: beyond this many it would cost a
+        // decision more than 0.1 ms, so only the linear methods (about 1 µs) are tried
+        options.k_grid.clear();
+        options.blend_grid.clear();
+    }
+    options
+}
 
 /// Graded outcomes to train a quality predictor on (`build --outcomes`).
 #[derive(Debug, Clone)]
@@ -192,15 +218,51 @@ pub fn train_quality(
     let texts: Vec<&str> = outcomes.graded.iter().map(|g| g.prompt.as_str()).collect();
     let embedded = embed_batched(embedder, &texts, progress)?;
     let dim = embedder.info().dimension;
-    let vectors: Vec<f32> = embedded.into_iter().flat_map(|e| e.vector).collect();
-    let (mut predictor, report) = crate::quality::train(
-        &vectors,
-        dim,
-        &outcomes.graded,
-        &models,
-        &crate::quality::TrainOptions::default(),
-    )?;
+    let mut prompt_tokens = 0u64;
+    let vectors: Vec<f32> = embedded
+        .into_iter()
+        .flat_map(|e| {
+            prompt_tokens += e.prompt_tokens as u64;
+            e.vector
+        })
+        .collect();
+    // a model whose lines give no cost costs its catalog price for a prompt of mean length
+    let mean_tokens = prompt_tokens / outcomes.graded.len() as u64;
+    let fallback_cost_usd = models
+        .iter()
+        .filter_map(|m| {
+            let c = table.catalog.get(m)?;
+            Some((
+                m.clone(),
+                c.cost_usd(
+                    mean_tokens,
+                    u64::from(crate::config::DEFAULT_EXPECTED_OUTPUT_TOKENS),
+                ),
+            ))
+        })
+        .collect();
+    let knob = table
+        .defaults
+        .quality
+        .map_or(crate::quality::KnobKind::CostWeight, |k| {
+            crate::quality::knob_of(k).kind()
+        });
+    let mut options = crate::quality::TrainOptions {
+        knob,
+        fallback_cost_usd,
+        ..crate::quality::TrainOptions::default()
+    };
+    if outcomes.graded.len() > KNN_MAX_EXAMPLES {
+        // a kNN prediction scans every graded prompt: beyond this many it would cost a
+        // decision more than 0.1 ms, so only the linear methods (1 µs) are tried
+        options.k_grid.clear();
+        options.blend_grid.clear();
+    }
+    let (mut predictor, report) =
+        crate::quality::train(&vectors, dim, &outcomes.graded, &models, &options)?;
     predictor.strip_vectors();
+    predictor.strip_examples();
+    let default_knob = crate::quality::default_knob(&predictor);
     let examples = outcomes
         .graded
         .iter()
@@ -213,6 +275,7 @@ pub fn train_quality(
         outcomes: outcomes.files.clone(),
         models,
         examples: outcomes.graded.len(),
+        default_knob,
         training: serde_json::to_value(&report).unwrap_or_default(),
     };
     Ok((

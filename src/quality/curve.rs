@@ -408,7 +408,7 @@ pub fn evaluate(
     options: &CurveOptions,
 ) -> Result<CurveReport, CurveError> {
     let m = set.models.len();
-    let n = if m == 0 { 0 } else { set.predicted.len() / m };
+    let n = set.predicted.len().checked_div(m).unwrap_or(0);
     for (matrix, len) in [
         ("predicted", set.predicted.len()),
         ("quality", set.quality.len()),

@@ -25,5 +25,5 @@ pub use outcomes::{Graded, OutcomeError};
 pub use predictor::{Method, QualityPredictor, TrainError, TrainOptions, TrainReport, train};
 pub use stored::{
     ExampleSummary, GradedNeighbour, OutcomeFile, QualityArtifact, QualityIndex, QualityManifest,
-    knob_of, prompt_start, render_training,
+    default_knob, knob_of, prompt_start, render_training,
 };

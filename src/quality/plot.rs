@@ -355,7 +355,13 @@ fn draw(
                         RANDOM.stroke_width(2),
                     ))
                 }),
-            4 => root.draw(&PathElement::new(vec![a, c], BEST.stroke_width(1))),
+            4 => (0..4).try_for_each(|k| {
+                let x0 = lx + k * 6;
+                root.draw(&PathElement::new(
+                    vec![(x0, ly), (x0 + 2, ly)],
+                    BEST.stroke_width(1),
+                ))
+            }),
             _ => root.draw(&Cross::new((lx + 11, ly), 5, ORACLE.stroke_width(2))),
         }
         .map_err(err)?;
@@ -382,9 +388,10 @@ fn draw(
             b.oracle.quality,
             money(b.oracle.cost_usd, 1e-5)
         ),
+        "APGR of the best model per budget:".to_string(),
         format!(
-            "best single per budget: {:.3}",
-            b.best_single_per_budget_apgr
+            "  {:.3} (random mix: {:.3})",
+            b.best_single_per_budget_apgr, b.random_mix_apgr
         ),
         format!(
             "savings at best's quality: {}",

@@ -32,6 +32,8 @@ pub struct QualityManifest {
     pub models: Vec<String>,
     /// Graded prompts it was trained on.
     pub examples: usize,
+    /// The knob used when the route file sets none (see [`default_knob`]).
+    pub default_knob: crate::config::QualityKnob,
     /// The method chosen by cross-validation, and every candidate's figures.
     pub training: serde_json::Value,
 }
@@ -137,6 +139,22 @@ impl QualityIndex {
                 quality: self.examples[i].quality.clone(),
             })
             .collect()
+    }
+}
+
+/// The knob when the route file sets none: a cost weight at which the most expensive graded
+/// model's mean price is worth five points of predicted quality (so it is chosen only where it
+/// is predicted that much better than a free answer); a tolerance of 0.05 when no cost is known.
+pub fn default_knob(predictor: &QualityPredictor) -> crate::config::QualityKnob {
+    let premium = predictor
+        .models()
+        .iter()
+        .filter_map(|m| predictor.mean_cost_usd(m))
+        .fold(0.0f64, f64::max);
+    if premium > 0.0 && premium.is_finite() {
+        crate::config::QualityKnob::CostWeight(0.05 / premium)
+    } else {
+        crate::config::DEFAULT_QUALITY_KNOB
     }
 }
 

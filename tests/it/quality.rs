@@ -206,7 +206,9 @@ fn bad_outcome_lines_are_reported_with_their_place() {
         graded_lines(2)
     );
     let path = write(work.path(), "bad.jsonl", &text);
-    let err = Outcomes::read(&[path.clone()]).unwrap_err().to_string();
+    let err = Outcomes::read(std::slice::from_ref(&path))
+        .unwrap_err()
+        .to_string();
     let shown = path.display().to_string();
     assert!(
         err.contains(&format!("{shown}:3: quality of `small` is 1.5")),
@@ -281,4 +283,91 @@ async fn feedback_is_refused_while_the_outcome_log_is_off() {
         .unwrap();
     let res = app(state).oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
+}
+
+/// The real binary and model: `build --outcomes`, `eval --outcomes --json --plot`, and
+/// `calibrate --outcomes` to a target, whose route file builds and evaluates at that target.
+#[test]
+fn the_cli_builds_evaluates_and_calibrates_on_outcomes() {
+    let work = tempfile::tempdir().unwrap();
+    let routes = write(work.path(), "routes.yaml", ROUTES);
+    let train = write(work.path(), "train.jsonl", &graded_lines(120));
+    let test = write(work.path(), "test.jsonl", &graded_lines(40));
+    let index = work.path().join("index");
+    let out = pointsman()
+        .arg("build")
+        .arg(&routes)
+        .arg("--outcomes")
+        .arg(&train)
+        .arg("--out")
+        .arg(&index)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the build reports the methods it compared and the one it chose
+    assert!(
+        stdout.contains("quality predictor: 120 graded prompts, 2 models"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("chosen: "), "{stdout}");
+
+    let plot = work.path().join("curve.svg");
+    let r = json_of(
+        pointsman()
+            .args(["eval", "--json", "--index"])
+            .arg(&index)
+            .arg("--outcomes")
+            .arg(&test)
+            .arg("--plot")
+            .arg(&plot),
+    );
+    assert!(r["apgr"].as_f64().unwrap() > 0.7, "{r}");
+    assert!(r["curve"].as_array().unwrap().len() > 10, "{r}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("mean quality"),
+        "{svg:.200}"
+    );
+
+    let tuned = work.path().join("tuned.yaml");
+    let c = json_of(
+        pointsman()
+            .args(["calibrate", "--json", "--index"])
+            .arg(&index)
+            .arg("--outcomes")
+            .arg(&train)
+            .args(["--target-quality", "0.95", "--out"])
+            .arg(&tuned),
+    );
+    assert!(c["fitted"]["quality"].as_f64().unwrap() >= 0.95, "{c}");
+    assert!(c["knob"]["tolerance"].is_number(), "{c}");
+    // the written file is a route file that builds and keeps the target on held-out prompts
+    let rebuilt = work.path().join("tuned-index");
+    let status = pointsman()
+        .arg("build")
+        .arg(&tuned)
+        .arg("--outcomes")
+        .arg(&train)
+        .arg("--out")
+        .arg(&rebuilt)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = json_of(
+        pointsman()
+            .args(["eval", "--json", "--index"])
+            .arg(&rebuilt)
+            .arg("--outcomes")
+            .arg(&test),
+    );
+    assert!(r["at_knob"]["quality"].as_f64().unwrap() >= 0.9, "{r}");
+    assert!(
+        r["at_knob"]["cost_usd"].as_f64().unwrap() < 0.0095,
+        "the tuned knob still sends some prompts to the small model: {r}"
+    );
 }
