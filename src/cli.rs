@@ -919,7 +919,10 @@ fn calibrate_outcomes(args: &CalibrateArgs, outcomes: &Path) -> anyhow::Result<O
         );
     };
     let knob = match report.curve.knob {
-        crate::quality::KnobKind::Tolerance => config::QualityKnob::Tolerance(fit.knob as f32),
+        // a tolerance of 1 or more already means "always the cheapest"
+        crate::quality::KnobKind::Tolerance => {
+            config::QualityKnob::Tolerance((fit.knob as f32).clamp(0.0, 1.0))
+        }
         crate::quality::KnobKind::CostWeight => config::QualityKnob::CostWeight(fit.knob),
     };
     if args.json {
@@ -1040,6 +1043,44 @@ fn explain_text(r: &server::RouteResponse) -> String {
             ""
         }
     );
+    if let Some(q) = &sel.quality {
+        let knob = match q.knob {
+            config::QualityKnob::Tolerance(t) => {
+                format!("the cheapest within {t} of the best predicted quality")
+            }
+            config::QualityKnob::CostWeight(w) => {
+                format!("the most predicted quality − {w} × cost")
+            }
+        };
+        let _ = writeln!(s, "\npredicted quality ({knob}):");
+        for c in &q.candidates {
+            let _ = writeln!(
+                s,
+                "  {:<28} {} {:>6} {:>12}{}",
+                c.model,
+                bar(c.predicted_quality.unwrap_or(0.0), None, 30),
+                c.predicted_quality
+                    .map_or_else(|| "-".to_string(), |v| format!("{v:.3}")),
+                c.estimated_cost_usd
+                    .map_or_else(|| "-".to_string(), |v| format!("${v:.6}")),
+                if c.model == sel.model { "  chosen" } else { "" }
+            );
+        }
+        if !q.nearest_graded.is_empty() {
+            let _ = writeln!(s, "\nnearest graded prompts:");
+            for n in &q.nearest_graded {
+                let grades: Vec<String> =
+                    n.quality.iter().map(|(m, v)| format!("{m} {v}")).collect();
+                let _ = writeln!(
+                    s,
+                    "  {:.3}  {:?}  {}",
+                    n.similarity,
+                    n.prompt.chars().take(60).collect::<String>(),
+                    grades.join(", ")
+                );
+            }
+        }
+    }
     let _ = writeln!(s, "\nnearest utterances:");
     for n in &r.routed.neighbours {
         let _ = writeln!(

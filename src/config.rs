@@ -87,7 +87,8 @@ pub struct Defaults {
     /// utterance vector) reaches this: an absolute "is it near at all" gate beside the score.
     pub min_similarity: Option<f32>,
     /// How a quality predictor (an index built with `--outcomes`) chooses among a route's
-    /// candidates; `None` uses [`DEFAULT_QUALITY_KNOB`]. Ignored without a predictor.
+    /// candidates; `None` uses the knob the build chose (a cost weight, see
+    /// `quality::default_knob`). Ignored without a predictor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<QualityKnob>,
 }
@@ -104,8 +105,8 @@ pub enum QualityKnob {
     CostWeight(f64),
 }
 
-/// The knob when the route file sets none: the cheapest candidate predicted within 0.05
-/// (five points of accuracy) of the best.
+/// The knob when neither the route file nor the outcomes' costs give one: the cheapest
+/// candidate predicted within 0.05 (five points of accuracy) of the best.
 pub const DEFAULT_QUALITY_KNOB: QualityKnob = QualityKnob::Tolerance(0.05);
 
 /// Default `lexical_weight`, chosen on CLINC150 validation data.

@@ -317,8 +317,10 @@ pub async fn dispatch_embedded(
     req: &Request<'_>,
     embedded: &Embedded,
 ) -> Result<Decided, DispatchError> {
-    let Prompt::Text(text) = req.prompt else {
-        unreachable!("an embedded prompt is one text");
+    // an embedded prompt is one text: a conversation's last turn
+    let text = match req.prompt {
+        Prompt::Text(text) => text,
+        Prompt::Conversation { turns, .. } => &turns.last,
     };
     let routed = decide_embedded(snapshot, text, embedded, req.route, req.who.tier.as_deref())?;
     select(
@@ -418,6 +420,7 @@ async fn select(
                 .as_ref()
                 .map_or(DEFAULT_QUALITY_KNOB, |m| m.default_knob)
         });
+        let chars = text.chars().count().max(req.whole_text_bytes);
         by_quality(
             q,
             table,
@@ -425,10 +428,26 @@ async fn select(
             &mut lists,
             &routed.vector,
             &text,
+            chars,
             &needs,
-            req.explain,
         )
     });
+    // the graded examples behind the prediction: an exact scan of every one, off the runtime
+    let quality = match quality {
+        Some(mut q) if req.explain => {
+            let (snapshot, vector) = (Arc::clone(&snapshot), routed.vector.clone());
+            q.nearest_graded = tokio::task::spawn_blocking(move || {
+                snapshot
+                    .quality()
+                    .map(|i| i.nearest(&vector, NEAREST_GRADED))
+                    .unwrap_or_default()
+            })
+            .await
+            .unwrap_or_default();
+            Some(q)
+        }
+        other => other,
+    };
     let (ledger, caps): (Option<&Ledger>, Vec<CapKey>) = match spend {
         Spend::Reserve(ledger) => (
             Some(ledger),
@@ -461,8 +480,9 @@ async fn select(
     })
 }
 
-/// The quality step: predicts each candidate's quality for the prompt, estimates its cost, and
-/// orders every candidate list by the route file's knob (the first eligible one is chosen, the
+/// The quality step: predicts each candidate's quality for the prompt, estimates its cost for a
+/// request of `chars` characters (the whole conversation's, for the proxy), and orders every
+/// candidate list by the route file's knob (the first eligible one is chosen, the
 /// rest are the fallbacks in that order). Returns what it saw, for the decision's explanation.
 #[allow(clippy::too_many_arguments)] // the quality step's inputs, each from another layer
 fn by_quality(
@@ -472,12 +492,11 @@ fn by_quality(
     lists: &mut [(Vec<String>, bool)],
     vector: &[f32],
     text: &str,
+    chars: usize,
     needs: &Needs<'_>,
-    explain: bool,
 ) -> QualityChoice {
     let predictor = &quality.predictor;
     let predicted = predictor.predict_prompt(vector, text);
-    let chars = text.chars().count();
     let of = |model: &str| {
         let q = predictor
             .models()
@@ -520,11 +539,7 @@ fn by_quality(
     QualityChoice {
         knob,
         candidates: shown,
-        nearest_graded: if explain {
-            quality.nearest(vector, NEAREST_GRADED)
-        } else {
-            Vec::new()
-        },
+        nearest_graded: Vec::new(),
     }
 }
 

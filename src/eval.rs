@@ -341,26 +341,9 @@ pub async fn run_outcomes(
 ) -> Result<OutcomeReport, OutcomeEvalError> {
     use crate::dispatch::{self, Request, Spend};
     let table = snapshot.table();
-    let predictor = &snapshot
-        .quality()
-        .ok_or(OutcomeEvalError::NoPredictor)?
-        .predictor;
-    // the route's order, as the choice breaks ties by it
-    let mut models: Vec<String> = table
-        .default_candidates
-        .iter()
-        .filter(|m| predictor.models().contains(m))
-        .cloned()
-        .collect();
-    models.extend(
-        predictor
-            .models()
-            .iter()
-            .filter(|m| !models.contains(m))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
-    let m = models.len();
+    if snapshot.quality().is_none() {
+        return Err(OutcomeEvalError::NoPredictor);
+    }
     let health = crate::selection::Health::default();
     let who = crate::budget::Identity::default();
     let knob = table.defaults.quality.unwrap_or_else(|| {
@@ -370,14 +353,35 @@ pub async fn run_outcomes(
             .as_ref()
             .map_or(crate::config::DEFAULT_QUALITY_KNOB, |m| m.default_knob)
     });
+    // decide every prompt first; a prompt no candidate can take (the server answers it with an
+    // error) is left out of the figures, as `run` leaves it out of the costs
+    let mut decided = Vec::with_capacity(graded.len());
+    for (g, v) in graded.iter().zip(embedded) {
+        let req = Request::text(&g.prompt, &who);
+        match dispatch::dispatch_embedded(&health, Spend::DryRun, snapshot, &req, v).await {
+            Ok(d) => decided.push((g.clone(), d)),
+            Err(crate::dispatch::DispatchError::NoCandidate { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    let graded: Vec<crate::quality::Graded> = decided.iter().map(|(g, _)| g.clone()).collect();
+    // the models the decisions weighed, in the order the first decision listed them (its
+    // route's order, by which the choice breaks ties), then any others a later one listed
+    let mut models: Vec<String> = Vec::new();
+    for (_, d) in &decided {
+        for c in d.selection.quality.iter().flat_map(|q| &q.candidates) {
+            if c.predicted_quality.is_some() && !models.contains(&c.model) {
+                models.push(c.model.clone());
+            }
+        }
+    }
+    let m = models.len();
     let (mut predicted, mut decision_cost) = (
         vec![f32::NAN; graded.len() * m],
         vec![f64::NAN; graded.len() * m],
     );
     let mut chosen_models = Vec::with_capacity(graded.len());
-    for (i, (g, v)) in graded.iter().zip(embedded).enumerate() {
-        let req = Request::text(&g.prompt, &who);
-        let d = dispatch::dispatch_embedded(&health, Spend::DryRun, snapshot, &req, v).await?;
+    for (i, (_, d)) in decided.iter().enumerate() {
         if let Some(q) = &d.selection.quality {
             for c in &q.candidates {
                 if let Some(j) = models.iter().position(|x| *x == c.model) {
@@ -386,7 +390,7 @@ pub async fn run_outcomes(
                 }
             }
         }
-        chosen_models.push(d.selection.model);
+        chosen_models.push(d.selection.model.clone());
     }
     // an answer without a recorded cost costs what the decision estimated, on average
     let fallback: Vec<f64> = (0..m)
@@ -398,7 +402,16 @@ pub async fn run_outcomes(
             known.iter().sum::<f64>() / known.len().max(1) as f64
         })
         .collect();
-    let (quality, cost) = crate::quality::curve::matrices(graded, &models, &fallback);
+    // a model that was not among a prompt's candidates (another route's) keeps no predicted
+    // quality, so the sweep never chooses it there; its cost only keeps the row whole
+    for i in 0..graded.len() {
+        for j in 0..m {
+            if !decision_cost[i * m + j].is_finite() {
+                decision_cost[i * m + j] = fallback[j];
+            }
+        }
+    }
+    let (quality, cost) = crate::quality::curve::matrices(&graded, &models, &fallback);
     let set = crate::quality::EvalSet {
         models: &models,
         predicted: &predicted,
@@ -432,7 +445,7 @@ pub async fn run_outcomes(
     at.quality /= rows.max(1) as f64;
     at.cost_usd /= rows.max(1) as f64;
     Ok(OutcomeReport {
-        examples: graded.len(),
+        examples: embedded.len(),
         curve,
         at_knob: at,
     })

@@ -36,7 +36,7 @@ use crate::scoring::{self, Classifier, Lexical};
 use crate::similarity::{self, UnitDot};
 
 /// Artifact format written by this build; opening any other is refused.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Name of the file that points at the live generation.
 pub const CURRENT_FILE: &str = "CURRENT";
 const MANIFEST_FILE: &str = "manifest.json";
@@ -1266,7 +1266,10 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(
             &path,
-            text.replace("\"format_version\": 2", "\"format_version\": 9"),
+            text.replace(
+                &format!("\"format_version\": {FORMAT_VERSION}"),
+                "\"format_version\": 9",
+            ),
         )
         .unwrap();
         let err = Index::open(dir.path()).unwrap_err().to_string();

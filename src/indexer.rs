@@ -262,7 +262,13 @@ pub fn train_quality(
         crate::quality::train(&vectors, dim, &outcomes.graded, &models, &options)?;
     predictor.strip_vectors();
     predictor.strip_examples();
-    let default_knob = crate::quality::default_knob(&predictor);
+    let mean_chars = outcomes
+        .graded
+        .iter()
+        .map(|g| g.prompt.chars().count())
+        .sum::<usize>()
+        / outcomes.graded.len();
+    let default_knob = crate::quality::default_knob(&predictor, mean_chars);
     let examples = outcomes
         .graded
         .iter()

@@ -143,13 +143,17 @@ impl QualityIndex {
 }
 
 /// The knob when the route file sets none: a cost weight at which the most expensive graded
-/// model's mean price is worth five points of predicted quality (so it is chosen only where it
-/// is predicted that much better than a free answer); a tolerance of 0.05 when no cost is known.
-pub fn default_knob(predictor: &QualityPredictor) -> crate::config::QualityKnob {
+/// model's price for a prompt of mean length (`mean_prompt_chars`; the outcomes' costs, else
+/// the catalog's) is worth five points of predicted quality, so that it is chosen only where it
+/// is predicted that much better than a free answer; a tolerance of 0.05 when no cost is known.
+pub fn default_knob(
+    predictor: &QualityPredictor,
+    mean_prompt_chars: usize,
+) -> crate::config::QualityKnob {
     let premium = predictor
         .models()
         .iter()
-        .filter_map(|m| predictor.mean_cost_usd(m))
+        .filter_map(|m| predictor.estimate_cost_usd(m, mean_prompt_chars))
         .fold(0.0f64, f64::max);
     if premium > 0.0 && premium.is_finite() {
         crate::config::QualityKnob::CostWeight(0.05 / premium)

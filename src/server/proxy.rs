@@ -228,11 +228,21 @@ pub(super) async fn chat_completions(
         let request_id = super::request_id(&headers).map(str::to_string);
         let request = ChatRequest::parse(body, headers)?;
         let mut plan = plan(&state, &proxy, &request, &who).await?;
-        if let Some(decided) = &plan.routed {
-            state.remember(request_id.as_deref(), decided);
+        plan.request_id = request_id.clone();
+        let decided = plan.routed.clone();
+        let response = forward(&state, &proxy, request, plan).await?;
+        // feedback grades the model that answered (after any fallback or escalation)
+        if let Some(mut decided) = decided {
+            if let Some(answered) = response
+                .headers()
+                .get("x-pointsman-model")
+                .and_then(|v| v.to_str().ok())
+            {
+                decided.selection.model = answered.to_string();
+            }
+            state.remember(request_id.as_deref(), &decided);
         }
-        plan.request_id = request_id;
-        forward(&state, &proxy, request, plan).await
+        Ok(response)
     }
     .await;
     result.unwrap_or_else(openai_error)

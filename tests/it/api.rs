@@ -567,6 +567,7 @@ async fn the_openapi_document_describes_every_mounted_route() {
             "POST /v1/admin/models/{model}/up",
             "POST /v1/admin/reload",
             "POST /v1/chat/completions",
+            "POST /v1/feedback",
             "POST /v1/route",
             "POST /v1/route/batch",
             "POST /v1/usage",

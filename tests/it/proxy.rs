@@ -898,3 +898,42 @@ async fn long_conversations_fit_the_proxys_own_body_limit() {
         .unwrap();
     assert_eq!(send(&p.state, req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn the_cascades_verdicts_and_feedback_on_a_proxied_answer_become_outcome_lines() {
+    let p = proxied("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outcomes.jsonl");
+    let log = pointsman::decision_log::DecisionLog::open(pointsman::decision_log::LogOptions {
+        path: path.clone(),
+        max_bytes: 1 << 20,
+        keep: 1,
+    })
+    .unwrap();
+    let state = p.state.clone().with_outcome_log(log);
+    // the cheap candidate's answer fails the route's check (too short): graded 0
+    p.upstream.script("cheap", [Behaviour::Says("ok".into())]);
+    let (status, headers, _) =
+        send(&state, chat_request(&ask("auto", "give me json data"), "t")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-pointsman-model"), "premium");
+    // the client grades the answer it got, by the request id the response carried
+    let id = h(&headers, "x-request-id").to_string();
+    let feedback = Request::post("/v1/feedback")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"request_id": id, "quality": 0.5, "model": "premium"}).to_string(),
+        ))
+        .unwrap();
+    assert_eq!(send(&state, feedback).await.0, StatusCode::OK);
+    drop((state, p));
+    let graded = pointsman::quality::outcomes::read(&path).unwrap();
+    assert_eq!(graded.len(), 2, "{graded:?}");
+    assert_eq!(graded[0].prompt, "give me json data");
+    assert_eq!(graded[0].quality["cheap"], 0.0);
+    assert_eq!(
+        graded[0].id.as_deref(),
+        Some(format!("cascade:{id}").as_str())
+    );
+    assert_eq!(graded[1].quality["premium"], 0.5);
+}

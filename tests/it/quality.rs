@@ -106,9 +106,9 @@ async fn the_cheap_model_gets_what_it_answers_well_and_the_premium_one_the_rest(
     assert_eq!(q.models, ["premium", "small"]);
     let state = AppState::with_engine(engine, ServerOptions::default());
 
-    let easy = route(&state, "what is the weather forecast").await;
+    let easy = route(&state, "is it raining outside now").await;
     assert_eq!(easy["model"], "small", "{easy}");
-    let hard = route(&state, "prove the lemma formally").await;
+    let hard = route(&state, "give a formal proof of the bound").await;
     assert_eq!(hard["model"], "premium", "{hard}");
     // the decision explains itself: each candidate's prediction and cost, the knob, and the
     // graded examples behind the prediction
@@ -125,7 +125,7 @@ async fn the_cheap_model_gets_what_it_answers_well_and_the_premium_one_the_rest(
     assert!(candidates[1]["estimated_cost_usd"].as_f64().unwrap() > 0.0);
     let nearest = quality["nearest_graded"].as_array().unwrap();
     assert!(
-        !nearest.is_empty() && nearest[0]["prompt"].as_str().unwrap().contains("prove"),
+        !nearest.is_empty() && nearest[0]["prompt"].as_str().unwrap().contains("proof"),
         "{hard}"
     );
 }
