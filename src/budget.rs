@@ -14,44 +14,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// What a cap is counted per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// Per API key.
-    Key,
-    /// Per tenant (`x-pointsman-tenant`).
-    Tenant,
-    /// Per tier (`x-pointsman-tier`).
-    Tier,
-}
-
-/// A cap's window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Period {
-    /// A UTC calendar day.
-    Day,
-    /// A UTC calendar month.
-    Month,
-}
-
-/// One spend cap, as declared in the route file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Budget {
-    /// What it is counted per.
-    pub scope: Scope,
-    /// The one key, tenant or tier it applies to; omitted, it applies to each one separately.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// The window.
-    pub period: Period,
-    /// The cap in US dollars.
-    pub limit_usd: f64,
-}
+// The caps as the route file declares them live with the route file's other types.
+pub use crate::config::{Budget, Period, Scope};
 
 /// Who a request is for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::budget::Budget;
 use sha2::{Digest, Sha256};
 
 /// The only route-file format version this build understands.
@@ -128,6 +127,43 @@ impl Default for Defaults {
             quality: None,
         }
     }
+}
+
+/// What a cap is counted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Per API key.
+    Key,
+    /// Per tenant (`x-pointsman-tenant`).
+    Tenant,
+    /// Per tier (`x-pointsman-tier`).
+    Tier,
+}
+
+/// A cap's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    /// A UTC calendar day.
+    Day,
+    /// A UTC calendar month.
+    Month,
+}
+
+/// One spend cap, as declared in the route file (counted by [`crate::budget`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// What it is counted per.
+    pub scope: Scope,
+    /// The one key, tenant or tier it applies to; omitted, it applies to each one separately.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The window.
+    pub period: Period,
+    /// The cap in US dollars.
+    pub limit_usd: f64,
 }
 
 /// What one model costs and can do: an entry of the route file's `models` catalog.
