@@ -455,9 +455,16 @@ async fn select(
         ),
         Spend::DryRun => (None, Vec::new()),
     };
-    let dry = Ledger::in_memory();
-    let choice =
-        selection::choose(table, &lists, &needs, health, ledger.unwrap_or(&dry), &caps).await;
+    // with no cap to check, the ledger is never asked: a dry run needs one only to type-check
+    let dry;
+    let ledger = match ledger {
+        Some(l) => l,
+        None => {
+            dry = Ledger::in_memory();
+            &dry
+        }
+    };
+    let choice = selection::choose(table, &lists, &needs, health, ledger, &caps).await;
     let mut choice = match choice {
         Ok(c) => c,
         Err(refusal) => {

@@ -430,8 +430,12 @@ pub async fn run_outcomes(
         quality: 0.0,
         chosen: BTreeMap::new(),
     };
+    // over the rows the curve uses: those that grade every model
     let mut rows = 0usize;
     for (i, model) in chosen_models.iter().enumerate() {
+        if !(0..m).all(|j| quality[i * m + j].is_finite()) {
+            continue;
+        }
         *at.chosen.entry(model.clone()).or_default() += 1;
         if let Some(j) = models.iter().position(|x| x == model) {
             let (q, c) = (quality[i * m + j], cost[i * m + j]);
