@@ -1,0 +1,633 @@
+//! The OpenAI-compatible proxy: `POST /v1/chat/completions` and `GET /v1/models`.
+//!
+//! `model: "auto"` is routed on the conversation (see [`crate::proxy_config::ConversationPolicy`]);
+//! `model: "<route>"` pins a route and lets the candidates be chosen; any other model a
+//! provider serves passes through unrouted. The chosen model's provider gets the request with
+//! `model` rewritten; 429, 5xx, timeouts and connection errors are retried with backoff, then
+//! the route's next candidate is tried. Streams are relayed event by event as they arrive.
+//! Errors use OpenAI's shape (`{"error": {"message", "type", "code"}}`) so that SDKs read them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+use super::{ApiError, ApiJson, AppState, Content, Message, RouteResponse};
+use crate::budget::{CapKey, Identity, caps_for};
+use crate::dispatch;
+use crate::index::Index;
+use crate::policy::Outcome;
+use crate::proxy_config::{CascadeCheck, ConversationText, ProxyConfig};
+
+mod spend;
+mod sse;
+mod upstream;
+
+use spend::Spend;
+use sse::{Relay, SseEvents, collect_stream, stream_response};
+use upstream::{AnswerBody, Attempt, Candidate, Run, Usage, attempt, usage_of};
+
+/// The proxy's configuration and its HTTP client.
+pub(super) struct Proxy {
+    pub(super) config: ProxyConfig,
+    client: reqwest::Client,
+}
+
+impl Proxy {
+    pub(super) fn new(config: ProxyConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.timeouts.connect_ms))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Proxy { config, client })
+    }
+}
+
+/// An error in OpenAI's shape, with our status and kind.
+fn openai_error(e: ApiError) -> Response {
+    let (status, kind) = e.status_and_kind();
+    if let ApiError::Internal(detail) = &e {
+        tracing::error!(detail = %detail, "internal error");
+    }
+    let body = serde_json::json!({"error": {
+        "message": e.to_string(),
+        "type": kind,
+        "param": null,
+        "code": kind,
+    }});
+    let mut response = (status, axum::Json(body)).into_response();
+    e.add_retry_after(response.headers_mut());
+    response
+        .extensions_mut()
+        .insert(super::error::ErrorKind(kind));
+    response
+}
+
+fn proxy_of(state: &AppState) -> Result<Arc<Proxy>, ApiError> {
+    state.proxy.clone().ok_or_else(|| {
+        ApiError::NotFound(
+            "the OpenAI-compatible proxy is off; start `pointsman serve --proxy proxy.yaml`".into(),
+        )
+    })
+}
+
+/// `GET /v1/models`: `auto`, every route (a group of candidate models), and every model a
+/// provider serves.
+#[utoipa::path(get, path = "/v1/models", tag = "proxy",
+    responses((status = 200, description = "OpenAI's model list", body = serde_json::Value),
+        (status = 404, description = "The proxy is off (OpenAI error shape)", body = serde_json::Value)))]
+pub(super) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let result = async {
+        state.admit_caller(&headers).await?;
+        let proxy = proxy_of(&state)?;
+        let index = state.engine()?.index();
+        let table = index.table();
+        let entry = |id: &str, owner: &str| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owner});
+        let mut data = vec![entry("auto", "pointsman")];
+        data.extend(
+            table
+                .routes
+                .iter()
+                .map(|r| entry(&r.name, "pointsman-route")),
+        );
+        let served = proxy.config.served_models(table);
+        data.extend(served.into_iter().map(|(m, p)| entry(m, p)));
+        Ok::<_, ApiError>(serde_json::json!({"object": "list", "data": data}))
+    }
+    .await;
+    match result {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => openai_error(e),
+    }
+}
+
+/// What the request is, read from its body.
+struct ChatRequest {
+    body: Map<String, Value>,
+    model: String,
+    stream: bool,
+    wants_json: bool,
+    user_turns: Vec<String>,
+    /// Bytes of message text in the whole conversation (for the context-window estimate).
+    text_bytes: usize,
+    capabilities: Vec<String>,
+    /// The client's request headers.
+    headers: HeaderMap,
+}
+
+impl ChatRequest {
+    fn text_bytes(&self) -> usize {
+        self.text_bytes
+    }
+
+    /// Reads the request; `headers` are the client's, kept for the providers that forward some.
+    fn parse(body: Map<String, Value>, headers: HeaderMap) -> Result<Self, ApiError> {
+        let model = match body.get("model") {
+            Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_string(),
+            _ => {
+                return Err(ApiError::Validation(
+                    "`model` must be a string: `auto`, a route name, or a model name (GET /v1/models lists them)".into(),
+                ));
+            }
+        };
+        let messages: Vec<Message> = match body.get("messages") {
+            Some(v @ Value::Array(a)) if !a.is_empty() => serde_json::from_value(v.clone())
+                .map_err(|e| ApiError::Validation(format!("`messages`: {e}")))?,
+            _ => {
+                return Err(ApiError::Validation(
+                    "`messages` must be a non-empty list of chat messages".into(),
+                ));
+            }
+        };
+        let stream = match body.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ApiError::Validation("`stream` must be a boolean".into())),
+        };
+        let wants_json = matches!(
+            body.get("response_format")
+                .and_then(|f| f.get("type"))
+                .and_then(Value::as_str),
+            Some("json_object" | "json_schema")
+        );
+        let mut capabilities = Vec::new();
+        if body.get("tools").is_some_and(|t| !t.is_null()) {
+            capabilities.push("tools".to_string());
+        }
+        let mut user_turns = Vec::new();
+        let mut text_bytes = 0;
+        let mut images = false;
+        for m in &messages {
+            let text = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    images |= parts.iter().any(|p| p.kind == "image_url");
+                    parts
+                        .iter()
+                        .filter(|p| p.kind == "text")
+                        .filter_map(|p| p.text.as_deref())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
+            };
+            text_bytes += text.len();
+            if m.role == "user" {
+                user_turns.push(text);
+            }
+        }
+        if images {
+            capabilities.push("vision".to_string());
+        }
+        Ok(ChatRequest {
+            body,
+            model,
+            stream,
+            wants_json,
+            user_turns,
+            text_bytes,
+            capabilities,
+            headers,
+        })
+    }
+}
+
+/// How the request reached its model: what the router decided, and the models to try.
+struct Plan {
+    /// The routing decision (absent for a pass-through).
+    routed: Option<RouteResponse>,
+    /// Models to try, in order: the chosen one, then the fallbacks.
+    models: Vec<Candidate>,
+    /// The route's cascade check, if it asks for one.
+    cascade: Option<CascadeCheck>,
+    caps: Vec<CapKey>,
+    /// The index snapshot the decision was made on: prices and providers are read from it.
+    snapshot: Arc<Index>,
+    /// The request's id, under which its decision (and a cascade's grades) are remembered.
+    request_id: Option<String>,
+}
+
+/// `POST /v1/chat/completions`: OpenAI's chat-completions request; `model` is `auto`, a route
+/// name, or a model name. Answers are the upstream's (streamed as server-sent events with
+/// `stream: true`); errors use OpenAI's shape.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "proxy",
+    request_body(content = serde_json::Value, description = "OpenAI chat-completions request"),
+    responses((status = 200, description = "The upstream's answer, with x-pointsman-* headers", body = serde_json::Value),
+        (status = 404, description = "Unknown model, or the proxy is off", body = serde_json::Value),
+        (status = 502, description = "Every candidate failed", body = serde_json::Value),
+        (status = 504, description = "No upstream answered in time", body = serde_json::Value)))]
+pub(super) async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<ApiJson<Map<String, Value>>, ApiError>,
+) -> Response {
+    let result = async {
+        state.admit_caller(&headers).await?;
+        let proxy = proxy_of(&state)?;
+        let ApiJson(body) = body?;
+        let who = super::identity(&headers);
+        let request_id = super::request_id(&headers).map(str::to_string);
+        let request = ChatRequest::parse(body, headers)?;
+        let mut plan = plan(&state, &proxy, &request, &who).await?;
+        plan.request_id = request_id.clone();
+        let decided = plan.routed.clone();
+        let response = forward(&state, &proxy, request, plan).await?;
+        // feedback grades the model that answered (after any fallback or escalation)
+        if let Some(mut decided) = decided {
+            if let Some(answered) = response
+                .headers()
+                .get("x-pointsman-model")
+                .and_then(|v| v.to_str().ok())
+            {
+                decided.selection.model = answered.to_string();
+            }
+            state.remember(request_id.as_deref(), &decided);
+        }
+        Ok(response)
+    }
+    .await;
+    result.unwrap_or_else(openai_error)
+}
+
+async fn plan(
+    state: &AppState,
+    proxy: &Proxy,
+    request: &ChatRequest,
+    who: &Identity,
+) -> Result<Plan, ApiError> {
+    // the one snapshot of the live index this request reads, to its end
+    let snapshot = state.engine()?.index();
+    let table = snapshot.table();
+    let caps = caps_for(&table.budgets, who, std::time::SystemTime::now());
+    let routed_name = request.model == "auto" || table.route(&request.model).is_some();
+    if !routed_name {
+        if proxy.config.provider_for(&request.model, table).is_none() {
+            return Err(ApiError::NotFound(format!(
+                "model `{}`: not `auto`, a route, or a model a provider serves (GET /v1/models lists them)",
+                request.model
+            )));
+        }
+        // unrouted, but not uncounted: its estimate is reserved like a routed request's
+        let prompt_tokens = (request.text_bytes() as u64).div_ceil(4);
+        let estimate_usd = table.catalog.get(&request.model).map(|m| {
+            m.cost_usd(
+                prompt_tokens,
+                u64::from(crate::config::DEFAULT_EXPECTED_OUTPUT_TOKENS),
+            )
+        });
+        return Ok(Plan {
+            routed: None,
+            models: vec![Candidate {
+                model: request.model.clone(),
+                estimate_usd,
+                reserved: false,
+            }],
+            cascade: None,
+            caps,
+            snapshot,
+            request_id: None,
+        });
+    }
+    // routing reads the beginning of each turn: a long document is forwarded whole, not refused
+    let max = state.options.max_prompt_bytes;
+    let turns: Vec<String> = request
+        .user_turns
+        .iter()
+        .map(|t| clip(t, max).to_string())
+        .collect();
+    let conversation =
+        ConversationText::new(&turns, proxy.config.conversation.window).ok_or_else(|| {
+            ApiError::Validation("`messages` has no user message with text to route on".into())
+        })?;
+    let req = dispatch::Request {
+        prompt: dispatch::Prompt::Conversation {
+            turns: &conversation,
+            policy: &proxy.config.conversation,
+        },
+        route: (request.model != "auto").then_some(request.model.as_str()),
+        who,
+        capabilities: &request.capabilities,
+        // the context window must hold the whole conversation
+        whole_text_bytes: request.text_bytes(),
+        explain: false,
+    };
+    let cx = state.context()?;
+    let result = dispatch::dispatch_on(&cx, Arc::clone(&snapshot), &req).await;
+    state.log_decision(who, result.as_ref());
+    let decided = result.map_err(|e| state.refused(&e))?;
+    super::record_decision(state, &decided);
+    let mut models = vec![Candidate {
+        model: decided.selection.model.clone(),
+        estimate_usd: decided.selection.estimated_cost_usd,
+        reserved: decided.selection.counted.is_some(),
+    }];
+    models.extend(decided.fallbacks.iter().map(|e| Candidate {
+        model: e.model.clone(),
+        estimate_usd: e.estimated_cost_usd,
+        reserved: false,
+    }));
+    let cascade = decided
+        .routed
+        .decision
+        .route()
+        .and_then(|r| proxy.config.cascade.get(r).cloned());
+    Ok(Plan {
+        routed: Some(decided),
+        models,
+        cascade,
+        caps,
+        snapshot,
+        request_id: None,
+    })
+}
+
+/// The longest prefix of `text` of at most `max` bytes, cut at a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+async fn forward(
+    state: &AppState,
+    proxy: &Proxy,
+    request: ChatRequest,
+    plan: Plan,
+) -> Result<Response, ApiError> {
+    let mut run = Run {
+        deadline: Instant::now() + Duration::from_millis(proxy.config.timeouts.total_ms),
+        spend: Spend::new(state, &plan),
+        tries: 0,
+    };
+    let mut start = 0;
+    let mut escalations = Vec::new();
+    loop {
+        let answered = match attempt(state, proxy, &request, &plan, start, &mut run).await? {
+            Attempt::Answered(a) => a,
+            Attempt::Refused {
+                status,
+                headers,
+                body,
+                position,
+            } => {
+                let ours = decision_headers(&plan, position, run.tries, &escalations);
+                return Ok(body_response(status, &headers, ours, Body::from(body)));
+            }
+        };
+        let candidate = &plan.models[answered.position];
+        let model = candidate.model.clone();
+        let ours = decision_headers(&plan, answered.position, run.tries, &escalations);
+        let last_candidate = answered.position + 1 == plan.models.len();
+        let check = plan.cascade.as_ref().filter(|_| !last_candidate);
+        let Some(check) = check else {
+            // no check to make: the answer goes to the client as it comes
+            return Ok(match answered.body {
+                AnswerBody::Stream { first, rest } => stream_response(
+                    answered.status,
+                    &answered.headers,
+                    ours,
+                    Relay {
+                        upstream: rest,
+                        events: SseEvents::new(first, answered.strip_usage, false),
+                        idle: Duration::from_millis(proxy.config.timeouts.idle_ms),
+                        deadline: run.deadline,
+                        done: false,
+                        settle: Some((run.spend, model, candidate.estimate_usd)),
+                    },
+                ),
+                AnswerBody::Whole(bytes) => {
+                    let usage = serde_json::from_slice::<Value>(&bytes)
+                        .ok()
+                        .and_then(|v| usage_of(&v));
+                    run.spend.settle(&model, usage, candidate.estimate_usd);
+                    body_response(answered.status, &answered.headers, ours, Body::from(bytes))
+                }
+            });
+        };
+        // the cascade reads the whole answer before the client sees any of it
+        let (bytes, answer) = match answered.body {
+            AnswerBody::Whole(bytes) => {
+                let answer = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .map(|v| Answer::of_completion(&v))
+                    .unwrap_or_default();
+                (bytes, answer)
+            }
+            AnswerBody::Stream { first, rest } => {
+                let idle = Duration::from_millis(proxy.config.timeouts.idle_ms);
+                match collect_stream(first, rest, answered.strip_usage, idle, run.deadline).await {
+                    Ok((bytes, answer)) => (Bytes::from(bytes), answer),
+                    Err(reason) => {
+                        run.spend.add(&model, None, candidate.estimate_usd);
+                        escalations.push(format!("{model}: {reason}"));
+                        start = answered.position + 1;
+                        continue;
+                    }
+                }
+            }
+        };
+        let verdict = check.failure(&answer.text, answer.tool_calls, request.wants_json);
+        // the check's verdict grades the answer, for the next `build --outcomes`
+        if let (Some(outcomes), Some(routed), Some(id)) =
+            (&state.outcomes, &plan.routed, &plan.request_id)
+        {
+            let grade = if verdict.is_none() { 1.0 } else { 0.0 };
+            outcomes.append(&format!("cascade:{id}"), &routed.text, &model, grade);
+        }
+        match verdict {
+            None => {
+                run.spend
+                    .settle(&model, answer.usage, candidate.estimate_usd);
+                return Ok(body_response(
+                    answered.status,
+                    &answered.headers,
+                    ours,
+                    Body::from(bytes),
+                ));
+            }
+            Some(reason) => {
+                tracing::info!(%model, %reason, "cascade: answer failed the check; escalating");
+                run.spend.add(&model, answer.usage, candidate.estimate_usd);
+                escalations.push(format!("{model}: {reason}"));
+                start = answered.position + 1;
+            }
+        }
+    }
+}
+
+/// The pointsman headers of a proxied answer.
+fn decision_headers(plan: &Plan, position: usize, tries: u32, escalations: &[String]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("x-pointsman-model", plan.models[position].model.clone());
+    put("x-pointsman-fallback", (position > 0).to_string());
+    put("x-pointsman-attempts", tries.to_string());
+    if !escalations.is_empty() {
+        put("x-pointsman-escalations", escalations.len().to_string());
+    }
+    match &plan.routed {
+        None => put("x-pointsman-outcome", "passthrough".into()),
+        Some(r) => {
+            let outcome = &r.routed.decision.outcome;
+            let name = match outcome {
+                Outcome::Matched { .. } => "matched",
+                Outcome::Rule { .. } => "rule",
+                Outcome::Override { .. } => "override",
+                Outcome::Fallback { .. } => "fallback",
+            };
+            put("x-pointsman-outcome", name.into());
+            if let Some(route) = r.routed.decision.route() {
+                put("x-pointsman-route", route.to_string());
+            }
+            if let Outcome::Matched { score, .. } = outcome {
+                put("x-pointsman-score", format!("{score:.4}"));
+            }
+        }
+    }
+    headers
+}
+
+/// What an answer said, for the cascade's check.
+#[derive(Debug, Default)]
+struct Answer {
+    text: String,
+    tool_calls: bool,
+    usage: Option<Usage>,
+}
+
+impl Answer {
+    fn of_completion(v: &Value) -> Self {
+        let message = v.pointer("/choices/0/message");
+        Answer {
+            text: message
+                .and_then(|m| m.get("content"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            tool_calls: message
+                .and_then(|m| m.get("tool_calls"))
+                .and_then(Value::as_array)
+                .is_some_and(|t| !t.is_empty()),
+            usage: usage_of(v),
+        }
+    }
+}
+
+/// A response with the upstream's status and content type, and our headers.
+fn body_response(
+    status: StatusCode,
+    upstream: &HeaderMap,
+    ours: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    if let Some(ct) = upstream.get(header::CONTENT_TYPE) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, ct.clone());
+    }
+    response.headers_mut().extend(ours);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipping_keeps_whole_characters() {
+        assert_eq!(clip("héllo", 2), "h");
+        assert_eq!(clip("héllo", 3), "hé");
+        assert_eq!(clip("hi", 10), "hi");
+    }
+
+    #[test]
+    fn events_split_on_blank_lines_and_usage_chunks_can_be_dropped() {
+        let mut e = SseEvents::new(Vec::new(), true, true);
+        e.buf.extend_from_slice(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\r\n\r\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\npartial");
+        let mut out = Vec::new();
+        while let Some(event) = e.next_event() {
+            out.push(String::from_utf8(event).unwrap());
+        }
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert!(out[1].ends_with("\r\n\r\n"));
+        assert_eq!(out[2], "data: [DONE]\n\n");
+        assert_eq!(e.answer.text, "Hello");
+        let u = e.answer.usage.unwrap();
+        assert_eq!((u.prompt, u.completion), (3, 2));
+        assert_eq!(e.buf, b"partial");
+    }
+
+    #[test]
+    fn a_usage_chunk_the_client_asked_for_is_kept() {
+        let mut e = SseEvents::new(Vec::new(), false, false);
+        e.buf
+            .extend_from_slice(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n");
+        assert!(e.next_event().is_some());
+        assert_eq!(e.answer.usage.unwrap().prompt, 1);
+    }
+
+    #[test]
+    fn requests_are_read_with_their_needs() {
+        let body = serde_json::json!({
+            "model": "auto",
+            "stream": true,
+            "tools": [{"type": "function"}],
+            "response_format": {"type": "json_object"},
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+            ],
+        });
+        let Value::Object(map) = body else {
+            unreachable!()
+        };
+        let r = ChatRequest::parse(map, HeaderMap::new()).unwrap();
+        assert!(r.stream && r.wants_json);
+        assert_eq!(r.user_turns, ["first", "look"]);
+        assert_eq!(r.capabilities, ["tools", "vision"]);
+        assert_eq!(
+            r.text_bytes(),
+            "be brief".len() + "first".len() + "ok".len() + "look".len()
+        );
+        for (bad, needle) in [
+            (
+                serde_json::json!({"messages": [{"role": "user", "content": "x"}]}),
+                "`model`",
+            ),
+            (
+                serde_json::json!({"model": "auto", "messages": []}),
+                "`messages`",
+            ),
+            (
+                serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}),
+                "`stream`",
+            ),
+        ] {
+            let Value::Object(map) = bad else {
+                unreachable!()
+            };
+            let err = ChatRequest::parse(map, HeaderMap::new())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}

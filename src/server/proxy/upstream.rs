@@ -1,0 +1,371 @@
+//! Trying the plan's models upstream: each candidate's retries with backoff, one try's
+//! request and answer, and the usage an answer reports.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, header};
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+use tracing::Instrument as _;
+
+use super::spend::Spend;
+use super::sse::{event_end, next_chunk};
+use super::{ApiError, AppState};
+use super::{ChatRequest, Plan, Proxy};
+use crate::proxy_config::Provider;
+
+/// A model the proxy may try, with what it is expected to cost.
+pub(super) struct Candidate {
+    pub(super) model: String,
+    /// Estimated cost of this request on it (`None` without a catalog entry).
+    pub(super) estimate_usd: Option<f64>,
+    /// Whether that estimate is already reserved against the spend caps (the router's choice).
+    pub(super) reserved: bool,
+}
+
+/// Why one try of one model failed.
+pub(super) enum TryFailure {
+    /// Worth retrying (connection error, timeout, 429, 5xx, a body cut short), with the
+    /// upstream's Retry-After.
+    Transient(String, Option<Duration>),
+    /// Not worth retrying this model (401, 403, 404, 408): fall back at once.
+    Model(String),
+}
+
+/// An answer's body as received: whole, or a stream whose first event has arrived.
+pub(super) enum AnswerBody {
+    Whole(Bytes),
+    Stream {
+        first: Vec<u8>,
+        rest: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    },
+}
+
+/// A successful upstream answer.
+pub(super) struct Answered {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: AnswerBody,
+    /// Position of the model in the plan's list.
+    pub(super) position: usize,
+    /// Whether the relay must drop the usage chunk pointsman asked for.
+    pub(super) strip_usage: bool,
+}
+
+/// The outcome of trying the plan's models from `start`.
+pub(super) enum Attempt {
+    Answered(Answered),
+    /// The upstream refused the request itself (400, 413, 422, ...): the client's to fix.
+    Refused {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        position: usize,
+    },
+}
+
+/// A request on its way through the candidates.
+pub(super) struct Run {
+    pub(super) deadline: Instant,
+    pub(super) spend: Spend,
+    /// Upstream tries so far.
+    pub(super) tries: u32,
+}
+
+/// Tries `plan.models[start..]` in order, each up to `retries.attempts` times, reserving each
+/// fallback's estimate against the spend caps before trying it.
+pub(super) async fn attempt(
+    state: &AppState,
+    proxy: &Proxy,
+    request: &ChatRequest,
+    plan: &Plan,
+    start: usize,
+    run: &mut Run,
+) -> Result<Attempt, ApiError> {
+    let deadline = run.deadline;
+    let config = &proxy.config;
+    let table = plan.snapshot.table();
+    let mut failures = Vec::new();
+    let mut over_budget = 0;
+    for (position, candidate) in plan.models.iter().enumerate().skip(start) {
+        let model = &candidate.model;
+        let provider = config.provider_for(model, table).ok_or_else(|| {
+            ApiError::Internal(format!("no provider serves `{model}` (checked at start)"))
+        })?;
+        if !run.spend.reserve(candidate).await {
+            failures.push(format!("{model}: over a spend cap"));
+            over_budget += 1;
+            continue;
+        }
+        let (body, strip_usage) = upstream_body(request, provider, model);
+        let mut retry_after = None;
+        let mut tried = 0;
+        let mut gave_up = false;
+        while tried < config.retries.attempts {
+            if tried > 0 {
+                let wait = config.retries.backoff(tried, retry_after.take());
+                if Instant::now() + wait >= deadline {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+            }
+            tried += 1;
+            run.tries += 1;
+            let span = tracing::info_span!("upstream", otel.name = %format!("upstream {model}"), model = %model, provider = %provider.name, attempt = tried);
+            let outcome = try_once(proxy, provider, request, &body, deadline)
+                .instrument(span)
+                .await;
+            let failure = match outcome {
+                Ok(Tried::Answered(status, headers, answer)) => {
+                    state.metrics.upstream(model, "ok");
+                    return Ok(Attempt::Answered(Answered {
+                        status,
+                        headers,
+                        body: answer,
+                        position,
+                        strip_usage,
+                    }));
+                }
+                Ok(Tried::Refused(status, headers, body)) => {
+                    state.metrics.upstream(model, "status_4xx");
+                    return Ok(Attempt::Refused {
+                        status,
+                        headers,
+                        body,
+                        position,
+                    });
+                }
+                Err((result, failure)) => {
+                    state.metrics.upstream(model, result);
+                    failure
+                }
+            };
+            match failure {
+                TryFailure::Transient(detail, after) => {
+                    tracing::warn!(%model, %detail, attempt = tried, "upstream try failed");
+                    failures.push(format!("{model}: {detail}"));
+                    retry_after = after;
+                }
+                TryFailure::Model(detail) => {
+                    tracing::warn!(%model, %detail, "upstream refused the model; trying the next candidate");
+                    failures.push(format!("{model}: {detail}"));
+                    gave_up = true;
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        // the model failed: its reservation goes back
+        run.spend.release(candidate);
+        // only a model that failed every try it was given is marked down for everyone
+        if !gave_up && tried == config.retries.attempts && config.mark_down_s > 0 {
+            state
+                .health
+                .mark_down(model, Duration::from_secs(config.mark_down_s));
+            tracing::warn!(%model, seconds = config.mark_down_s, "model marked down after failing every try");
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::UpstreamTimeout(format!(
+                "no upstream answered within {} ms (timeouts.total_ms): {}",
+                config.timeouts.total_ms,
+                failures.join("; ")
+            )));
+        }
+    }
+    if over_budget > 0 && over_budget == plan.models.len() - start {
+        return Err(ApiError::BudgetExhausted(format!(
+            "every candidate model is over a spend cap: {}",
+            failures.join("; ")
+        )));
+    }
+    Err(ApiError::Upstream(format!(
+        "every candidate model failed: {}",
+        failures.join("; ")
+    )))
+}
+
+/// What one try brought back.
+pub(super) enum Tried {
+    Answered(StatusCode, HeaderMap, AnswerBody),
+    Refused(StatusCode, HeaderMap, Bytes),
+}
+
+/// One request to one upstream: the headers within `first_byte_ms`, then the whole body (or, for
+/// a stream, its first event) within the deadline, so that an upstream that stalls or breaks
+/// before the client has seen anything can still be retried or replaced.
+pub(super) async fn try_once(
+    proxy: &Proxy,
+    provider: &Provider,
+    request: &ChatRequest,
+    body: &Map<String, Value>,
+    deadline: Instant,
+) -> Result<Tried, (&'static str, TryFailure)> {
+    let stream = request.stream;
+    let timeouts = &proxy.config.timeouts;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let first_byte = Duration::from_millis(timeouts.first_byte_ms).min(left);
+    let mut req = proxy.client.post(provider.chat_url()).json(body);
+    for name in &provider.forward_headers {
+        for value in request.headers.get_all(name) {
+            req = req.header(name, value);
+        }
+    }
+    if let Some(key) = &provider.api_key {
+        req = req.bearer_auth(key);
+    }
+    let transient =
+        |what: &'static str, detail: String| (what, TryFailure::Transient(detail, None));
+    let response = match tokio::time::timeout(first_byte, req.send()).await {
+        Err(_) => {
+            return Err(transient(
+                "timeout",
+                format!("no response within {} ms", first_byte.as_millis()),
+            ));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "upstream request failed");
+            let what = if e.is_connect() {
+                "could not connect"
+            } else {
+                "the request failed"
+            };
+            return Err(transient("connect", what.into()));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = response.headers().clone();
+    if !status.is_success() {
+        let after = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let detail = format!("upstream answered {status}");
+        return match status.as_u16() {
+            429 => Err(("status_429", TryFailure::Transient(detail, after))),
+            500..=599 => Err(("status_5xx", TryFailure::Transient(detail, after))),
+            401 | 403 | 404 | 408 => Err(("status_4xx", TryFailure::Model(detail))),
+            _ => match read_whole(response, deadline).await {
+                Ok(bytes) => Ok(Tried::Refused(status, headers, bytes)),
+                Err(detail) => Err(transient("broken", detail)),
+            },
+        };
+    }
+    if !stream {
+        return match read_whole(response, deadline).await {
+            Ok(bytes) => Ok(Tried::Answered(status, headers, AnswerBody::Whole(bytes))),
+            Err(detail) => Err(transient("broken", detail)),
+        };
+    }
+    // nothing reaches the client until the first whole event is here
+    let mut rest = response.bytes_stream().boxed();
+    let mut first = Vec::new();
+    let first_event = Instant::now() + first_byte;
+    while event_end(&first).is_none() {
+        match next_chunk(
+            &mut rest,
+            Duration::from_millis(timeouts.idle_ms),
+            first_event.min(deadline),
+        )
+        .await
+        {
+            Ok(Some(chunk)) => first.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(detail) => {
+                return Err(transient(
+                    "broken",
+                    format!("before the first event: {detail}"),
+                ));
+            }
+        }
+    }
+    if first.is_empty() {
+        return Err(transient(
+            "broken",
+            "the stream ended before any event".into(),
+        ));
+    }
+    Ok(Tried::Answered(
+        status,
+        headers,
+        AnswerBody::Stream { first, rest },
+    ))
+}
+
+/// A whole body, within the deadline; what went wrong otherwise (the detail is logged).
+pub(super) async fn read_whole(
+    response: reqwest::Response,
+    deadline: Instant,
+) -> Result<Bytes, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, response.bytes()).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "upstream answer broke off");
+            Err("the answer broke off".into())
+        }
+        Err(_) => Err("the answer did not finish within timeouts.total_ms".into()),
+    }
+}
+
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The body sent upstream: the client's, with `model` renamed for the provider and, for a
+/// stream, a final usage chunk asked for; the flag says the client did not ask for it, so that
+/// the relay drops it.
+pub(super) fn upstream_body(
+    request: &ChatRequest,
+    provider: &Provider,
+    model: &str,
+) -> (Map<String, Value>, bool) {
+    let mut body = request.body.clone();
+    body.insert(
+        "model".into(),
+        Value::String(provider.upstream_model(model).to_string()),
+    );
+    let mut strip_usage = false;
+    if request.stream && provider.stream_usage {
+        let options = body
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(o) = options {
+            if o.get("include_usage").and_then(Value::as_bool) != Some(true) {
+                o.insert("include_usage".into(), Value::Bool(true));
+                strip_usage = true;
+            }
+        }
+    }
+    (body, strip_usage)
+}
+
+/// Tokens an upstream reported.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Usage {
+    pub(super) prompt: u64,
+    pub(super) completion: u64,
+}
+
+pub(super) fn usage_of(v: &Value) -> Option<Usage> {
+    let u = v.get("usage")?;
+    Some(Usage {
+        prompt: u.get("prompt_tokens")?.as_u64()?,
+        completion: u
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
