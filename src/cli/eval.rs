@@ -97,6 +97,25 @@ pub enum ObjectiveArg {
     Accuracy,
 }
 
+/// An index, the labelled items `read` takes from it (checked before the model is loaded), and
+/// the embeddings of each item's `text`, with the model the index was built with.
+fn embedded_set<T>(
+    index_dir: &Path,
+    model: &ModelArgs,
+    read: impl FnOnce(&Index) -> anyhow::Result<Vec<T>>,
+    text: impl Fn(&T) -> &str,
+) -> anyhow::Result<(Index, Vec<T>, Vec<crate::embed::Embedded>)> {
+    let index = Index::open(index_dir)?;
+    // the same search structure for every example, so that runs are reproducible
+    index.wait_for_graph()?;
+    let items = read(&index)?;
+    let mut embedder = model.offline_sessions()?;
+    crate::engine::check_compatible(&index, crate::embed::Embedder::info(&embedder))?;
+    let texts: Vec<&str> = items.iter().map(text).collect();
+    let vectors = embed_all(&mut embedder, &texts)?;
+    Ok((index, items, vectors))
+}
+
 /// An index, labelled examples for it, and their embeddings.
 pub(super) fn labelled(
     index_dir: &Path,
@@ -107,15 +126,12 @@ pub(super) fn labelled(
     Vec<crate::eval::Example>,
     Vec<crate::embed::Embedded>,
 )> {
-    let index = Index::open(index_dir)?;
-    // the same search structure for every example, so that runs are reproducible
-    index.wait_for_graph()?;
-    let mut embedder = model.offline_sessions()?;
-    crate::engine::check_compatible(&index, crate::embed::Embedder::info(&embedder))?;
-    let examples = crate::eval::read_examples(data, index.table())?;
-    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-    let vectors = embed_all(&mut embedder, &texts)?;
-    Ok((index, examples, vectors))
+    embedded_set(
+        index_dir,
+        model,
+        |index| Ok(crate::eval::read_examples(data, index.table())?),
+        |e| e.text.as_str(),
+    )
 }
 
 pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<Outcome> {
@@ -250,16 +266,17 @@ pub(super) fn graded(
     Vec<crate::quality::Graded>,
     Vec<crate::embed::Embedded>,
 )> {
-    let index = Index::open(index_dir)?;
-    index.wait_for_graph()?;
-    if index.quality().is_none() {
-        return Err(crate::eval::OutcomeEvalError::NoPredictor.into());
-    }
-    let mut embedder = model.offline_sessions()?;
-    crate::engine::check_compatible(&index, crate::embed::Embedder::info(&embedder))?;
-    let graded = crate::quality::outcomes::read(outcomes)?;
-    let texts: Vec<&str> = graded.iter().map(|g| g.prompt.as_str()).collect();
-    let vectors = embed_all(&mut embedder, &texts)?;
+    let (index, graded, vectors) = embedded_set(
+        index_dir,
+        model,
+        |index| {
+            if index.quality().is_none() {
+                return Err(crate::eval::OutcomeEvalError::NoPredictor.into());
+            }
+            Ok(crate::quality::outcomes::read(outcomes)?)
+        },
+        |g| g.prompt.as_str(),
+    )?;
     Ok((Arc::new(index), graded, vectors))
 }
 
