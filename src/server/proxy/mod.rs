@@ -234,7 +234,12 @@ pub(super) async fn chat_completions(
         let request = ChatRequest::parse(body, headers)?;
         let mut plan = plan(&state, &proxy, &request, &who).await?;
         plan.request_id = request_id.clone();
-        let decided = plan.routed.clone();
+        // kept for feedback only when the outcome log is on
+        let decided = plan
+            .routed
+            .as_ref()
+            .filter(|_| state.outcomes.is_some())
+            .cloned();
         let response = forward(&state, &proxy, request, plan).await?;
         // feedback grades the model that answered (after any fallback or escalation)
         if let Some(mut decided) = decided {
