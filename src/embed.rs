@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use fastembed::{
-    InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
+    InitOptionsUserDefined, OutputKey, Pooling, TextEmbedding, TokenizerFiles,
+    UserDefinedEmbeddingModel,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -158,7 +159,17 @@ pub const DEFAULT_ORT_LIBRARY: &str = ".cache/pointsman/onnxruntime/libonnxrunti
 /// Default token window: sentence-transformers uses 256 for all-MiniLM-L6-v2.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
-static ORT_INIT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+static ORT_INIT: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> =
+    OnceLock::new();
+
+/// The ONNX Runtime environment every session of this process is made in (after
+/// [`init_runtime`]).
+pub fn runtime() -> Option<ort::environment::Environment> {
+    match ORT_INIT.get() {
+        Some(Ok((_, env))) => Some(env.clone()),
+        _ => None,
+    }
+}
 
 /// Loads ONNX Runtime from `path` once per process; later calls must name the same library.
 pub fn init_runtime(path: &Path) -> Result<(), EmbedError> {
@@ -167,13 +178,16 @@ pub fn init_runtime(path: &Path) -> Result<(), EmbedError> {
             path: path.to_path_buf(),
         });
     }
-    let loaded = ORT_INIT.get_or_init(|| match ort::init_from(path) {
-        Ok(_builder) => Ok(path.to_path_buf()),
-        Err(e) => Err(e.to_string()),
+    let loaded = ORT_INIT.get_or_init(|| {
+        let env = ort::init_from(path)
+            .map_err(|e| e.to_string())?
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok((path.to_path_buf(), env))
     });
     match loaded {
-        Ok(first) if first == path => Ok(()),
-        Ok(first) => Err(EmbedError::RuntimeLoad {
+        Ok((first, _)) if first == path => Ok(()),
+        Ok((first, _)) => Err(EmbedError::RuntimeLoad {
             path: path.to_path_buf(),
             reason: format!(
                 "this process already loaded ONNX Runtime from {}; one library per process",
@@ -250,6 +264,7 @@ impl ModelFiles {
 /// An ONNX sentence-embedding model run by fastembed.
 pub struct OnnxEmbedder {
     model: TextEmbedding,
+    pooling: Pooling,
     info: ModelInfo,
     /// Whether a batch is split by prompt length ([`padding_groups`]).
     sub_batching: bool,
@@ -306,9 +321,16 @@ impl OnnxEmbedder {
             PoolingKind::Cls => Pooling::Cls,
         };
         let batches = !quantises_activations(&files.onnx);
-        let model =
-            UserDefinedEmbeddingModel::new(files.onnx, files.tokenizer).with_pooling(pooling);
-        let options = InitOptionsUserDefined::new()
+        // The tokenizer's batch encoder would hand batches to rayon's pool: threads that compete
+        // with the sessions for the cores, which are already the unit of parallelism here.
+        tokenizers::utils::parallelism::set_parallelism(false);
+        let model = UserDefinedEmbeddingModel::new(files.onnx, files.tokenizer)
+            .with_pooling(pooling.clone());
+        let mut options = InitOptionsUserDefined::new();
+        if let Some(env) = runtime() {
+            options = options.with_environment(env);
+        }
+        let options = options
             .with_max_length(spec.max_tokens)
             .with_intra_threads(spec.intra_threads.max(1))
             // Spinning intra-op threads fight the server's own threads on a small machine.
@@ -347,6 +369,7 @@ impl OnnxEmbedder {
         }
         Ok(OnnxEmbedder {
             model,
+            pooling,
             sub_batching: true,
             batches,
             info: ModelInfo {
@@ -467,21 +490,71 @@ impl OnnxEmbedder {
         self
     }
 
-    fn forward(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let vectors = self
+    /// One forward pass over `texts`: each text's vector (pooled and L2-normalised exactly as
+    /// fastembed's `embed` does, bit for bit) and its real token count, read off the attention
+    /// mask of the pass's own tokenisation, so that a text is tokenised once.
+    fn forward(&mut self, texts: &[&str]) -> Result<Vec<(Vec<f32>, usize)>, EmbedError> {
+        let fail = |e: fastembed::Error| EmbedError::Inference(format!("{e:#}"));
+        let output = self
             .model
-            .embed(texts, Some(texts.len()))
-            .map_err(|e| EmbedError::Inference(format!("{e:#}")))?;
-        if vectors.len() != texts.len() {
+            .transform(texts, Some(texts.len()))
+            .map_err(fail)?;
+        let mut out = Vec::with_capacity(texts.len());
+        for batch in output.into_raw() {
+            let pooled = batch
+                .select_and_pool_output(&OUTPUT_PRECEDENCE, Some(self.pooling.clone()))
+                .map_err(fail)?;
+            let tokens = batch
+                .attention_mask_array
+                .rows()
+                .into_iter()
+                .map(|row| row.iter().filter(|&&m| m == 1).count());
+            for (row, tokens) in pooled.rows().into_iter().zip(tokens) {
+                // fastembed's own normalisation, then ours (as before this pass was inlined)
+                let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let mut vector: Vec<f32> = row.iter().map(|x| x / (norm + 1e-12)).collect();
+                crate::similarity::normalise(&mut vector);
+                out.push((vector, tokens));
+            }
+        }
+        if out.len() != texts.len() {
             return Err(EmbedError::Inference(format!(
                 "the model returned {} vectors for {} texts",
-                vectors.len(),
+                out.len(),
                 texts.len()
             )));
         }
-        Ok(vectors)
+        Ok(out)
+    }
+
+    /// Whole-prompt token count of a text that filled the window: tokenised again without the
+    /// pass's truncation (only such texts pay a second tokenisation).
+    fn prompt_tokens(&self, text: &str, window: usize) -> Result<(usize, bool), EmbedError> {
+        let enc = self
+            .model
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EmbedError::Inference(format!("tokenizer: {e}")))?;
+        let real =
+            |e: &tokenizers::Encoding| e.get_attention_mask().iter().filter(|&&m| m == 1).count();
+        // each overflow piece repeats the two special tokens
+        let overflow: usize = enc
+            .get_overflowing()
+            .iter()
+            .map(|o| real(o).saturating_sub(2))
+            .sum();
+        Ok((window + overflow, !enc.get_overflowing().is_empty()))
     }
 }
+
+/// Where fastembed's `embed` looks for the token vectors (its own precedence, which it does not
+/// export).
+const OUTPUT_PRECEDENCE: &[OutputKey] = &[
+    OutputKey::OnlyOne,
+    OutputKey::ByName("text_embeds"),
+    OutputKey::ByName("last_hidden_state"),
+    OutputKey::ByName("sentence_embedding"),
+];
 
 impl Embedder for OnnxEmbedder {
     fn info(&self) -> &ModelInfo {
@@ -496,55 +569,53 @@ impl Embedder for OnnxEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let encodings = self
-            .model
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EmbedError::Inference(format!("tokenizer: {e}")))?;
-        // the batch is padded to its longest text: count real tokens only
-        let real =
-            |e: &tokenizers::Encoding| e.get_attention_mask().iter().filter(|&&m| m == 1).count();
-        let tokens: Vec<usize> = encodings.iter().map(real).collect();
-        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let mut passes: Vec<(Vec<f32>, usize)> = vec![(Vec::new(), 0); texts.len()];
         if !self.batches {
-            for (v, text) in vectors.iter_mut().zip(texts) {
+            for (v, text) in passes.iter_mut().zip(texts) {
                 *v = self.forward(&[text])?.remove(0);
             }
         } else if self.sub_batching && texts.len() > 1 {
+            // the lengths that choose the groups are estimates: the tokeniser runs once, inside
+            // each pass
+            let lengths: Vec<usize> = texts.iter().map(|t| estimate_tokens(t)).collect();
             let mut order: Vec<usize> = (0..texts.len()).collect();
-            order.sort_by_key(|&i| tokens[i]);
-            let sorted: Vec<usize> = order.iter().map(|&i| tokens[i]).collect();
+            order.sort_by_key(|&i| lengths[i]);
+            let sorted: Vec<usize> = order.iter().map(|&i| lengths[i]).collect();
             for group in padding_groups(&sorted, PASS_OVERHEAD_TOKENS) {
                 let members = &order[group];
                 let group_texts: Vec<&str> = members.iter().map(|&i| texts[i]).collect();
                 for (&i, v) in members.iter().zip(self.forward(&group_texts)?) {
-                    vectors[i] = v;
+                    passes[i] = v;
                 }
             }
         } else {
-            vectors = self.forward(texts)?;
+            passes = self.forward(texts)?;
         }
-        Ok(vectors
+        let window = self.info.max_tokens;
+        passes
             .into_iter()
-            .zip(encodings)
-            .zip(tokens)
-            .map(|((mut vector, enc), tokens)| {
-                crate::similarity::normalise(&mut vector);
-                // each overflow piece repeats the two special tokens
-                let overflow: usize = enc
-                    .get_overflowing()
-                    .iter()
-                    .map(|o| real(o).saturating_sub(2))
-                    .sum();
-                Embedded {
+            .zip(texts)
+            .map(|((vector, tokens), text)| {
+                let (prompt_tokens, truncated) = if tokens >= window {
+                    self.prompt_tokens(text, tokens)?
+                } else {
+                    (tokens, false)
+                };
+                Ok(Embedded {
                     vector,
                     tokens,
-                    truncated: !enc.get_overflowing().is_empty(),
-                    prompt_tokens: tokens + overflow,
-                }
+                    truncated,
+                    prompt_tokens,
+                })
             })
-            .collect())
+            .collect()
     }
+}
+
+/// A text's length in tokens, roughly (about four bytes a token for English text), for grouping
+/// a batch by length before it is tokenised.
+fn estimate_tokens(text: &str) -> usize {
+    text.len() / 4 + 2
 }
 
 #[cfg(test)]

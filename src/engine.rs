@@ -10,11 +10,10 @@
 
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use lru::LruCache;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -24,6 +23,10 @@ use crate::embed::{EmbedError, Embedded, Embedder, ModelInfo};
 use crate::index::{Hit, Index, IndexError};
 use crate::policy::{self, Decision, Evidence, Vote};
 use crate::{scoring, similarity};
+
+mod queue;
+
+use queue::{Queue, Refused};
 
 /// How the engine runs its workers.
 #[derive(Debug, Clone, Copy)]
@@ -194,16 +197,21 @@ struct Shared {
     index: RwLock<Arc<Index>>,
     model: ModelInfo,
     cache: Option<EmbedCache>,
-    /// Workers waiting for a job: a worker leaves them a share of the queue.
-    idle: AtomicUsize,
 }
 
 /// Opens indexes and routes prompts.
 pub struct Engine {
     shared: Arc<Shared>,
-    jobs: Sender<Job>,
+    jobs: Arc<Queue<Job>>,
     options: EngineOptions,
     workers: usize,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // the workers finish what is queued, then end
+        self.jobs.close();
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -273,13 +281,12 @@ impl Engine {
             index: RwLock::new(Arc::new(index)),
             model,
             cache: EmbedCache::new(options.embed_cache_entries),
-            idle: AtomicUsize::new(0),
         });
-        let (jobs, rx) = crossbeam_channel::bounded::<Job>(options.queue_capacity.max(1));
+        let jobs = Arc::new(Queue::new(options.queue_capacity));
         let workers = embedders.len();
         for (i, embedder) in embedders.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
-            let rx = rx.clone();
+            let rx = Arc::clone(&jobs);
             std::thread::Builder::new()
                 .name(format!("pointsman-embed-{i}"))
                 .spawn(move || worker(embedder, shared, rx, options))
@@ -368,12 +375,12 @@ impl Engine {
             submitted: Instant::now(),
             reply,
         };
-        match self.jobs.try_send(job) {
+        match self.jobs.push(job) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(RouteError::Overloaded {
+            Err(Refused::Full(_)) => Err(RouteError::Overloaded {
                 capacity: self.options.queue_capacity,
             }),
-            Err(TrySendError::Disconnected(_)) => Err(RouteError::ShuttingDown),
+            Err(Refused::Closed(_)) => Err(RouteError::ShuttingDown),
         }
     }
 
@@ -435,7 +442,7 @@ impl Engine {
         if texts.iter().any(|t| t.as_ref().trim().is_empty()) {
             return Err(RouteError::EmptyPrompt);
         }
-        let free = self.options.queue_capacity.saturating_sub(self.jobs.len());
+        let free = self.jobs.free();
         if texts.len() > free {
             return Err(RouteError::Overloaded {
                 capacity: self.options.queue_capacity,
@@ -540,7 +547,14 @@ pub fn route_scores(index: &Index, text: &str, vector: &[f32], hits: &[Hit]) -> 
 /// Search and decision for one embedded prompt (timings left at zero).
 pub fn decide(index: &Index, text: &str, embedded: &Embedded) -> Result<Routed, RouteError> {
     let table = index.table();
-    let hits = index.search(&embedded.vector, table.defaults.top_k)?;
+    // neighbours decide only by the `neighbours` method; the others report them, found by the
+    // bounded search
+    let hits = match table.defaults.method {
+        Method::Neighbours => index.search(&embedded.vector, table.defaults.top_k)?,
+        Method::Classifier | Method::Centroid => {
+            index.neighbours(&embedded.vector, table.defaults.top_k)?
+        }
+    };
     let evidence = route_scores(index, text, &embedded.vector, &hits);
     let mut decision = policy::decide(table, &evidence);
     decision.routes.truncate(REPORTED_ROUTES);
@@ -575,7 +589,7 @@ fn estimate_tokens(text: &str, max_tokens: usize) -> usize {
 fn worker<E: Embedder>(
     mut embedder: E,
     shared: Arc<Shared>,
-    jobs: Receiver<Job>,
+    jobs: Arc<Queue<Job>>,
     options: EngineOptions,
 ) {
     let max_tokens = shared.model.max_tokens;
@@ -585,38 +599,24 @@ fn worker<E: Embedder>(
     } else {
         1
     };
-    let mut held: Option<Job> = None;
+    let bell = queue::bell();
     loop {
-        let first = match held.take() {
-            Some(job) => job,
-            None => {
-                shared.idle.fetch_add(1, Ordering::SeqCst);
-                let job = jobs.recv();
-                shared.idle.fetch_sub(1, Ordering::SeqCst);
-                match job {
-                    Ok(job) => job,
-                    Err(_) => return,
-                }
-            }
-        };
         // With single-thread sessions a batch gains little per prompt over one prompt, while a
         // worker left idle wastes a whole core: take an equal share of what waits, leaving the
-        // rest to the idle workers.
-        let waiting = jobs.len() + 1;
-        let share = waiting.div_ceil(shared.idle.load(Ordering::SeqCst) + 1);
-        let most = max_batch.min(share).max(1);
-        let mut longest = estimate_tokens(&first.text, max_tokens);
-        let mut batch = vec![first];
-        while batch.len() < most {
-            let Ok(job) = jobs.try_recv() else { break };
-            let t = estimate_tokens(&job.text, max_tokens);
-            if longest.max(t) * (batch.len() + 1) > options.max_batch_tokens {
-                held = Some(job);
-                break;
-            }
-            longest = longest.max(t);
-            batch.push(job);
-        }
+        // rest to the idle workers; and no more padded tokens than the budget.
+        let share = |waiting: usize, idle: usize| max_batch.min(waiting.div_ceil(idle + 1)).max(1);
+        let fits = |batch: &[Job], next: &Job| {
+            let longest = batch
+                .iter()
+                .chain([next])
+                .map(|j| estimate_tokens(&j.text, max_tokens))
+                .max()
+                .unwrap_or(0);
+            longest * (batch.len() + 1) <= options.max_batch_tokens
+        };
+        let Some(mut batch) = jobs.take(&bell, share, fits) else {
+            return;
+        };
         // callers that went away (timed out, disconnected) cost nothing more
         batch.retain(|job| !job.reply.is_closed());
         if batch.is_empty() {

@@ -28,9 +28,11 @@ use crate::policy::Rules;
 use crate::scoring::{self, Classifier, Lexical};
 use crate::similarity::{self};
 
+mod probe;
 mod search;
 mod write;
 
+pub use probe::{PART_MAX, PART_SIZE, PROBE_VECTORS};
 use search::{GraphHandle, sort_hits};
 pub use search::{GraphState, exact_search};
 pub use write::{ArtifactInput, write_artifact, write_checked_artifact};
@@ -257,6 +259,7 @@ pub struct Index {
     utterances: Vec<Utterance>,
     vectors: Vec<f32>,
     graph: Option<GraphHandle>,
+    partitions: probe::Partitions,
     centroids: Vec<f32>,
     lexical: Lexical,
     classifier: Option<Classifier>,
@@ -485,6 +488,7 @@ impl Index {
         };
         let labels: Vec<usize> = utterances.iter().map(|u| u.route as usize).collect();
         let centroids = scoring::centroids(&vectors, dim, &labels, table.routes.len());
+        let partitions = probe::Partitions::new(&vectors, dim, &labels, table.routes.len());
         let lexical = Lexical::new(
             table.routes.len(),
             utterances
@@ -522,6 +526,7 @@ impl Index {
             utterances,
             vectors,
             graph,
+            partitions,
             centroids,
             lexical,
             classifier,
@@ -598,6 +603,31 @@ impl Index {
     /// The `k` nearest stored vectors to `query`, best first, ties broken by id.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, IndexError> {
         self.search_with_ef(query, k, self.manifest.params.ef_search)
+    }
+
+    /// About the `k` nearest stored vectors to `query`, best first, at a cost bounded whatever
+    /// the index's size: an exact scan of the partitions nearest to the query (see
+    /// [`PROBE_VECTORS`]). For the neighbours a decision reports but does not rest on.
+    pub fn neighbours(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, IndexError> {
+        self.neighbours_within(query, k, PROBE_VECTORS)
+    }
+
+    /// [`Index::neighbours`] looking at `budget` vectors at least (more finds more of the true
+    /// neighbours; `usize::MAX` is the exact search).
+    pub fn neighbours_within(
+        &self,
+        query: &[f32],
+        k: usize,
+        budget: usize,
+    ) -> Result<Vec<Hit>, IndexError> {
+        let dim = self.manifest.model.dimension;
+        if query.len() != dim {
+            return Err(IndexError::DimMismatch {
+                expected: dim,
+                got: query.len(),
+            });
+        }
+        Ok(self.partitions.search(&self.vectors, dim, query, k, budget))
     }
 
     /// [`Index::search`] with the graph's search breadth `ef` chosen by the caller (more is
