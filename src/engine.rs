@@ -489,16 +489,28 @@ fn decide_cached(index: &Index, text: &str, e: &Embedded) -> Result<Routed, Rout
 /// Most routes listed in a decision (all of them still count).
 pub const REPORTED_ROUTES: usize = 10;
 
-/// Every route's score for one prompt, by the table's method.
+/// Every route's score for one prompt, by the table's method, with its similarity to the
+/// route's centroid.
 pub fn route_scores(index: &Index, text: &str, vector: &[f32], hits: &[Hit]) -> Vec<Evidence> {
+    let mut evidence = scores_alone(index, text, vector, hits);
+    for e in &mut evidence {
+        e.similarity = centroid_similarity(index, vector, e.route);
+    }
+    evidence
+}
+
+/// The prompt's cosine similarity to a route's centroid.
+fn centroid_similarity(index: &Index, vector: &[f32], route: usize) -> f32 {
+    let dim = vector.len();
+    similarity::similarity(vector, &index.centroids()[route * dim..(route + 1) * dim])
+}
+
+/// Every route's score, leaving `similarity` at zero (but for the `centroid` method, whose
+/// scores are the similarities).
+fn scores_alone(index: &Index, text: &str, vector: &[f32], hits: &[Hit]) -> Vec<Evidence> {
     let table = index.table();
     let dim = vector.len();
-    let similarities: Vec<f32> = index
-        .centroids()
-        .chunks_exact(dim)
-        .map(|c| similarity::similarity(vector, c))
-        .collect();
-    let mut evidence = match table.defaults.method {
+    match table.defaults.method {
         Method::Neighbours => {
             let votes: Vec<Vote> = hits
                 .iter()
@@ -509,10 +521,12 @@ pub fn route_scores(index: &Index, text: &str, vector: &[f32], hits: &[Hit]) -> 
                 .collect();
             policy::neighbour_scores(table, &votes)
         }
-        Method::Centroid => similarities
-            .iter()
+        Method::Centroid => index
+            .centroids()
+            .chunks_exact(dim)
+            .map(|c| similarity::similarity(vector, c))
             .enumerate()
-            .map(|(route, &s)| Evidence {
+            .map(|(route, s)| Evidence {
                 route,
                 score: s,
                 similarity: s,
@@ -537,11 +551,7 @@ pub fn route_scores(index: &Index, text: &str, vector: &[f32], hits: &[Hit]) -> 
             })
             .collect()
         }
-    };
-    for e in &mut evidence {
-        e.similarity = similarities[e.route];
     }
-    evidence
 }
 
 /// Search and decision for one embedded prompt (timings left at zero).
@@ -555,9 +565,22 @@ pub fn decide(index: &Index, text: &str, embedded: &Embedded) -> Result<Routed, 
             index.neighbours(&embedded.vector, table.defaults.top_k)?
         }
     };
-    let evidence = route_scores(index, text, &embedded.vector, &hits);
-    let mut decision = policy::decide(table, &evidence);
-    decision.routes.truncate(REPORTED_ROUTES);
+    // `min_similarity` needs every route's similarity; otherwise only the listed routes' are
+    // reported, and computed
+    let decision = if table.defaults.min_similarity.is_some() {
+        let evidence = route_scores(index, text, &embedded.vector, &hits);
+        policy::decide_listing(table, &evidence, REPORTED_ROUTES)
+    } else {
+        let evidence = scores_alone(index, text, &embedded.vector, &hits);
+        policy::decide_listing_with(table, &evidence, REPORTED_ROUTES, |e| {
+            match table.defaults.method {
+                Method::Centroid => e.similarity,
+                Method::Classifier | Method::Neighbours => {
+                    centroid_similarity(index, &embedded.vector, e.route)
+                }
+            }
+        })
+    };
     let neighbours = hits
         .iter()
         .map(|h| {

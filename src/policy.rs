@@ -184,45 +184,58 @@ pub fn neighbour_scores(table: &RouteTable, votes: &[Vote]) -> Vec<Evidence> {
 /// Decides from route scores. `evidence` may come in any order; routes absent from it did not
 /// score.
 pub fn decide(table: &RouteTable, evidence: &[Evidence]) -> Decision {
+    decide_listing(table, evidence, usize::MAX)
+}
+
+/// [`decide`], listing only the `listed` best routes in [`Decision::routes`] (the decision
+/// itself still weighs every route): a table of many routes then costs no more than its scores.
+pub fn decide_listing(table: &RouteTable, evidence: &[Evidence], listed: usize) -> Decision {
+    decide_listing_with(table, evidence, listed, |e| e.similarity)
+}
+
+/// [`decide_listing`], the listed routes' similarities given by `similarity` (for a caller that
+/// computes them for the listed routes alone, when no `min_similarity` needs them all).
+pub fn decide_listing_with(
+    table: &RouteTable,
+    evidence: &[Evidence],
+    listed: usize,
+    similarity: impl Fn(&Evidence) -> f32,
+) -> Decision {
     let min_similarity = table.defaults.min_similarity;
-    let mut scores: Vec<(usize, RouteScore)> = evidence
+    let passes = |e: &Evidence| {
+        table.routes[e.route]
+            .effective_threshold(&table.defaults)
+            .is_none_or(|t| e.score >= t)
+            && min_similarity.is_none_or(|m| e.similarity >= m)
+    };
+    let mut scores: Vec<(&Evidence, bool)> = evidence
         .iter()
         .filter(|e| e.route < table.routes.len())
-        .map(|e| {
-            let route = &table.routes[e.route];
-            let threshold = route.effective_threshold(&table.defaults);
-            (
-                e.route,
-                RouteScore {
-                    route: route.name.clone(),
-                    model: route.model.clone(),
-                    score: e.score,
-                    threshold,
-                    similarity: e.similarity,
-                    passed: threshold.is_none_or(|t| e.score >= t)
-                        && min_similarity.is_none_or(|m| e.similarity >= m),
-                },
-            )
-        })
+        .map(|e| (e, passes(e)))
         .collect();
-    scores.sort_by(|(ia, a), (ib, b)| b.score.total_cmp(&a.score).then_with(|| ia.cmp(ib)));
-    let winner = scores.iter().position(|(_, s)| s.passed);
+    scores.sort_by(|(a, _), (b, _)| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.route.cmp(&b.route))
+    });
+    let winner = scores.iter().position(|&(_, passed)| passed);
     // the winner against the next-best route (routes above it failed their thresholds)
     let ambiguous = match (winner, table.defaults.margin) {
         (Some(w), Some(margin)) => scores
             .get(w + 1)
-            .is_some_and(|(_, next)| scores[w].1.score - next.score < margin),
+            .is_some_and(|(next, _)| scores[w].0.score - next.score < margin),
         _ => false,
     };
     let (outcome, model) = match winner {
         Some(w) if !ambiguous => {
-            let w = &scores[w].1;
+            let w = scores[w].0;
+            let route = &table.routes[w.route];
             (
                 Outcome::Matched {
-                    route: w.route.clone(),
+                    route: route.name.clone(),
                     score: w.score,
                 },
-                w.model.clone(),
+                route.model.clone(),
             )
         }
         _ => (
@@ -238,10 +251,25 @@ pub fn decide(table: &RouteTable, evidence: &[Evidence]) -> Decision {
             table.default_model.clone(),
         ),
     };
+    let routes = scores
+        .iter()
+        .take(listed)
+        .map(|&(e, passed)| {
+            let route = &table.routes[e.route];
+            RouteScore {
+                route: route.name.clone(),
+                model: route.model.clone(),
+                score: e.score,
+                threshold: route.effective_threshold(&table.defaults),
+                similarity: similarity(e),
+                passed,
+            }
+        })
+        .collect();
     Decision {
         outcome,
         model,
-        routes: scores.into_iter().map(|(_, s)| s).collect(),
+        routes,
     }
 }
 
@@ -462,6 +490,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_shorter_listing_decides_the_same_and_lists_the_same_first_routes((ts, votes, a) in arb_case(), listed in 0usize..8) {
+            let t = table(&ts, None, agg(a));
+            let votes: Vec<Vote> = votes.into_iter().map(|(r, s)| vote(r, s)).collect();
+            let evidence = neighbour_scores(&t, &votes);
+            let mut whole = decide(&t, &evidence);
+            let short = decide_listing(&t, &evidence, listed);
+            whole.routes.truncate(listed);
+            prop_assert_eq!(short, whole);
+        }
+
         #[test]
         fn never_matches_a_route_below_its_threshold((ts, votes, a) in arb_case()) {
             let t = table(&ts, None, agg(a));
