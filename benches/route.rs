@@ -2,7 +2,11 @@
 //! - `embed_bare`: one forward pass of the model over the prompt (the physical floor);
 //! - `engine_route`: `Engine::route` on the same prompt (queue, embed, search, decide);
 //! - `http_route`: `POST /v1/route` over loopback to an in-process server;
-//! - `policy_decide`: the decision alone, from precomputed neighbours.
+//! - `policy_decide`: the decision alone, from precomputed neighbours;
+//! - `at_scale/*`: the same on the CLINC150-sized (15,000 utterances) and 100,000-utterance
+//!   tables, beside the bare embedding, when `benches/scale.sh DATASETS_DIR` has built them into
+//!   `.cache/pointsman/bench-tables` (said, and left out, until then); `decide_*` is the
+//!   decision after the forward pass alone.
 //!
 //! Needs the model: run `scripts/setup.sh` first (the bench fails loudly without it).
 
@@ -16,7 +20,7 @@ use pointsman::embed::{
     DEFAULT_MAX_TOKENS, DEFAULT_MODEL_DIR, DEFAULT_ORT_LIBRARY, Embedder, ModelSpec, OnnxEmbedder,
     PoolingKind, REFERENCE_MODEL_DIR,
 };
-use pointsman::engine::{Engine, EngineOptions};
+use pointsman::engine::{self, Engine, EngineOptions};
 use pointsman::index::IndexParams;
 use pointsman::indexer;
 use pointsman::policy::{self, Evidence};
@@ -122,6 +126,34 @@ fn bench(c: &mut Criterion) {
     c.bench_function("policy_decide", |b| {
         b.iter(|| black_box(policy::decide(&table, black_box(&evidence))))
     });
+
+    let tables = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/pointsman/bench-tables");
+    let mut g = c.benchmark_group("at_scale");
+    g.bench_function("embed_bare", |b| {
+        b.iter(|| black_box(bare.embed(&[black_box(PROMPT)]).unwrap()))
+    });
+    for size in ["15000", "100000"] {
+        let dir = tables.join(size).join("index");
+        if !dir.join("CURRENT").is_file() {
+            eprintln!(
+                "at_scale/{size}: no table at {} (benches/scale.sh DATASETS_DIR builds it); left out",
+                dir.display()
+            );
+            continue;
+        }
+        let engine = Engine::open(&dir, OnnxEmbedder::load_many(&spec, 1).unwrap(), uncached)
+            .expect("a bench table (rebuild it with benches/scale.sh)");
+        let index = engine.index();
+        index.wait_for_graph().unwrap();
+        let embedded = bare.embed(&[PROMPT]).unwrap().remove(0);
+        g.bench_function(format!("engine_route_{size}"), |b| {
+            b.iter(|| black_box(engine.route(black_box(PROMPT)).unwrap()))
+        });
+        g.bench_function(format!("decide_{size}"), |b| {
+            b.iter(|| black_box(engine::decide(&index, PROMPT, black_box(&embedded)).unwrap()))
+        });
+    }
+    g.finish();
 }
 
 /// The model and ONNX Runtime session settings, side by side: one prompt and a batch of 32

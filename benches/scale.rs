@@ -424,45 +424,60 @@ fn run_for<T: Send + 'static>(
     )
 }
 
-/// Requests/s at concurrency 32 against the bare model on every core, alternated twice.
+/// Embeddings/s of bare sessions, one single-thread session per core, each text new.
+fn bare_throughput(
+    texts: &Arc<Vec<String>>,
+    cores: usize,
+    seconds: f64,
+    tuned: bool,
+    offset: u64,
+) -> f64 {
+    let sessions: Vec<std::sync::Mutex<Option<Bare>>> = (0..cores)
+        .map(|_| std::sync::Mutex::new(Some(Bare::load(tuned))))
+        .collect();
+    run_for(cores, seconds, |i| {
+        let mut session = sessions[i].lock().unwrap().take().unwrap();
+        let t = texts.clone();
+        // a suffix per call: every text is new to the session, as in the server run
+        Box::new(move |c| {
+            let text = format!("{} {}", t[c as usize % t.len()], offset + c);
+            std::hint::black_box(session.embed(&text));
+        })
+    })
+    .0
+}
+
+/// Requests/s at concurrency 32 against the bare model on every core (with ONNX Runtime's
+/// defaults and with `serve`'s settings), alternated twice.
 fn throughput(url: &str, prompts_file: &Path, seconds: f64) {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let texts = Arc::new(prompts(prompts_file, 100_000));
-    let round = Arc::new(AtomicU64::new(0));
     println!("concurrency 32 against {cores} single-thread bare sessions, {seconds} s a run:");
-    println!("| run | server requests/s | 200 | 429 | other | bare model embeddings/s | ratio |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for run in 1..=2 {
-        let offset = round.fetch_add(1, Ordering::Relaxed) * 1_000_000;
-        let sessions: Vec<std::sync::Mutex<Option<Bare>>> = (0..cores)
-            .map(|_| std::sync::Mutex::new(Some(Bare::load(true))))
-            .collect();
-        let t = texts.clone();
-        let (bare, _) = run_for(cores, seconds, |i| {
-            let mut session = sessions[i].lock().unwrap().take().unwrap();
-            let t = t.clone();
-            // a suffix per call: every text is new to the session, as in the server run
-            Box::new(move |c| {
-                let text = format!("{} {}", t[c as usize % t.len()], offset + c);
-                std::hint::black_box(session.embed(&text));
-            })
-        });
+    println!(
+        "| run | server requests/s | 200 | 429 | other | bare, ORT defaults | ratio | bare, serve's settings | ratio |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for run in 1..=2u64 {
+        let offset = run * 10_000_000;
+        let defaults = bare_throughput(&texts, cores, seconds, false, offset);
         let t = texts.clone();
         let (rps, statuses) = run_for(32, seconds, |_| {
             let mut client = Client::connect(url);
             let t = t.clone();
             Box::new(move |c| {
-                let text = format!("{} {}", t[c as usize % t.len()], offset + 500_000 + c);
+                let text = format!("{} {}", t[c as usize % t.len()], offset + 1_000_000 + c);
                 client.route(&text)
             })
         });
+        let tuned = bare_throughput(&texts, cores, seconds, true, offset + 2_000_000);
         let count = |s: u16| statuses.iter().filter(|&&x| x == s).count();
         let other = statuses.len() - count(200) - count(429);
         println!(
-            "| {run} | {rps:.1} | {} | {} | {other} | {bare:.1} | {:.3}× |",
+            "| {run} | {rps:.1} | {} | {} | {other} | {defaults:.1} | {:.3}× | {tuned:.1} | {:.3}× |",
             count(200),
             count(429),
-            rps / bare
+            rps / defaults,
+            rps / tuned
         );
     }
 }

@@ -24,7 +24,9 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::budget::{CapKey, Identity, Ledger, caps_for};
-use crate::config::{DEFAULT_EXPECTED_OUTPUT_TOKENS, DEFAULT_QUALITY_KNOB, Route, RouteTable};
+use crate::config::{
+    DEFAULT_EXPECTED_OUTPUT_TOKENS, DEFAULT_QUALITY_KNOB, Method, Route, RouteTable,
+};
 use crate::embed::Embedded;
 use crate::engine::{Engine, RouteError, Routed};
 use crate::index::Index;
@@ -200,9 +202,13 @@ pub fn scores(
     text: &str,
     embedded: &Embedded,
 ) -> Result<Vec<Evidence>, DispatchError> {
-    let hits = snapshot
-        .search(&embedded.vector, snapshot.table().defaults.top_k)
-        .map_err(RouteError::from)?;
+    // only the `neighbours` method scores routes by their neighbours
+    let hits = match snapshot.table().defaults.method {
+        Method::Neighbours => snapshot
+            .search(&embedded.vector, snapshot.table().defaults.top_k)
+            .map_err(RouteError::from)?,
+        Method::Classifier | Method::Centroid => Vec::new(),
+    };
     Ok(crate::engine::route_scores(
         snapshot,
         text,

@@ -264,6 +264,8 @@ impl ModelFiles {
 /// An ONNX sentence-embedding model run by fastembed.
 pub struct OnnxEmbedder {
     model: TextEmbedding,
+    /// The model's tokenizer without window or padding, to count a long prompt's tokens.
+    counter: tokenizers::Tokenizer,
     pooling: Pooling,
     info: ModelInfo,
     /// Whether a batch is split by prompt length ([`padding_groups`]).
@@ -367,8 +369,17 @@ impl OnnxEmbedder {
                 reason: "the model produced an empty vector".into(),
             });
         }
+        let mut counter = model.tokenizer.clone();
+        counter.with_padding(None);
+        counter
+            .with_truncation(None)
+            .map_err(|e| EmbedError::ModelLoad {
+                dir: spec.model_dir.clone(),
+                reason: format!("tokenizer: {e}"),
+            })?;
         Ok(OnnxEmbedder {
             model,
+            counter,
             pooling,
             sub_batching: true,
             batches,
@@ -527,23 +538,29 @@ impl OnnxEmbedder {
         Ok(out)
     }
 
-    /// Whole-prompt token count of a text that filled the window: tokenised again without the
-    /// pass's truncation (only such texts pay a second tokenisation).
-    fn prompt_tokens(&self, text: &str, window: usize) -> Result<(usize, bool), EmbedError> {
-        let enc = self
+    /// fastembed's own `embed` of `texts`, normalised as [`Embedder::embed`] normalises: the
+    /// vectors `embed` must give bit for bit (for the tests that check it).
+    #[doc(hidden)]
+    pub fn fastembed_vectors(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut vectors = self
             .model
-            .tokenizer
+            .embed(texts, Some(texts.len()))
+            .map_err(|e| EmbedError::Inference(format!("{e:#}")))?;
+        vectors
+            .iter_mut()
+            .for_each(|v| crate::similarity::normalise(v));
+        Ok(vectors)
+    }
+
+    /// Whole-prompt token count of a text that filled the window, and whether it was cut: it is
+    /// tokenised again without a window (only such texts pay a second tokenisation).
+    fn prompt_tokens(&self, text: &str, window: usize) -> Result<(usize, bool), EmbedError> {
+        let whole = self
+            .counter
             .encode(text, true)
-            .map_err(|e| EmbedError::Inference(format!("tokenizer: {e}")))?;
-        let real =
-            |e: &tokenizers::Encoding| e.get_attention_mask().iter().filter(|&&m| m == 1).count();
-        // each overflow piece repeats the two special tokens
-        let overflow: usize = enc
-            .get_overflowing()
-            .iter()
-            .map(|o| real(o).saturating_sub(2))
-            .sum();
-        Ok((window + overflow, !enc.get_overflowing().is_empty()))
+            .map_err(|e| EmbedError::Inference(format!("tokenizer: {e}")))?
+            .len();
+        Ok((whole.max(window), whole > window))
     }
 }
 

@@ -460,7 +460,16 @@ impl Index {
                         return Err(corrupted(format!("the manifest does not list {name}")));
                     }
                 }
-                Some(GraphHandle::load(generation, basename, dim, files.clone())?)
+                // only the `neighbours` method decides on neighbours; the others report them
+                // from the partitions
+                let used = table.defaults.method == Method::Neighbours;
+                Some(GraphHandle::load(
+                    generation,
+                    basename,
+                    dim,
+                    files.clone(),
+                    used,
+                )?)
             }
         };
         let classifier = match table.defaults.method {
@@ -595,9 +604,9 @@ impl Index {
         self.utterances.is_empty()
     }
 
-    /// Whether the index has an HNSW graph (searches use it once it has loaded).
+    /// Whether the index has an HNSW graph that searches use (once it has loaded).
     pub fn uses_graph(&self) -> bool {
-        self.graph.is_some()
+        self.graph.is_some() && self.table.defaults.method == Method::Neighbours
     }
 
     /// The `k` nearest stored vectors to `query`, best first, ties broken by id.
@@ -672,7 +681,7 @@ impl Index {
     /// Blocks until the HNSW graph (if any) has loaded; an error if it could not be.
     pub fn wait_for_graph(&self) -> Result<(), IndexError> {
         match self.graph.as_ref().map(GraphHandle::wait) {
-            None | Some(GraphState::Ready) => Ok(()),
+            None | Some(GraphState::Ready | GraphState::Unused) => Ok(()),
             // a damaged file's reason already says where and what to do
             Some(GraphState::Failed(reason)) if reason.contains("pointsman build") => {
                 Err(IndexError::Graph(reason))

@@ -58,6 +58,9 @@ pub enum GraphState {
     Ready,
     /// Could not be loaded; searches keep using the exact scan.
     Failed(String),
+    /// Verified and left unloaded: the table's method does not decide on neighbours (it
+    /// reports them from the route partitions), so the graph would only take memory.
+    Unused,
 }
 
 /// A reloaded HNSW graph living on its own thread (it borrows its loader, so the thread owns
@@ -69,11 +72,14 @@ pub(super) struct GraphHandle {
 }
 
 impl GraphHandle {
+    /// Loads the graph in the background; with `load` false, only verifies its files (so that
+    /// a damaged artifact is still refused) and ends [`GraphState::Unused`].
     pub(super) fn load(
         generation: &Path,
         basename: &str,
         dim: usize,
         files: BTreeMap<String, FileEntry>,
+        load: bool,
     ) -> Result<Self, IndexError> {
         let (jobs, rx) = mpsc::channel::<GraphJob>();
         let state = Arc::new((Mutex::new(GraphState::Loading), Condvar::new()));
@@ -95,6 +101,10 @@ impl GraphHandle {
                         set(GraphState::Failed(e.to_string()));
                         return;
                     }
+                }
+                if !load {
+                    set(GraphState::Unused);
+                    return;
                 }
                 let io = HnswIo::new(&dir, &basename);
                 let hnsw = match io.load_hnsw_with_dist::<f32, UnitDot>(UnitDot) {

@@ -47,9 +47,13 @@ fn model(dim: usize) -> ModelInfo {
 }
 
 fn table() -> RouteTable {
+    table_by(Method::Neighbours)
+}
+
+fn table_by(method: Method) -> RouteTable {
     RouteTable::new(
         Defaults {
-            method: Method::Neighbours,
+            method,
             ..Defaults::default()
         },
         "d",
@@ -58,6 +62,10 @@ fn table() -> RouteTable {
 }
 
 fn build(dir: &Path, n: usize, dim: usize, params: IndexParams) -> Vec<f32> {
+    build_by(dir, n, dim, params, Method::Neighbours)
+}
+
+fn build_by(dir: &Path, n: usize, dim: usize, params: IndexParams, method: Method) -> Vec<f32> {
     let vectors = clustered(n, dim, 20, 7);
     let utterances = (0..n)
         .map(|i| Utterance {
@@ -68,7 +76,7 @@ fn build(dir: &Path, n: usize, dim: usize, params: IndexParams) -> Vec<f32> {
     write_artifact(
         dir,
         ArtifactInput {
-            table: &table(),
+            table: &table_by(method),
             model: &model(dim),
             utterances,
             vectors: vectors.clone(),
@@ -92,6 +100,39 @@ fn exact_index_roundtrips_and_finds_itself() {
     assert_eq!(hits[0].id, 7);
     assert!((hits[0].similarity - 1.0).abs() < 1e-5);
     assert!(hits[0].similarity >= hits[1].similarity);
+}
+
+#[test]
+fn a_graph_is_verified_but_not_loaded_when_no_decision_rests_on_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 16;
+    let params = IndexParams {
+        hnsw_min_vectors: 100,
+        ..IndexParams::default()
+    };
+    let vectors = build_by(dir.path(), 600, dim, params, Method::Centroid);
+    let index = Index::open(dir.path()).unwrap();
+    assert!(!index.uses_graph());
+    index.wait_for_graph().unwrap();
+    assert_eq!(index.graph_state(), Some(GraphState::Unused));
+    // searches are exact, and the reported neighbours come from the partitions
+    let q = &vectors[dim * 5..dim * 6];
+    assert_eq!(
+        index.search(q, 5).unwrap(),
+        exact_search(&vectors, dim, q, 5)
+    );
+    assert_eq!(index.neighbours(q, 5).unwrap()[0].id, 5);
+
+    // a damaged graph is still refused
+    let generation = current_generation(dir.path()).unwrap();
+    let data = generation.join("graph.hnsw.data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let index = Index::open(dir.path()).unwrap();
+    let err = index.wait_for_graph().unwrap_err().to_string();
+    assert!(err.contains("checksum"), "{err}");
 }
 
 #[test]

@@ -88,10 +88,15 @@ pub(super) async fn readyz(
     let engine = state.engine()?;
     let index = engine.index();
     let search = match index.graph_state() {
+        None if index.table().defaults.method != crate::config::Method::Neighbours => {
+            "partitions".to_string()
+        }
         None => "exact".to_string(),
         Some(GraphState::Ready) => "hnsw".to_string(),
         Some(GraphState::Loading) => "exact (hnsw graph loading)".to_string(),
         Some(GraphState::Failed(reason)) => format!("exact (hnsw graph failed: {reason})"),
+        // neighbours are reported from the route partitions, and no decision rests on them
+        Some(GraphState::Unused) => "partitions".to_string(),
     };
     Ok(Json(serde_json::json!({
         "status": "ready",

@@ -104,6 +104,33 @@ fn every_example_route_file_validates_and_the_set_builds() {
 }
 
 #[test]
+fn one_tokenisation_gives_fastembeds_vectors_bit_for_bit_and_the_whole_prompts_token_count() {
+    let mut embedder = OnnxEmbedder::load(&model_spec()).unwrap();
+    let long = "Where is my order? ".repeat(200);
+    let texts = [
+        "Where is my order #12345?",
+        "My package arrived damaged, but my warranty expired yesterday.",
+        "¿Dónde está mi pedido? 注文はどこですか",
+        long.as_str(),
+    ];
+    for text in texts {
+        let ours = embedder.embed(&[text]).unwrap().remove(0);
+        let theirs = embedder.fastembed_vectors(&[text]).unwrap().remove(0);
+        assert_eq!(ours.vector, theirs, "{text}");
+        // the whole prompt's tokens, by the tokenizer without a window
+        let mut tokenizer =
+            tokenizers::Tokenizer::from_file(model_spec().model_dir.join("tokenizer.json"))
+                .unwrap();
+        tokenizer.with_truncation(None).unwrap();
+        tokenizer.with_padding(None);
+        let whole = tokenizer.encode(text, true).unwrap().len();
+        assert_eq!(ours.prompt_tokens, whole, "{text}");
+        assert_eq!(ours.truncated, whole > 256, "{text}");
+        assert_eq!(ours.tokens, whole.min(256), "{text}");
+    }
+}
+
+#[test]
 fn batch_embedding_matches_single_embedding() {
     let mut embedder = OnnxEmbedder::load(&model_spec()).unwrap();
     let texts = [

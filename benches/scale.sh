@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Decisions on route tables of the sizes users have, beside their floor, in one run:
+#
+#   benches/scale.sh DATASETS_DIR [OUT_FILE]
+#
+# DATASETS_DIR holds clinc150/data_full.json. Three tables are made from CLINC150's training
+# utterances (examples/clinc150/convert.py): 750 (5 a route), 15,000 (100 a route, all of them)
+# and 100,050 (each utterance in 7 wordings, 667 a route), 150 routes each; their indexes are
+# built once into .cache/pointsman/bench-tables (the 100k build takes a few minutes) and rebuilt
+# when this pointsman cannot open them. For each, `pointsman serve` runs with its defaults and
+# `benches/scale.rs` measures, on CLINC150 test prompts each sent once: HTTP p50 at concurrency 1
+# interleaved with two bare embeddings, the reported neighbours' recall and cost (on validation
+# prompts), and the server's resident memory. On the 15,000 table also: requests/s at
+# concurrency 32 against the bare model on every core, and semantic-router 1.1.1 in process
+# (installed into .cache/pointsman/sr-venv from PyPI). Writes OUT_FILE (bench-results/scale.md).
+# SECONDS_PER_RUN (default 15) sets the throughput runs' length; PROMPTS (default 500) the count.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+. scripts/lib.sh
+data="${1:?usage: benches/scale.sh DATASETS_DIR [OUT_FILE]}"
+clinc="$data/clinc150/data_full.json"
+[ -f "$clinc" ] || { echo "no $clinc (DATASETS_DIR must hold clinc150/data_full.json)" >&2; exit 2; }
+out="${2:-bench-results/scale.md}"
+seconds="${SECONDS_PER_RUN:-15}"
+prompts="${PROMPTS:-500}"
+setup_env="$(scripts/setup.sh)"
+eval "$setup_env"
+cargo build --release --locked --quiet
+cargo bench --bench scale --locked --no-run --quiet 2>/dev/null
+bench() { cargo bench --bench scale --locked --quiet -- "$@"; }
+bin="$root/target/release/pointsman"
+tables="$root/.cache/pointsman/bench-tables"
+work="$(mktemp -d)"
+trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# table name, --per-route, --variants
+specs=("750 5 1" "15000 100 1" "100000 667 7")
+for spec in "${specs[@]}"; do
+  read -r name per variants <<< "$spec"
+  dir="$tables/$name"
+  python3 examples/clinc150/convert.py "$clinc" "$dir" --per-route "$per" --variants "$variants" >/dev/null
+  if ! "$bin" route --index "$dir/index" "probe" >/dev/null 2>&1; then
+    echo "building the $name-utterance index (once)..." >&2
+    rm -rf "$dir/index"
+    "$bin" build "$dir/routes.yaml" --out "$dir/index" >&2
+  fi
+done
+
+rss() { awk -v k="$1:" '$1 == k {print int($2/1024)}' "/proc/$pid/status"; }
+{
+  echo "# Decisions at scale"
+  echo
+  echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')), \`benches/scale.sh\`."
+  echo "Server: \`pointsman serve\` with its defaults (embedding cache on; every prompt is new to it),"
+  echo "model $(basename "$POINTSMAN_MODEL_DIR"). Prompts: CLINC150 test (latency) and validation (recall)."
+  echo
+} > "$out"
+for spec in "${specs[@]}"; do
+  read -r name _ _ <<< "$spec"
+  dir="$tables/$name"
+  start_server "$bin" "$dir/index"
+  {
+    manifest="$dir/index/$(cat "$dir/index/CURRENT")/manifest.json"
+    echo "## $(python3 -c 'import json, sys; print("{:,}".format(json.load(open(sys.argv[1]))["vectors"]))' "$manifest") utterances, 150 routes"
+    echo
+    echo "Resident memory after start: $(rss VmRSS) MB."
+    echo
+    bench latency "$addr" "$dir/test.jsonl" "$prompts"
+    echo
+    bench search "$dir/index" "$dir/val.jsonl" 1000
+    echo
+    if [ "$name" = 15000 ]; then
+      bench throughput "$addr" "$dir/test.jsonl" "$seconds"
+      echo
+      venv="$root/.cache/pointsman/sr-venv"
+      if ! "$venv/bin/python" -c "import semantic_router, onnxruntime, tokenizers" 2>/dev/null; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "semantic-router==1.1.1" "onnxruntime==1.31.1" tokenizers numpy >&2
+      fi
+      "$venv/bin/python" benches/vs_semantic_router.py "$dir/routes.yaml" "$dir/test.jsonl" \
+        "$POINTSMAN_MODEL_DIR" "$addr" 300
+      echo
+    fi
+    echo "Resident memory at the end: $(rss VmRSS) MB (peak $(rss VmHWM) MB)."
+    echo
+  } >> "$out"
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+done
+cat "$out"
