@@ -8,7 +8,7 @@
 # Without INDEX_DIR: an index of routes/ built here, then the CLINC150-sized (15,000
 # utterances) and 100,000-utterance tables that `benches/scale.sh DATASETS_DIR` builds into
 # .cache/pointsman/bench-tables (each skipped, with a note, until it is built).
-# OUT_FILE (default bench-results/load.md) is where the tables go.
+# The environment variable OUT_FILE (default bench-results/load.md) says where the tables go.
 # DURATION (default 15s) sets each run's length; SERVE_ARGS adds flags to `pointsman serve`;
 # MODEL_DIR serves (and builds the default index with) another model than the default.
 set -euo pipefail
@@ -23,7 +23,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 cargo build --release --locked --quiet
 bin="$root/target/release/pointsman"
 work="$(mktemp -d)"
-trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap '[ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 indexes=("$@")
 if [ ${#indexes[@]} -eq 0 ]; then

@@ -266,6 +266,8 @@ pub struct OnnxEmbedder {
     model: TextEmbedding,
     /// The model's tokenizer without window or padding, to count a long prompt's tokens.
     counter: tokenizers::Tokenizer,
+    /// Where the tokenizer cuts: `max_tokens`, or the model's own limit if that is smaller.
+    window: usize,
     pooling: Pooling,
     info: ModelInfo,
     /// Whether a batch is split by prompt length ([`padding_groups`]).
@@ -324,7 +326,9 @@ impl OnnxEmbedder {
         };
         let batches = !quantises_activations(&files.onnx);
         // The tokenizer's batch encoder would hand batches to rayon's pool: threads that compete
-        // with the sessions for the cores, which are already the unit of parallelism here.
+        // with the sessions for the cores, which are already the unit of parallelism here
+        // (`serve`'s workers, and the offline commands' `Sessions`). Process-wide, as the
+        // tokenizers crate keeps it.
         tokenizers::utils::parallelism::set_parallelism(false);
         let model = UserDefinedEmbeddingModel::new(files.onnx, files.tokenizer)
             .with_pooling(pooling.clone());
@@ -369,6 +373,10 @@ impl OnnxEmbedder {
                 reason: "the model produced an empty vector".into(),
             });
         }
+        let window = model
+            .tokenizer
+            .get_truncation()
+            .map_or(spec.max_tokens, |t| t.max_length);
         let mut counter = model.tokenizer.clone();
         counter.with_padding(None);
         counter
@@ -380,6 +388,7 @@ impl OnnxEmbedder {
         Ok(OnnxEmbedder {
             model,
             counter,
+            window,
             pooling,
             sub_batching: true,
             batches,
@@ -608,7 +617,7 @@ impl Embedder for OnnxEmbedder {
         } else {
             passes = self.forward(texts)?;
         }
-        let window = self.info.max_tokens;
+        let window = self.window;
         passes
             .into_iter()
             .zip(texts)
@@ -631,7 +640,7 @@ impl Embedder for OnnxEmbedder {
 
 /// A text's length in tokens, roughly (about four bytes a token for English text), for grouping
 /// a batch by length before it is tokenised.
-fn estimate_tokens(text: &str) -> usize {
+pub(crate) fn estimate_tokens(text: &str) -> usize {
     text.len() / 4 + 2
 }
 

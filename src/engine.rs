@@ -287,10 +287,15 @@ impl Engine {
         for (i, embedder) in embedders.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
             let rx = Arc::clone(&jobs);
-            std::thread::Builder::new()
+            jobs.join();
+            let started = std::thread::Builder::new()
                 .name(format!("pointsman-embed-{i}"))
-                .spawn(move || worker(embedder, shared, rx, options))
-                .map_err(|e| EmbedError::Inference(format!("cannot start a worker: {e}")))?;
+                .spawn(move || worker(embedder, shared, rx, options));
+            if let Err(e) = started {
+                // the workers already running end, and free their sessions
+                jobs.close();
+                return Err(EmbedError::Inference(format!("cannot start a worker: {e}")).into());
+            }
         }
         Ok(Engine {
             shared,
@@ -603,10 +608,18 @@ pub fn decide(index: &Index, text: &str, embedded: &Embedded) -> Result<Routed, 
     })
 }
 
-/// A rough token count for batching decisions (about four bytes a token for English text),
-/// capped at the model's window.
+/// A rough token count for batching decisions, capped at the model's window.
 fn estimate_tokens(text: &str, max_tokens: usize) -> usize {
-    (text.len() / 4 + 2).min(max_tokens)
+    crate::embed::estimate_tokens(text).min(max_tokens)
+}
+
+/// Leaves the queue when its worker ends, by returning or by panicking.
+struct Leave<'a>(&'a Queue<Job>);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
 }
 
 fn worker<E: Embedder>(
@@ -623,6 +636,7 @@ fn worker<E: Embedder>(
         1
     };
     let bell = queue::bell();
+    let _leave = Leave(&jobs);
     loop {
         // With single-thread sessions a batch gains little per prompt over one prompt, while a
         // worker left idle wastes a whole core: take an equal share of what waits, leaving the

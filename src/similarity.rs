@@ -17,6 +17,20 @@ pub fn similarity(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// Dot product of two `i8` code vectors of equal length.
+#[inline]
+pub fn dot_i8(a: &[i8], b: &[i8]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    match <i8 as SpatialSimilarity>::dot(a, b) {
+        Some(d) => d as f32,
+        None => a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| f32::from(x) * f32::from(y))
+            .sum(),
+    }
+}
+
 /// Distance used by the HNSW graph: `1 - similarity`, never negative.
 #[inline]
 pub fn distance(a: &[f32], b: &[f32]) -> f32 {

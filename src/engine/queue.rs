@@ -45,6 +45,10 @@ struct State<T> {
     jobs: VecDeque<T>,
     /// Idle workers, the most recently idle last.
     idle: Vec<Arc<Bell>>,
+    /// Workers woken for a job that have not taken the lock since: still idle, for a share.
+    woken: usize,
+    /// Workers running; the last one to end closes the queue.
+    workers: usize,
     closed: bool,
 }
 
@@ -60,6 +64,8 @@ impl<T> Queue<T> {
             state: Mutex::new(State {
                 jobs: VecDeque::new(),
                 idle: Vec::new(),
+                woken: 0,
+                workers: 0,
                 closed: false,
             }),
             capacity: capacity.max(1),
@@ -81,6 +87,9 @@ impl<T> Queue<T> {
         }
         state.jobs.push_back(job);
         let bell = state.idle.pop();
+        if bell.is_some() {
+            state.woken += 1;
+        }
         drop(state);
         if let Some(bell) = bell {
             bell.ring();
@@ -98,9 +107,9 @@ impl<T> Queue<T> {
         self.capacity.saturating_sub(self.len())
     }
 
-    /// Blocks until jobs wait, then takes the first and up to `more(first, waiting, idle)` -1
-    /// more for which `fits` holds, in order; `None` once the queue is closed and empty.
-    /// `more` is told how many jobs wait and how many other workers are idle.
+    /// Blocks until jobs wait, then takes the first and more while `fits` holds, in order, up
+    /// to `most(waiting, idle)` in all (`waiting`: the jobs queued; `idle`: the other workers
+    /// idle or woken for them); `None` once the queue is closed and empty.
     pub(super) fn take(
         &self,
         bell: &Arc<Bell>,
@@ -110,7 +119,7 @@ impl<T> Queue<T> {
         let mut state = self.lock();
         loop {
             if let Some(first) = state.jobs.pop_front() {
-                let most = most(state.jobs.len() + 1, state.idle.len());
+                let most = most(state.jobs.len() + 1, state.idle.len() + state.woken);
                 let mut batch = vec![first];
                 while batch.len() < most {
                     match state.jobs.front() {
@@ -129,10 +138,29 @@ impl<T> Queue<T> {
             drop(state);
             bell.wait();
             state = self.lock();
+            // rung by `push` (one fewer woken) or by `close` (which woke every idle worker)
+            state.woken = state.woken.saturating_sub(1);
         }
     }
 
-    /// Closes the queue: no job is taken any more, and idle workers end once it is empty.
+    /// A worker starts taking jobs.
+    pub(super) fn join(&self) {
+        self.lock().workers += 1;
+    }
+
+    /// A worker has ended (returned or panicked): once none is left, the queue closes, so that
+    /// callers are refused at once instead of waiting for a worker that will never come.
+    pub(super) fn leave(&self) {
+        let mut state = self.lock();
+        state.workers = state.workers.saturating_sub(1);
+        let last = state.workers == 0;
+        drop(state);
+        if last {
+            self.close();
+        }
+    }
+
+    /// Closes the queue: no job is queued any more; workers take what is queued, then end.
     pub(super) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
@@ -166,6 +194,17 @@ mod tests {
         let b = bell();
         assert_eq!(q.take(&b, |_, _| 8, |_, _| true), Some(vec![1, 2]));
         assert_eq!(q.take(&b, |_, _| 8, |_, _| true), None);
+    }
+
+    #[test]
+    fn the_last_worker_to_end_closes_the_queue() {
+        let q = Queue::new(4);
+        q.join();
+        q.join();
+        q.leave();
+        assert_eq!(q.push(1), Ok(()));
+        q.leave();
+        assert_eq!(q.push(2), Err(Refused::Closed(2)));
     }
 
     #[test]

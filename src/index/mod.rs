@@ -12,8 +12,11 @@
 //! - `vectors.f32`: the L2-normalised vectors, little-endian `f32`, row-major;
 //! - for large indexes, the HNSW graph dumped by hnsw_rs (`graph.hnsw.graph`, `graph.hnsw.data`).
 //!
-//! Search is an exact SIMD scan below [`IndexParams::hnsw_min_vectors`] and HNSW above it, with
-//! HNSW candidates re-scored exactly against the stored vectors. No hnsw_rs type leaves this
+//! Search ([`Index::search`], for the `neighbours` method, whose decision rests on it) is an exact
+//! SIMD scan below [`IndexParams::hnsw_min_vectors`] and HNSW above it, with HNSW candidates
+//! re-scored exactly against the stored vectors. The other methods only report neighbours and
+//! take them from route partitions ([`Index::neighbours`], `probe.rs`); their graph, if the
+//! artifact has one, is verified but not loaded. No hnsw_rs type leaves this
 //! module: the reloaded graph borrows its loader, so it lives on a dedicated thread that owns both
 //! and answers searches over a channel (no `unsafe`, no leaks).
 
@@ -32,7 +35,7 @@ mod probe;
 mod search;
 mod write;
 
-pub use probe::{PART_MAX, PART_SIZE, PROBE_VECTORS};
+pub use probe::{PART_MAX, PROBE_VECTORS};
 use search::{GraphHandle, sort_hits};
 pub use search::{GraphState, exact_search};
 pub use write::{ArtifactInput, write_artifact, write_checked_artifact};
@@ -259,7 +262,8 @@ pub struct Index {
     utterances: Vec<Utterance>,
     vectors: Vec<f32>,
     graph: Option<GraphHandle>,
-    partitions: probe::Partitions,
+    /// For the reported neighbours; none for the `neighbours` method, which searches exactly.
+    partitions: Option<probe::Partitions>,
     centroids: Vec<f32>,
     lexical: Lexical,
     classifier: Option<Classifier>,
@@ -497,7 +501,8 @@ impl Index {
         };
         let labels: Vec<usize> = utterances.iter().map(|u| u.route as usize).collect();
         let centroids = scoring::centroids(&vectors, dim, &labels, table.routes.len());
-        let partitions = probe::Partitions::new(&vectors, dim, &labels, table.routes.len());
+        let partitions = (table.defaults.method != Method::Neighbours)
+            .then(|| probe::Partitions::new(&vectors, dim, &labels, table.routes.len()));
         let lexical = Lexical::new(
             table.routes.len(),
             utterances
@@ -614,15 +619,17 @@ impl Index {
         self.search_with_ef(query, k, self.manifest.params.ef_search)
     }
 
-    /// About the `k` nearest stored vectors to `query`, best first, at a cost bounded whatever
-    /// the index's size: an exact scan of the partitions nearest to the query (see
-    /// [`PROBE_VECTORS`]). For the neighbours a decision reports but does not rest on.
+    /// About the `k` nearest stored vectors to `query`, best first, with exact similarities, at a
+    /// cost that barely grows with the index: the members of the partitions nearest to the
+    /// query, ranked by their `i8` codes (see [`PROBE_VECTORS`]). For the neighbours a decision
+    /// reports but does not rest on; a `neighbours` table has no partitions and searches
+    /// ([`Index::search`]).
     pub fn neighbours(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, IndexError> {
         self.neighbours_within(query, k, PROBE_VECTORS)
     }
 
     /// [`Index::neighbours`] looking at `budget` vectors at least (more finds more of the true
-    /// neighbours; `usize::MAX` is the exact search).
+    /// neighbours; `usize::MAX` looks at every vector, the best few ranked by codes re-scored).
     pub fn neighbours_within(
         &self,
         query: &[f32],
@@ -636,7 +643,10 @@ impl Index {
                 got: query.len(),
             });
         }
-        Ok(self.partitions.search(&self.vectors, dim, query, k, budget))
+        match &self.partitions {
+            Some(p) => Ok(p.search(&self.vectors, dim, query, k, budget)),
+            None => self.search(query, k),
+        }
     }
 
     /// [`Index::search`] with the graph's search breadth `ef` chosen by the caller (more is

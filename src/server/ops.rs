@@ -87,16 +87,20 @@ pub(super) async fn readyz(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let engine = state.engine()?;
     let index = engine.index();
-    let search = match index.graph_state() {
-        None if index.table().defaults.method != crate::config::Method::Neighbours => {
-            "partitions".to_string()
+    // only the `neighbours` method searches (exactly or by the graph); the others report
+    // neighbours from the route partitions
+    let search = match (index.table().defaults.method, index.graph_state()) {
+        (crate::config::Method::Neighbours, state) => match state {
+            None => "exact".to_string(),
+            Some(GraphState::Ready) => "hnsw".to_string(),
+            Some(GraphState::Loading) => "exact (hnsw graph loading)".to_string(),
+            Some(GraphState::Failed(reason)) => format!("exact (hnsw graph failed: {reason})"),
+            Some(GraphState::Unused) => "exact".to_string(),
+        },
+        (_, Some(GraphState::Failed(reason))) => {
+            format!("partitions (the hnsw graph's files are damaged: {reason})")
         }
-        None => "exact".to_string(),
-        Some(GraphState::Ready) => "hnsw".to_string(),
-        Some(GraphState::Loading) => "exact (hnsw graph loading)".to_string(),
-        Some(GraphState::Failed(reason)) => format!("exact (hnsw graph failed: {reason})"),
-        // neighbours are reported from the route partitions, and no decision rests on them
-        Some(GraphState::Unused) => "partitions".to_string(),
+        _ => "partitions".to_string(),
     };
     Ok(Json(serde_json::json!({
         "status": "ready",
