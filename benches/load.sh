@@ -23,7 +23,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 cargo build --release --locked --quiet
 bin="$root/target/release/pointsman"
 work="$(mktemp -d)"
-trap '[ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 
 indexes=("$@")
 if [ ${#indexes[@]} -eq 0 ]; then
@@ -55,7 +55,7 @@ for index in "${indexes[@]}"; do
   start_server "$bin" "$index" --embed-cache-entries 0 ${SERVE_ARGS:-}
   {
     echo
-    echo "## $(curl -fs "$addr/readyz")"
+    echo "## $(curl -fs "$addr/readyz" | python3 -c 'import json, sys; r = json.load(sys.stdin); print("{:,} utterances (neighbours by {})".format(r["vectors"], r["search"]))')"
     echo
     echo "| concurrency | requests/s | p50 ms | p99 ms | max ms | 200 | 429 | other | socket errors |"
     echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -32,7 +32,7 @@ bench() { cargo bench --bench scale --locked --quiet -- "$@"; }
 bin="$root/target/release/pointsman"
 tables="$root/.cache/pointsman/bench-tables"
 work="$(mktemp -d)"
-trap '[ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 
 # table name, --per-route, --variants
 specs=("750 5 1" "15000 100 1" "100000 667 7")

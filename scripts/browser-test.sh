@@ -28,7 +28,7 @@ fi
 cargo build --locked --quiet
 bin="$root/target/debug/pointsman"
 work="$(mktemp -d)"
-trap '[ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 "$bin" build routes/ --out "$work/index" >/dev/null
 # with an API key, so the test also enters one in the page
 api_key="playground-test-key"
