@@ -185,8 +185,8 @@ fn centroid<'a>(ids: &[u32], dim: usize, row: &impl Fn(u32) -> &'a [f32]) -> Vec
 }
 
 /// Splits `ids` in two by spherical 2-means, again and again, until every part holds at most
-/// [`PART_MAX`]: about `n log n` dot products, so that even a route of a million utterances
-/// opens in seconds. Starts from the first and middle members, so the same vectors always give
+/// [`PART_MAX`]: about `n log n` dot products (k-means into `n / PART_MAX` parts at once would
+/// cost `n² / PART_MAX`). Starts from the first and middle members, so the same vectors always give
 /// the same parts; a split that leaves one side empty cuts the list in half instead.
 fn bisect<'a>(ids: Vec<u32>, dim: usize, row: &impl Fn(u32) -> &'a [f32], out: &mut Vec<Vec<u32>>) {
     if ids.len() <= PART_MAX {
