@@ -36,7 +36,7 @@ mod search;
 mod write;
 
 pub use probe::{PART_MAX, PROBE_VECTORS};
-use search::{GraphHandle, sort_hits};
+use search::{GraphHandle, best};
 pub use search::{GraphState, exact_search};
 pub use write::{ArtifactInput, write_artifact, write_checked_artifact};
 
@@ -636,6 +636,15 @@ impl Index {
         k: usize,
         budget: usize,
     ) -> Result<Vec<Hit>, IndexError> {
+        let dim = self.query_dimension(query)?;
+        match &self.partitions {
+            Some(p) => Ok(p.search(&self.vectors, dim, query, k, budget)),
+            None => self.search(query, k),
+        }
+    }
+
+    /// The index's dimension, or the error for a query of another.
+    fn query_dimension(&self, query: &[f32]) -> Result<usize, IndexError> {
         let dim = self.manifest.model.dimension;
         if query.len() != dim {
             return Err(IndexError::DimMismatch {
@@ -643,10 +652,7 @@ impl Index {
                 got: query.len(),
             });
         }
-        match &self.partitions {
-            Some(p) => Ok(p.search(&self.vectors, dim, query, k, budget)),
-            None => self.search(query, k),
-        }
+        Ok(dim)
     }
 
     /// [`Index::search`] with the graph's search breadth `ef` chosen by the caller (more is
@@ -657,27 +663,19 @@ impl Index {
         k: usize,
         ef: usize,
     ) -> Result<Vec<Hit>, IndexError> {
-        let dim = self.manifest.model.dimension;
-        if query.len() != dim {
-            return Err(IndexError::DimMismatch {
-                expected: dim,
-                got: query.len(),
-            });
-        }
+        let dim = self.query_dimension(query)?;
         match &self.graph {
             Some(graph) if graph.state() == GraphState::Ready => {
                 let ef = ef.max(k);
                 let ids = graph.search(query.to_vec(), k, ef)?;
-                let mut hits: Vec<Hit> = ids
+                let hits = ids
                     .into_iter()
                     .map(|id| Hit {
                         id,
                         similarity: similarity::similarity(query, self.vector(id)),
                     })
                     .collect();
-                sort_hits(&mut hits);
-                hits.truncate(k);
-                Ok(hits)
+                Ok(best(hits, k))
             }
             _ => Ok(exact_search(&self.vectors, dim, query, k)),
         }

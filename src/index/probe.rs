@@ -15,7 +15,7 @@
 //! graph and build no partitions; the others only report neighbours, and report these.
 
 use super::Hit;
-use super::search::{by_similarity, sort_hits};
+use super::search::best;
 use crate::similarity;
 
 /// A route with more utterances than this is split into parts of at most this many.
@@ -152,7 +152,7 @@ impl Partitions {
             ranked.select_nth_unstable_by(keep - 1, |a, b| b.0.total_cmp(&a.0));
             ranked.truncate(keep);
         }
-        let mut hits: Vec<Hit> = ranked
+        let hits = ranked
             .into_iter()
             .map(|(_, j)| {
                 let id = self.members[j];
@@ -165,12 +165,7 @@ impl Partitions {
                 }
             })
             .collect();
-        if hits.len() > k {
-            hits.select_nth_unstable_by(k - 1, by_similarity);
-            hits.truncate(k);
-        }
-        sort_hits(&mut hits);
-        hits
+        best(hits, k)
     }
 }
 

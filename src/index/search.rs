@@ -17,8 +17,17 @@ pub(super) fn by_similarity(a: &Hit, b: &Hit) -> std::cmp::Ordering {
         .then_with(|| a.id.cmp(&b.id))
 }
 
-pub(super) fn sort_hits(hits: &mut [Hit]) {
+/// The `k` best of `hits`, best first, ties broken by id.
+pub(super) fn best(mut hits: Vec<Hit>, k: usize) -> Vec<Hit> {
+    if hits.len() > k {
+        if k == 0 {
+            return Vec::new();
+        }
+        hits.select_nth_unstable_by(k - 1, by_similarity);
+        hits.truncate(k);
+    }
     hits.sort_by(by_similarity);
+    hits
 }
 
 /// Exact top-k by scanning every vector; the oracle the HNSW path is tested against.
@@ -26,7 +35,7 @@ pub fn exact_search(vectors: &[f32], dim: usize, query: &[f32], k: usize) -> Vec
     if k == 0 {
         return Vec::new();
     }
-    let mut hits: Vec<Hit> = vectors
+    let hits = vectors
         .chunks_exact(dim)
         .enumerate()
         .map(|(i, v)| Hit {
@@ -34,12 +43,7 @@ pub fn exact_search(vectors: &[f32], dim: usize, query: &[f32], k: usize) -> Vec
             similarity: similarity::similarity(query, v),
         })
         .collect();
-    if hits.len() > k {
-        hits.select_nth_unstable_by(k - 1, by_similarity);
-        hits.truncate(k);
-    }
-    sort_hits(&mut hits);
-    hits
+    best(hits, k)
 }
 
 pub(super) struct GraphJob {
