@@ -94,6 +94,38 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// Why the server closed a connection that was holding it (`pointsman_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// A request head did not arrive within the header read timeout.
+    HeaderTimeout,
+    /// A kept-alive connection stayed idle beyond the idle timeout.
+    IdleTimeout,
+    /// A request body stopped arriving for the body read timeout (answered 408).
+    BodyTimeout,
+}
+
+impl Closed {
+    const ALL: [Closed; 3] = [
+        Closed::HeaderTimeout,
+        Closed::IdleTimeout,
+        Closed::BodyTimeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::IdleTimeout => "idle_timeout",
+            Closed::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 type UsdCounter = Counter<f64, AtomicU64>;
 
 /// The server's metrics.
@@ -115,6 +147,9 @@ pub struct Metrics {
     overloaded: Counter,
     rate_limited: Counter,
     in_flight: Gauge,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    connections_closed: Family<ReasonLabel, Counter>,
     /// End-to-end latency of route requests.
     pub request_latency: Histogram,
     /// Time spent embedding (per prompt, shared batch time).
@@ -141,6 +176,9 @@ impl Default for Metrics {
             overloaded: Counter::default(),
             rate_limited: Counter::default(),
             in_flight: Gauge::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_closed: Family::default(),
             request_latency: Histogram::default(),
             embed_latency: Histogram::default(),
             queue_latency: Histogram::default(),
@@ -197,6 +235,21 @@ impl Default for Metrics {
             m.in_flight.clone(),
         );
         registry.register(
+            "connections_open",
+            "Client connections open now.",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused at once because --max-connections were open.",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the server closed because the client held them without sending, by reason.",
+            m.connections_closed.clone(),
+        );
+        registry.register(
             "request_duration_seconds",
             "Route request latency, submission to answer.",
             m.request_latency.0.clone(),
@@ -214,6 +267,11 @@ impl Default for Metrics {
         for reason in ["ok", "failed"] {
             // both series exist from the start, so that a dashboard sees a zero
             let _ = m.reloads.get_or_create(&ResultLabel { result: reason });
+        }
+        for reason in Closed::ALL {
+            let _ = m.connections_closed.get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            });
         }
         Metrics { registry, ..m }
     }
@@ -250,6 +308,30 @@ impl Metrics {
     pub fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.inc();
         InFlight(&self.in_flight)
+    }
+
+    /// Counts a client connection as open (until [`Metrics::connection_ended`]).
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    /// Counts a client connection's end, however it ended.
+    pub fn connection_ended(&self) {
+        self.connections_open.dec();
+    }
+
+    /// Counts a connection refused because too many were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Counts a connection the server closed, and why.
+    pub fn connection_closed(&self, reason: Closed) {
+        self.connections_closed
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
     }
 
     /// Counts a decision.

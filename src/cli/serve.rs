@@ -87,6 +87,26 @@ pub struct ServeArgs {
     /// Longest a route request may take, in milliseconds, before it is answered with 503.
     #[arg(long, env = "POINTSMAN_REQUEST_TIMEOUT_MS", default_value_t = ServerOptions::default().request_timeout_ms)]
     pub request_timeout_ms: u64,
+    /// Seconds a client may take to send a request head: from its connection's accept, or
+    /// from the first byte of a later request on a kept-alive connection. Beyond it the
+    /// connection is closed.
+    #[arg(long, env = "POINTSMAN_HEADER_READ_TIMEOUT_S", default_value_t = 10.0)]
+    pub header_read_timeout_s: f64,
+    /// Seconds a request body may stop arriving (silence between its bytes, not its whole
+    /// length) before the request is answered 408 and its connection closed.
+    #[arg(long, env = "POINTSMAN_BODY_READ_TIMEOUT_S", default_value_t = 15.0)]
+    pub body_read_timeout_s: f64,
+    /// Seconds a kept-alive connection may stay idle between requests before it is closed.
+    /// Longer than a load balancer's own (nginx keeps upstream connections 60 s), so that the
+    /// balancer, not pointsman, closes an idle connection first.
+    #[arg(long, env = "POINTSMAN_IDLE_TIMEOUT_S", default_value_t = 75.0)]
+    pub idle_timeout_s: f64,
+    /// Most client connections open at once; beyond it a new connection is answered 503 and
+    /// closed at once (`pointsman_connections_refused_total`) [default: the open-file limit,
+    /// which `serve` raises to its hard limit, less 1,024 descriptors kept for the index,
+    /// Redis and upstreams].
+    #[arg(long, env = "POINTSMAN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Serve the OpenAI-compatible proxy (`/v1/chat/completions`, `/v1/models`) with the
     /// providers, timeouts and retries of this file (see examples/proxy.yaml).
     #[arg(long, env = "POINTSMAN_PROXY")]
@@ -192,8 +212,26 @@ pub(super) fn spawn_reloaders(state: &AppState, index_dir: &Path, watch: bool) {
     }
 }
 
+/// A timeout flag in seconds as a duration: positive, at most a day.
+fn timeout_flag(flag: &str, seconds: f64) -> anyhow::Result<std::time::Duration> {
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        bail!("--{flag} must be a number of seconds above 0 and at most 86400, not {seconds}");
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
 pub(super) async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Result<Outcome> {
+    let default_cap = server::default_max_connections();
+    let door = server::DoorOptions {
+        header_timeout: timeout_flag("header-read-timeout-s", args.header_read_timeout_s)?,
+        idle_timeout: timeout_flag("idle-timeout-s", args.idle_timeout_s)?,
+        max_connections: args.max_connections.unwrap_or(default_cap),
+    };
+    if door.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
     let options = ServerOptions {
+        body_timeout: timeout_flag("body-read-timeout-s", args.body_read_timeout_s)?,
         body_limit_bytes: args.body_limit_bytes,
         proxy_body_limit_bytes: args.proxy_body_limit_bytes,
         max_batch_prompts: args.max_batch_prompts,
@@ -206,9 +244,8 @@ pub(super) async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Resu
         max_batch_tokens: args.max_batch_tokens,
         embed_cache_entries: args.embed_cache_entries,
     };
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let listener =
+        server::listen(args.addr).with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr()?;
     let mut state = AppState::new(options);
     if let Some(Secret(key)) = &args.admin_key {
@@ -322,16 +359,21 @@ pub(super) async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Resu
     });
 
     println!("pointsman listening on http://{addr}");
-    tracing::info!(%addr, "listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    tracing::info!(%addr, max_connections = door.max_connections, "listening");
+    // on a worker thread: the one calling block_on would be woken for every accept by another
+    let serving = tokio::spawn(server::serve_connections(
+        listener,
+        app,
+        door,
+        state.metrics(),
+        async move {
             tokio::select! {
                 _ = server::shutdown_signal() => {},
                 _ = stop.notified() => {},
             }
-        })
-        .await
-        .context("server error")?;
+        },
+    ));
+    serving.await.context("the server stopped abnormally")?;
     if let Some(e) = failure.lock().expect("failure lock").take() {
         return Err(e.context(format!("cannot serve the index in {}", index_dir.display())));
     }

@@ -25,6 +25,11 @@ pub enum ApiError {
     /// The body exceeds the limit.
     #[error("request body is larger than the server's limit (see --body-limit-bytes)")]
     PayloadTooLarge,
+    /// The body stopped arriving for longer than the server waits (its connection is closed).
+    #[error(
+        "the request body stopped arriving for {0} s (see --body-read-timeout-s); send it again"
+    )]
+    BodyTimeout(f64),
     /// The queue is full.
     #[error("{0}")]
     Overloaded(String),
@@ -95,6 +100,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),

@@ -26,6 +26,7 @@ use crate::selection::Health;
 
 mod admin;
 mod auth;
+mod door;
 mod error;
 mod feedback;
 mod ops;
@@ -34,6 +35,7 @@ mod routing;
 
 pub use admin::{DownRequest, reload_index};
 use auth::{RateLimiter, identity};
+pub use door::{DoorOptions, default_max_connections, listen, serve as serve_connections};
 pub use error::{ApiError, ApiJson, ErrorBody};
 pub use feedback::{Feedback, OutcomeLog};
 use routing::record_decision;
@@ -56,6 +58,9 @@ pub struct ServerOptions {
     pub max_prompt_bytes: usize,
     /// Longest a route request may take before it is answered with 503.
     pub request_timeout_ms: u64,
+    /// Longest a request body may stop arriving before it is answered with 408 and its
+    /// connection closed.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +71,7 @@ impl Default for ServerOptions {
             max_batch_prompts: 64,
             max_prompt_bytes: 256 * 1024,
             request_timeout_ms: 10_000,
+            body_timeout: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -191,6 +197,11 @@ impl AppState {
     pub fn with_ledger(mut self, ledger: Ledger) -> Self {
         self.ledger = Arc::new(ledger);
         self
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Model health marks (shared with the admin endpoints).
@@ -344,6 +355,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            door::bound_body_silence,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,

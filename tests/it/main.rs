@@ -4,6 +4,7 @@
 mod api;
 mod common;
 mod cost;
+mod door;
 mod e2e;
 mod faults;
 mod fuzz_regressions;

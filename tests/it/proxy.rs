@@ -937,3 +937,55 @@ async fn the_cascades_verdicts_and_feedback_on_a_proxied_answer_become_outcome_l
     );
     assert_eq!(graded[1].quality["premium"], 0.5);
 }
+
+/// The front door's timeouts bound silence from the client, not the length of an answer: a
+/// stream that goes quiet for longer than all of them, behind the real accept loop, is relayed
+/// whole while the client sends nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_quiet_stream_is_not_cut_by_the_front_doors_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = proxied("").await;
+    p.upstream.script(
+        "premium-v2",
+        [Behaviour::PauseAfterFirst(Duration::from_millis(2500))],
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let short = Duration::from_millis(500);
+    let door = pointsman::server::DoorOptions {
+        header_timeout: short,
+        idle_timeout: short,
+        max_connections: 100,
+    };
+    let metrics = p.state.metrics();
+    tokio::spawn(pointsman::server::serve_connections(
+        listener,
+        app(p.state.clone()),
+        door,
+        metrics,
+        std::future::pending(),
+    ));
+    let body = streaming("auto", "hello there", false).to_string();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+                 x-pointsman-tenant: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("the stream ended within 30 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("data: [DONE]"), "cut: {answer}");
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+}

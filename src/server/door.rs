@@ -1,0 +1,516 @@
+//! The front door: the accept loop of `serve`. It caps the connections open at once (beyond
+//! the cap a connection gets a 503 and is closed at once) and closes the ones that hold the
+//! server without asking anything of it: a request head that does not arrive in time, and a
+//! keep-alive connection idle for too long. A body that stalls is the app's to answer (408,
+//! see [`bound_body_silence`]), since only a request in flight has a body.
+//!
+//! None of these bound a request in flight: a long proxied stream is answered for as long as
+//! it lasts, whatever the client sends meanwhile.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tower::ServiceExt as _;
+
+use super::{ApiError, AppState};
+use crate::metrics::{Closed, Metrics};
+
+/// Limits of the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct DoorOptions {
+    /// How long a connection may take to send a whole request head: from its accept, or from
+    /// the first byte of a later request on a kept-alive connection.
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may stay idle between requests.
+    pub idle_timeout: Duration,
+    /// Most connections open at once; beyond it new ones are refused.
+    pub max_connections: usize,
+}
+
+/// Descriptors `serve` keeps for itself beyond the connections: the index files, Redis,
+/// upstream connections, logs.
+const RESERVED_DESCRIPTORS: u64 = 1024;
+
+/// Raises this process's open-file limit to its hard limit, and returns the default cap on
+/// connections it leaves room for: the limit less [`RESERVED_DESCRIPTORS`] (a quarter of a
+/// small limit), at least 64.
+pub fn default_max_connections() -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft))
+        .unwrap_or(1024);
+    let reserve = RESERVED_DESCRIPTORS.min(limit / 4);
+    usize::try_from(limit.saturating_sub(reserve))
+        .unwrap_or(usize::MAX)
+        .max(64)
+}
+
+/// Connections the kernel may hold for `accept` (capped by `net.core.somaxconn`). A burst of
+/// new connections beyond it waits a second for its SYN to be sent again: the 128 that std
+/// and tokio ask for fills up during a burst, 4,096 does not.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with a backlog of [`ACCEPT_BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // a restarted server may bind while its old connections are in TIME_WAIT
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
+/// Written to a connection beyond the cap before it is closed.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 85\r\n\r\n{\"error\":\"too many open connections; retry shortly\",\"type\":\"too_many_connections\"}\r\n";
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, asks every
+/// connection to finish its request in flight, and returns once they all have.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    options: DoorOptions,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop, stopping) = watch::channel(false);
+    let open = Arc::new(Open::default());
+    tokio::pin!(shutdown);
+    let mut accept_failing = false;
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // the peer gave up before its connection was accepted: nothing to do
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // out of descriptors, most likely: accepting again at once would spin
+                if !accept_failing {
+                    tracing::warn!(error = %e, open = open.count(), "cannot accept connections; trying again every 50 ms");
+                    accept_failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if accept_failing {
+            tracing::info!(open = open.count(), "accepting connections again");
+            accept_failing = false;
+        }
+        if open.count() >= options.max_connections {
+            metrics.connection_refused();
+            // best effort, without waiting: the connection is closed either way
+            let _ = stream.try_write(REFUSED);
+            continue;
+        }
+        let guard = open.enter(&metrics);
+        let (app, metrics, stopping) = (app.clone(), Arc::clone(&metrics), stopping.clone());
+        tokio::spawn(async move {
+            connection(stream, app, options, &metrics, stopping).await;
+            drop(guard);
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    open.drained().await;
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// The connections open now.
+#[derive(Default)]
+struct Open {
+    count: AtomicUsize,
+    none_left: Notify,
+}
+
+impl Open {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn enter(self: &Arc<Self>, metrics: &Arc<Metrics>) -> OpenGuard {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        metrics.connection_opened();
+        OpenGuard {
+            open: Arc::clone(self),
+            metrics: Arc::clone(metrics),
+        }
+    }
+
+    async fn drained(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct OpenGuard {
+    open: Arc<Open>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.metrics.connection_ended();
+        if self.open.count.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.open.none_left.notify_waiters();
+        }
+    }
+}
+
+/// Serves one connection until it closes, or until it is closed for a timeout or the shutdown.
+async fn connection(
+    stream: TcpStream,
+    app: Router,
+    options: DoorOptions,
+    metrics: &Metrics,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let io = hyper_util::rt::TokioIo::new(Watched {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    });
+    let on_request = Arc::clone(&activity);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let in_flight = InFlight::begin(&on_request);
+        let answer = app.clone().oneshot(req.map(Body::new));
+        async move {
+            let response = match answer.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            Ok::<_, Infallible>(response.map(|body| Body::new(Tracked { body, in_flight })))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        // the head's timeout is ours (it must not also end idle keep-alive connections)
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut shutting_down = *stopping.borrow();
+    if shutting_down {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        let deadline = activity.deadline(&options);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = stopping.changed(), if !shutting_down => {
+                // a dropped sender is a shutdown too
+                let _ = changed;
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = activity.changed.notified() => {}
+            () = sleep_until(deadline.map(|(at, _)| at)) => {
+                if let Some((at, reason)) = activity.deadline(&options)
+                    && at <= Instant::now()
+                {
+                    metrics.connection_closed(reason);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a connection has been doing, for its timeouts: written by its IO and its requests,
+/// read by its watch in [`connection`]. Times are milliseconds since the accept.
+struct Activity {
+    accepted: Instant,
+    in_flight: AtomicUsize,
+    /// Whether a request has been answered on this connection (it is a kept-alive one).
+    served: AtomicBool,
+    /// When the last request was answered.
+    idle_since: AtomicU64,
+    /// When the first byte of the next request arrived, or [`NOTHING_YET`].
+    head_started: AtomicU64,
+    /// Woken when a deadline may have moved (a request began or ended, a head started).
+    changed: Notify,
+}
+
+const NOTHING_YET: u64 = u64::MAX;
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            accepted: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(NOTHING_YET),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.accepted + Duration::from_millis(ms)
+    }
+
+    /// When the connection is to be closed, and why; `None` while a request is in flight.
+    fn deadline(&self, options: &DoorOptions) -> Option<(Instant, Closed)> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let head = self.head_started.load(Ordering::Acquire);
+        Some(if head != NOTHING_YET {
+            (
+                self.at(head) + options.header_timeout,
+                Closed::HeaderTimeout,
+            )
+        } else if !self.served.load(Ordering::Acquire) {
+            (
+                self.accepted + options.header_timeout,
+                Closed::HeaderTimeout,
+            )
+        } else {
+            let idle = self.idle_since.load(Ordering::Acquire);
+            (self.at(idle) + options.idle_timeout, Closed::IdleTimeout)
+        })
+    }
+
+    /// Bytes arrived: between requests, they start the next request's head.
+    fn read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.served.load(Ordering::Acquire)
+            && self.head_started.load(Ordering::Acquire) == NOTHING_YET
+        {
+            self.head_started.store(self.now_ms(), Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// A request in flight on its connection, until its response body is done or dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.head_started.store(NOTHING_YET, Ordering::Release);
+        activity.changed.notify_one();
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity
+            .idle_since
+            .store(activity.now_ms(), Ordering::Release);
+        activity.served.store(true, Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        activity.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request in flight until it is sent.
+struct Tracked {
+    body: Body,
+    #[allow(dead_code)] // held for its Drop
+    in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection's socket, noting when bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Middleware: a request whose body stops arriving for the body timeout is answered 408 and
+/// its connection closed, whatever its handler made of the cut body.
+pub(super) async fn bound_body_silence(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let timeout = state.options.body_timeout;
+    let stalled = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| {
+        Body::new(SilenceBound {
+            body,
+            timeout,
+            sleep: None,
+            stalled: Arc::clone(&stalled),
+        })
+    });
+    let response = next.run(req).await;
+    if !stalled.load(Ordering::Acquire) {
+        return response;
+    }
+    state.metrics.connection_closed(Closed::BodyTimeout);
+    let mut response = ApiError::BodyTimeout(timeout.as_secs_f64()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails once no frame has arrived for `timeout`.
+struct SilenceBound {
+    body: Body,
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl http_body::Body for SilenceBound {
+    type Data = axum::body::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(sleep) = this.sleep.as_mut() {
+                    sleep.as_mut().reset(Instant::now() + this.timeout);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(io::Error::other)))
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.stalled.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the request body stopped arriving",
+                    ))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
