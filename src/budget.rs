@@ -166,6 +166,17 @@ impl MemoryStore {
         }
     }
 
+    /// Sets counters to what Redis says they hold, so that while Redis does not answer this
+    /// process counts on from the shared totals it last saw, not from nothing: a cap reached
+    /// across replicas stays reached through an outage.
+    pub fn mirror<'a>(&self, totals: impl IntoIterator<Item = (&'a CapKey, f64)>) {
+        let mut spent = self.spent.lock().expect("budget lock");
+        let now = SystemTime::now();
+        for (cap, total) in totals {
+            spent.insert(cap.counter.clone(), (total, now + cap.ttl));
+        }
+    }
+
     /// Spent so far on one counter.
     pub fn spent(&self, counter: &str) -> f64 {
         self.spent
@@ -177,7 +188,8 @@ impl MemoryStore {
 }
 
 /// Reserve atomically in Redis: check every cap, then charge them all.
-/// KEYS: counters. ARGV: cost, then a (limit, ttl seconds) pair per key.
+/// KEYS: counters. ARGV: cost, then a (limit, ttl seconds) pair per key. Returns `{i, spent}`
+/// when cap `i` refuses, else `{0, total...}`: each counter's total after the charge.
 const RESERVE_LUA: &str = r#"
 local cost = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
@@ -186,11 +198,12 @@ for i, key in ipairs(KEYS) do
     return {i, tostring(spent)}
   end
 end
+local totals = {0}
 for i, key in ipairs(KEYS) do
-  redis.call('INCRBYFLOAT', key, ARGV[1])
+  table.insert(totals, redis.call('INCRBYFLOAT', key, ARGV[1]))
   redis.call('EXPIRE', key, ARGV[2 * i + 1])
 end
-return {0, '0'}
+return totals
 "#;
 
 /// Takes one token from a caller's bucket (`KEYS[1]`, a hash of `tokens` and `at`), refilled at
@@ -217,10 +230,36 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return {taken, tostring(wait)}
 "#;
 
+/// Every model marked down (KEYS[1], a set of model names) whose mark (ARGV[1] .. model) has
+/// not expired, with its milliseconds left, as a flat list; names whose mark expired leave the
+/// set.
+const HEALTH_MARKS_LUA: &str = r#"
+local out = {}
+for _, model in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local left = redis.call('PTTL', ARGV[1] .. model)
+  if left > 0 then
+    table.insert(out, model)
+    table.insert(out, tostring(left))
+  else
+    redis.call('SREM', KEYS[1], model)
+  end
+end
+return out
+"#;
+
 /// Errors talking to Redis.
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]
 pub struct RedisError(String);
+
+/// What Redis made of a reservation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reserved {
+    /// Charged: each cap's counter total after the charge, in the caps' order.
+    Charged(Vec<f64>),
+    /// The cap that refused, with what it had spent.
+    Refused(Refusal),
+}
 
 /// Spend counters in Redis, shared by replicas.
 #[derive(Clone)]
@@ -229,6 +268,7 @@ pub struct RedisStore {
     prefix: String,
     script: redis::Script,
     take_token: redis::Script,
+    health_marks: redis::Script,
     /// Until when Redis is left alone after it failed to answer (shared by the clones).
     resting: Arc<Mutex<Option<Instant>>>,
 }
@@ -277,6 +317,7 @@ impl RedisStore {
             prefix: prefix.to_string(),
             script: redis::Script::new(RESERVE_LUA),
             take_token: redis::Script::new(TAKE_TOKEN_LUA),
+            health_marks: redis::Script::new(HEALTH_MARKS_LUA),
             resting: Arc::default(),
         })
     }
@@ -300,13 +341,15 @@ impl RedisStore {
         match result {
             Ok(value) => {
                 if resting.take().is_some() {
-                    tracing::info!("Redis answers again; counting there");
+                    tracing::info!(
+                        "Redis answers again; counting spend and sharing health marks there"
+                    );
                 }
                 Ok(value)
             }
             Err(e) => {
                 if resting.is_none() {
-                    tracing::warn!(error = %e, rest_s = REDIS_REST.as_secs(), "Redis does not answer; counting in this process, trying Redis again after a rest");
+                    tracing::warn!(error = %e, rest_s = REDIS_REST.as_secs(), "Redis does not answer; counting spend and keeping health marks in this process, trying Redis again after a rest");
                 }
                 *resting = Some(Instant::now() + REDIS_REST);
                 Err(redis_err(e))
@@ -338,16 +381,70 @@ impl RedisStore {
         })
     }
 
+    fn health_key(&self, model: &str) -> String {
+        format!("{}health:down:{model}", self.prefix)
+    }
+
+    fn health_index(&self) -> String {
+        format!("{}health:models", self.prefix)
+    }
+
+    /// Marks `model` down for every replica for `ttl` (a key that expires by itself).
+    pub async fn mark_down(&self, model: &str, ttl: Duration) -> Result<(), RedisError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.health_key(model))
+            .arg(1)
+            .arg("PX")
+            .arg(ms)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.health_index())
+            .arg(model)
+            .ignore();
+        let mut conn = self.conn.clone();
+        self.guarded(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Clears `model`'s mark for every replica; whether there was one.
+    pub async fn mark_up(&self, model: &str) -> Result<bool, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(self.health_key(model))
+            .cmd("SREM")
+            .arg(self.health_index())
+            .arg(model)
+            .ignore();
+        let mut conn = self.conn.clone();
+        let (deleted,): (u64,) = self.guarded(pipe.query_async(&mut conn)).await?;
+        Ok(deleted > 0)
+    }
+
+    /// Every replica's marks: each model down, with the time left on its mark.
+    pub async fn health_marks(&self) -> Result<Vec<(String, Duration)>, RedisError> {
+        let mut script = self.health_marks.key(self.health_index());
+        script.arg(format!("{}health:down:", self.prefix));
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = self.guarded(script.invoke_async(&mut conn)).await?;
+        Ok(flat
+            .chunks_exact(2)
+            .filter_map(|pair| {
+                let ms = pair[1].parse::<u64>().ok()?;
+                Some((pair[0].clone(), Duration::from_millis(ms)))
+            })
+            .collect())
+    }
+
     fn key(&self, counter: &str) -> String {
         format!("{}budget:{counter}", self.prefix)
     }
 
-    /// Reserves `cost` against every cap, or none.
-    pub async fn reserve(
-        &self,
-        caps: &[CapKey],
-        cost: f64,
-    ) -> Result<Result<(), Refusal>, RedisError> {
+    /// Reserves `cost` against every cap, or none: the counters' totals after the charge, or
+    /// the cap that refused.
+    pub async fn reserve(&self, caps: &[CapKey], cost: f64) -> Result<Reserved, RedisError> {
         let mut inv = self.script.prepare_invoke();
         inv.arg(cost);
         for cap in caps {
@@ -355,15 +452,30 @@ impl RedisStore {
             inv.arg(cap.limit_usd).arg(cap.ttl.as_secs());
         }
         let mut conn = self.conn.clone();
-        let (failed, spent): (usize, String) = self.guarded(inv.invoke_async(&mut conn)).await?;
+        let (failed, totals): (usize, Vec<String>) = self
+            .guarded(async {
+                let mut reply: Vec<redis::Value> = inv.invoke_async(&mut conn).await?;
+                let failed = if reply.is_empty() {
+                    0
+                } else {
+                    redis::from_redis_value(&reply.remove(0))?
+                };
+                let totals = reply
+                    .iter()
+                    .map(redis::from_redis_value)
+                    .collect::<redis::RedisResult<Vec<String>>>()?;
+                Ok((failed, totals))
+            })
+            .await?;
+        let totals: Vec<f64> = totals.iter().map(|t| t.parse().unwrap_or(0.0)).collect();
         Ok(match failed {
-            0 => Ok(()),
+            0 => Reserved::Charged(totals),
             i => {
                 let cap = &caps[i - 1];
-                Err(Refusal {
+                Reserved::Refused(Refusal {
                     label: cap.label.clone(),
                     limit_usd: cap.limit_usd,
-                    spent_usd: spent.parse().unwrap_or(0.0),
+                    spent_usd: totals.first().copied().unwrap_or(0.0),
                 })
             }
         })
@@ -421,7 +533,16 @@ impl Ledger {
         match &self.redis {
             None => (self.memory.reserve(caps, cost), Counted::Memory),
             Some(r) => match r.reserve(caps, cost).await {
-                Ok(result) => (result, Counted::Redis),
+                Ok(Reserved::Charged(totals)) => {
+                    self.memory.mirror(caps.iter().zip(totals));
+                    (Ok(()), Counted::Redis)
+                }
+                Ok(Reserved::Refused(refusal)) => {
+                    if let Some(cap) = caps.iter().find(|c| c.label == refusal.label) {
+                        self.memory.mirror([(cap, refusal.spent_usd)]);
+                    }
+                    (Err(refusal), Counted::Redis)
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "budget store unavailable; counting in memory");
                     (

@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod embed;
 pub mod engine;
 pub mod eval;
+pub mod health;
 pub mod index;
 pub mod indexer;
 pub mod metrics;

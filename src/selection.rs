@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::CatalogModel;
+pub use crate::health::Health;
 
 /// Why a candidate was not chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -218,59 +219,6 @@ mod tests {
         let (e, s) = filter(&["other".to_string()], &catalog(), &|_| false, &needs);
         assert!(e.is_empty());
         assert_eq!(s[0].reason, SkipReason::NotInCatalog);
-    }
-}
-
-/// Models marked down by an operator, each until its expiry.
-#[derive(Debug, Default)]
-pub struct Health {
-    down: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-}
-
-impl Health {
-    /// Marks `model` down for `ttl`.
-    pub fn mark_down(&self, model: &str, ttl: std::time::Duration) {
-        self.down
-            .lock()
-            .expect("health lock")
-            .insert(model.to_string(), std::time::Instant::now() + ttl);
-    }
-
-    /// Marks `model` up again; whether it was down.
-    pub fn mark_up(&self, model: &str) -> bool {
-        self.down
-            .lock()
-            .expect("health lock")
-            .remove(model)
-            .is_some()
-    }
-
-    /// Whether `model` is down now (an expired mark counts as up, and is dropped).
-    pub fn is_down(&self, model: &str) -> bool {
-        let mut down = self.down.lock().expect("health lock");
-        match down.get(model) {
-            Some(until) if *until > std::time::Instant::now() => true,
-            Some(_) => {
-                down.remove(model);
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// Models down now, with the seconds left on each mark.
-    pub fn snapshot(&self) -> Vec<(String, f64)> {
-        let now = std::time::Instant::now();
-        let mut out: Vec<(String, f64)> = self
-            .down
-            .lock()
-            .expect("health lock")
-            .iter()
-            .filter(|(_, until)| **until > now)
-            .map(|(m, until)| (m.clone(), (*until - now).as_secs_f64()))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
     }
 }
 

@@ -314,8 +314,10 @@ pub(super) async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Resu
                     redact_url(url)
                 )
             })?;
-        state = state.with_ledger(crate::budget::Ledger::with_redis(store));
-        tracing::info!(redis = %redact_url(url), "counting spend in Redis");
+        state = state
+            .with_shared_health(store.clone())
+            .with_ledger(crate::budget::Ledger::with_redis(store));
+        tracing::info!(redis = %redact_url(url), "counting spend and sharing health marks in Redis");
     }
     let app = server::app(state.clone());
 

@@ -164,10 +164,13 @@ pub(super) async fn admin_model_down(
             "`ttl_s` must be between 1 and 604800".into(),
         ));
     }
-    state.health.mark_down(&model, Duration::from_secs(ttl_s));
-    tracing::info!(%model, ttl_s, "model marked down");
+    let shared = state
+        .health
+        .mark_down(&model, Duration::from_secs(ttl_s))
+        .await;
+    tracing::info!(%model, ttl_s, shared, "model marked down");
     Ok(Json(
-        serde_json::json!({"model": model, "down_for_s": ttl_s}),
+        serde_json::json!({"model": model, "down_for_s": ttl_s, "shared": shared}),
     ))
 }
 
@@ -183,7 +186,7 @@ pub(super) async fn admin_model_up(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.admit_admin(&headers)?;
     known_model(&state, &model)?;
-    let was_down = state.health.mark_up(&model);
+    let was_down = state.health.mark_up(&model).await;
     tracing::info!(%model, "model marked up");
     Ok(Json(
         serde_json::json!({"model": model, "was_down": was_down}),

@@ -199,6 +199,15 @@ impl AppState {
         self
     }
 
+    /// Shares model health marks with every replica through `store` (see [`Health::shared`]),
+    /// reading the others' every [`crate::health::SYNC_EVERY`]; call in the tokio runtime.
+    pub fn with_shared_health(mut self, store: crate::budget::RedisStore) -> Self {
+        let health = Arc::new(Health::shared(store));
+        Health::spawn_sync(&health);
+        self.health = health;
+        self
+    }
+
     /// The server's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)

@@ -276,20 +276,24 @@ async fn down_models_are_skipped_until_up_or_expired() {
     // every candidate of the route down: the default route takes it
     state
         .health()
-        .mark_down("premium", std::time::Duration::from_secs(60));
+        .mark_down("premium", std::time::Duration::from_secs(60))
+        .await;
     state
         .health()
-        .mark_down("mid", std::time::Duration::from_secs(60));
+        .mark_down("mid", std::time::Duration::from_secs(60))
+        .await;
     state
         .health()
-        .mark_down("cheap", std::time::Duration::from_secs(60));
+        .mark_down("cheap", std::time::Duration::from_secs(60))
+        .await;
     let (status, v) = route(&state, "t", json!({"prompt": "hello there"})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["type"], "no_candidate");
     // an expired mark counts as up
     state
         .health()
-        .mark_down("premium", std::time::Duration::from_millis(1));
+        .mark_down("premium", std::time::Duration::from_millis(1))
+        .await;
     std::thread::sleep(std::time::Duration::from_millis(5));
     let (_, v) = route(&state, "t", json!({"prompt": "hello there"})).await;
     assert_eq!(v["model"], "premium");
@@ -346,14 +350,16 @@ async fn the_default_route_takes_over_when_the_routes_candidates_cannot() {
     let (state, _dir) = state();
     state
         .health()
-        .mark_down("tiny", std::time::Duration::from_secs(60));
+        .mark_down("tiny", std::time::Duration::from_secs(60))
+        .await;
     state
         .health()
-        .mark_down("cheap", std::time::Duration::from_secs(60));
+        .mark_down("cheap", std::time::Duration::from_secs(60))
+        .await;
     // bye's candidates are tiny and cheap; the default route's only candidate is cheap too
     let (status, _) = route(&state, "t", json!({"prompt": "see you later"})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    state.health().mark_up("cheap");
+    state.health().mark_up("cheap").await;
     let (_, v) = route(&state, "t", json!({"prompt": "see you later"})).await;
     assert_eq!(v["route"], "bye");
     assert_eq!(v["model"], "cheap");
@@ -467,10 +473,12 @@ async fn the_decision_log_explains_every_decision_without_the_prompt() {
     route(&state, "acme", json!({"prompt": "hello there"})).await;
     state
         .health()
-        .mark_down("tiny", std::time::Duration::from_secs(60));
+        .mark_down("tiny", std::time::Duration::from_secs(60))
+        .await;
     state
         .health()
-        .mark_down("cheap", std::time::Duration::from_secs(60));
+        .mark_down("cheap", std::time::Duration::from_secs(60))
+        .await;
     let (status, _) = route(&state, "acme", json!({"prompt": "see you later"})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // the last holder of the log waits for its writer

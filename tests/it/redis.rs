@@ -303,3 +303,143 @@ async fn replicas_answer_429_once_the_callers_shared_bucket_is_empty() {
         ]
     );
 }
+
+const HEALTH_ROUTES: &str = "\
+version: 1
+defaults: {method: neighbours, threshold: 0.9, top_k: 3}
+models:
+  premium: {input_per_mtok: 1, output_per_mtok: 2, context_window: 100000}
+  cheap: {input_per_mtok: 0.1, output_per_mtok: 0.2, context_window: 100000}
+default_route: {models: [cheap]}
+routes:
+  - name: greet
+    models: [premium, cheap]
+    utterances: [hello there, good morning friend]
+";
+
+/// A replica over the shared `engine`, with health marks shared through `store`.
+fn health_replica(
+    engine: &std::sync::Arc<pointsman::engine::Engine>,
+    store: RedisStore,
+) -> pointsman::server::AppState {
+    pointsman::server::AppState::with_engine(
+        std::sync::Arc::clone(engine),
+        pointsman::server::ServerOptions::default(),
+    )
+    .with_admin_key("adm")
+    .with_shared_health(store)
+}
+
+async fn post_json(
+    state: &pointsman::server::AppState,
+    uri: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let req = axum::http::Request::post(uri)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer adm")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let res = pointsman::server::app(state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+async fn decided_model(state: &pointsman::server::AppState) -> String {
+    let (status, v) = post_json(state, "/v1/route", r#"{"prompt": "hello there"}"#).await;
+    assert_eq!(status, 200, "{v}");
+    v["model"].as_str().unwrap().to_string()
+}
+
+/// Waits until `state` decides `model` for the greeting; how long that took.
+async fn until_decided(state: &pointsman::server::AppState, model: &str) -> Duration {
+    let started = Instant::now();
+    while decided_model(state).await != model {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still not {model} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_marked_down_on_one_replica_is_skipped_by_the_others() {
+    let redis = RedisServer::start();
+    let (engine, _dir) = crate::common::fake_engine_for(HEALTH_ROUTES);
+    let a = health_replica(&engine, store(&redis.url).await);
+    let b = health_replica(&engine, store(&redis.url).await);
+    assert_eq!(decided_model(&b).await, "premium");
+    let (status, v) = post_json(&a, "/v1/admin/models/premium/down", r#"{"ttl_s": 2}"#).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["shared"], true, "{v}");
+    // the replica that marked it skips it at once, the other within a second
+    assert_eq!(decided_model(&a).await, "cheap");
+    let seen = until_decided(&b, "cheap").await;
+    assert!(
+        seen < Duration::from_secs(1),
+        "seen by the other after {seen:?}"
+    );
+    // the mark expires by itself, for both
+    let back = until_decided(&b, "premium").await;
+    assert!(back < Duration::from_secs(3), "expired after {back:?}");
+    assert_eq!(decided_model(&a).await, "premium");
+    // marked up on one: up on the other too
+    post_json(&b, "/v1/admin/models/premium/down", r#"{"ttl_s": 600}"#).await;
+    until_decided(&a, "cheap").await;
+    let (_, v) = post_json(&a, "/v1/admin/models/premium/up", "").await;
+    assert_eq!(v["was_down"], true, "{v}");
+    let up = until_decided(&b, "premium").await;
+    assert!(up < Duration::from_secs(1), "marked up seen after {up:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_made_while_redis_is_away_are_kept_here_and_shared_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let (engine, _dir) = crate::common::fake_engine_for(HEALTH_ROUTES);
+    // the production timeout: an outage must not hold the admin call for long
+    let a = health_replica(
+        &engine,
+        RedisStore::connect(&redis.url, "test:").await.unwrap(),
+    );
+    let b = health_replica(&engine, store(&redis.url).await);
+    redis.stop();
+    let (status, v) = post_json(&a, "/v1/admin/models/premium/down", r#"{"ttl_s": 600}"#).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["shared"], false, "{v}");
+    // this replica keeps its mark meanwhile
+    assert_eq!(decided_model(&a).await, "cheap");
+    assert_eq!(decided_model(&b).await, "premium");
+    let _back = RedisServer::start_on(redis.port).expect("the port is free again");
+    // after the store's rest, the mark is written and the other replica reads it
+    let seen = until_decided(&b, "cheap").await;
+    assert!(seen < Duration::from_secs(10), "shared after {seen:?}");
+    assert_eq!(decided_model(&a).await, "cheap");
+}
+
+#[tokio::test]
+async fn a_cap_reached_across_replicas_stays_reached_while_redis_is_away() {
+    let mut redis = RedisServer::start();
+    let caps = caps("acme");
+    let a = Ledger::with_redis(RedisStore::connect(&redis.url, "test:").await.unwrap());
+    let b = replica(&redis.url).await;
+    // a spends 0.6 and b 0.3 of the 1.0 cap: each saw the shared total of its last reservation
+    assert!(a.reserve(&caps, 0.6).await.0.is_ok());
+    assert!(b.reserve(&caps, 0.3).await.0.is_ok());
+    redis.stop();
+    // a last saw 0.6: it may still spend up to the cap, not a whole cap more
+    let (r, counted) = a.reserve(&caps, 0.3).await;
+    assert!(r.is_ok() && matches!(counted, Counted::Degraded { .. }));
+    let (r, _) = a.reserve(&caps, 0.2).await;
+    let refusal = r.expect_err("0.6 + 0.3 + 0.2 is over the cap");
+    assert!((refusal.spent_usd - 0.9).abs() < 1e-9, "{refusal:?}");
+    // b last saw 0.9: the 0.2 it asks for is refused in memory too
+    assert!(b.reserve(&caps, 0.2).await.0.is_err());
+}

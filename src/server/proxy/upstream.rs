@@ -164,7 +164,8 @@ pub(super) async fn attempt(
         if !gave_up && tried == config.retries.attempts && config.mark_down_s > 0 {
             state
                 .health
-                .mark_down(model, Duration::from_secs(config.mark_down_s));
+                .mark_down(model, Duration::from_secs(config.mark_down_s))
+                .await;
             tracing::warn!(%model, seconds = config.mark_down_s, "model marked down after failing every try");
         }
         if Instant::now() >= deadline {
