@@ -275,7 +275,9 @@ pub struct RedisStore {
 
 /// How long Redis is left alone after a call failed: meanwhile every request counts in memory
 /// at once, instead of each waiting for the timeout.
-const REDIS_REST: Duration = Duration::from_secs(5);
+/// One second: a decision waits at most once a second for a Redis that is away, and a Redis
+/// that is back is used again (health marks shared again) within about a second.
+const REDIS_REST: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -349,7 +351,7 @@ impl RedisStore {
             }
             Err(e) => {
                 if resting.is_none() {
-                    tracing::warn!(error = %e, rest_s = REDIS_REST.as_secs(), "Redis does not answer; counting spend and keeping health marks in this process, trying Redis again after a rest");
+                    tracing::warn!(error = %e, rest_s = REDIS_REST.as_secs_f64(), "Redis does not answer; counting spend and keeping health marks in this process, trying Redis again after a rest");
                 }
                 *resting = Some(Instant::now() + REDIS_REST);
                 Err(redis_err(e))

@@ -16,8 +16,13 @@ use std::time::{Duration, Instant};
 
 use crate::budget::{RedisError, RedisStore};
 
-/// How often a replica reads the shared marks.
-pub const SYNC_EVERY: Duration = Duration::from_millis(250);
+/// How often a replica reads the shared marks (one Redis call each time).
+pub const SYNC_EVERY: Duration = Duration::from_millis(100);
+
+/// How long the admin endpoints wait after writing a shared mark before they answer: two
+/// reads of every replica, so that once the call returns, the other replicas' next decisions
+/// see it (unless a replica is too loaded to read Redis in time).
+pub const SETTLE: Duration = Duration::from_millis(250);
 
 /// Models marked down, each until its mark expires.
 #[derive(Debug, Default)]

@@ -168,6 +168,10 @@ pub(super) async fn admin_model_down(
         .health
         .mark_down(&model, Duration::from_secs(ttl_s))
         .await;
+    if shared {
+        // the other replicas read it before this answers
+        tokio::time::sleep(crate::health::SETTLE).await;
+    }
     tracing::info!(%model, ttl_s, shared, "model marked down");
     Ok(Json(
         serde_json::json!({"model": model, "down_for_s": ttl_s, "shared": shared}),
@@ -187,6 +191,9 @@ pub(super) async fn admin_model_up(
     state.admit_admin(&headers)?;
     known_model(&state, &model)?;
     let was_down = state.health.mark_up(&model).await;
+    if state.health.is_shared() {
+        tokio::time::sleep(crate::health::SETTLE).await;
+    }
     tracing::info!(%model, "model marked up");
     Ok(Json(
         serde_json::json!({"model": model, "was_down": was_down}),
