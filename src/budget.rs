@@ -172,6 +172,9 @@ impl MemoryStore {
     pub fn mirror<'a>(&self, totals: impl IntoIterator<Item = (&'a CapKey, f64)>) {
         let mut spent = self.spent.lock().expect("budget lock");
         let now = SystemTime::now();
+        if spent.len() > SWEEP_ABOVE {
+            spent.retain(|_, (_, expires)| *expires > now);
+        }
         for (cap, total) in totals {
             spent.insert(cap.counter.clone(), (total, now + cap.ttl));
         }
