@@ -1,5 +1,5 @@
-# Shared by the scripts that run a server: source it, then `start_server BIN INDEX [ARGS...]`.
-# Sets $pid and $addr (http://127.0.0.1:PORT) once /readyz answers; logs go to $work/serve.*.
+# Shared by the scripts that run a server: source it. `build_release` builds the binary;
+# `start_server BIN INDEX [ARGS...]` sets $pid and $addr (http://127.0.0.1:PORT) once /readyz answers; logs go to $work/serve.*.
 start_server() {
   local bin="$1" index="$2"
   shift 2
@@ -14,4 +14,13 @@ start_server() {
   echo "server did not start:" >&2
   cat "$work/serve.err" >&2
   return 2
+}
+
+# Builds the release binary, holding the lock file $CARGO_LOCK (flock) around it when set.
+build_release() {
+  if [ -n "${CARGO_LOCK:-}" ]; then
+    flock "$CARGO_LOCK" cargo build --release --locked --quiet
+  else
+    cargo build --release --locked --quiet
+  fi
 }

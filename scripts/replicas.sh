@@ -19,6 +19,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+. scripts/lib.sh
 setup_env="$(scripts/setup.sh)"
 eval "$setup_env"
 need() {
@@ -40,11 +41,7 @@ out_file="${OUT_FILE:-bench-results/replicas.md}"
 key="replicas-$$-$RANDOM"
 cap_usd=0.2
 
-if [ -n "${CARGO_LOCK:-}" ]; then
-  flock "$CARGO_LOCK" cargo build --release --locked --quiet
-else
-  cargo build --release --locked --quiet
-fi
+build_release
 bin="$root/target/release/pointsman"
 work="$(mktemp -d)"
 chmod 755 "$work"

@@ -29,11 +29,7 @@ connections="${CONNECTIONS:-8}"
 reloads=10
 key="soak-$$-$RANDOM"
 
-if [ -n "${CARGO_LOCK:-}" ]; then
-  flock "$CARGO_LOCK" cargo build --release --locked --quiet
-else
-  cargo build --release --locked --quiet
-fi
+build_release
 bin="$root/target/release/pointsman"
 echo "soak: release binary ready after $(($(date +%s) - soak_started)) s"
 work="$(mktemp -d)"
