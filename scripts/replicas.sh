@@ -51,6 +51,7 @@ cleanup() {
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   [ -n "${redis_pid:-}" ] && kill -9 "$redis_pid" 2>/dev/null || true
   wait 2>/dev/null || true
+  chmod -R u+w "$work" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -208,7 +209,10 @@ events="$work/events.tsv"
 at 20
 b=$(cat "$work/ref-b.sha")
 s=$(ms)
+# (without root the directory is read-only to everyone: this builder lifts that meanwhile)
+[ "$(id -u)" = 0 ] || chmod -R u+w "$index"
 "$bin" build "$work/routes-b" --out "$index" >/dev/null
+[ "$(id -u)" = 0 ] || chmod -R a-w "$index"
 built=$(ms)
 for i in 1 2 3; do
   until [ "$(table_of "$i" 2>/dev/null)" = "$b" ]; do
@@ -271,7 +275,7 @@ loader=""
 wait "$probe" || true
 probe=""
 spent=$(redis-cli -p "$redis_port" --scan --pattern 'pointsman:budget:*capped*' |
-  while read -r k; do redis-cli -p "$redis_port" get "$k"; done | head -1)
+  while read -r k; do redis-cli -p "$redis_port" get "$k"; done | sed -n 1p)
 panics=$(cat "$work"/replica-*.err | grep -c 'panicked' || true)
 
 python3 - "$work" "$cap_usd" "${spent:-0}" "$panics" "$(($(date +%s) - started_at))" "$duration" \

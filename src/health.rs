@@ -115,7 +115,14 @@ impl Health {
             return false;
         };
         let _exchange = shared.exchange.lock().await;
-        match shared.store.mark_down(model, ttl).await {
+        // behind changes still waiting for Redis, so that they reach it in order
+        let queued = !shared.pending.lock().expect("health lock").is_empty();
+        let written = if queued {
+            Err(())
+        } else {
+            shared.store.mark_down(model, ttl).await.map_err(drop)
+        };
+        match written {
             Ok(()) => {
                 shared
                     .view
@@ -160,7 +167,13 @@ impl Health {
             was_down |= live(&mut view, model, now);
             view.remove(model);
         }
-        match shared.store.mark_up(model).await {
+        let queued = !shared.pending.lock().expect("health lock").is_empty();
+        let written = if queued {
+            Err(())
+        } else {
+            shared.store.mark_up(model).await.map_err(drop)
+        };
+        match written {
             Ok(was_in_redis) => was_down || was_in_redis,
             Err(_) => {
                 shared
@@ -219,7 +232,16 @@ impl Health {
                     if left.is_zero() {
                         Ok(())
                     } else {
-                        shared.store.mark_down(model, left).await
+                        let written = shared.store.mark_down(model, left).await;
+                        if written.is_ok() {
+                            // in force here even if the read below fails
+                            shared
+                                .view
+                                .lock()
+                                .expect("health lock")
+                                .insert(model.clone(), *until);
+                        }
+                        written
                     }
                 }
                 Change::Up { model } => shared.store.mark_up(model).await.map(|_| ()),

@@ -104,7 +104,8 @@ pub struct ServeArgs {
     /// Most client connections open at once; beyond it a new connection is answered 503 and
     /// closed at once (`pointsman_connections_refused_total`) [default: the open-file limit,
     /// which `serve` raises to its hard limit, less 1,024 descriptors kept for the index,
-    /// Redis and upstreams].
+    /// Redis and logs (a quarter of a smaller limit), at least 64; with `--proxy` each request
+    /// also holds an upstream socket, so set about half the limit].
     #[arg(long, env = "POINTSMAN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Serve the OpenAI-compatible proxy (`/v1/chat/completions`, `/v1/models`) with the

@@ -44,8 +44,8 @@ pub struct DoorOptions {
     pub max_connections: usize,
 }
 
-/// Descriptors `serve` keeps for itself beyond the connections: the index files, Redis,
-/// upstream connections, logs.
+/// Descriptors `serve` keeps for itself beyond the connections: the index files, Redis, logs.
+/// (A proxied request's upstream socket is not in it: see `--max-connections`.)
 const RESERVED_DESCRIPTORS: u64 = 1024;
 
 /// Raises this process's open-file limit to its hard limit, and returns the default cap on
@@ -79,8 +79,31 @@ pub fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
     socket.listen(ACCEPT_BACKLOG)
 }
 
-/// Written to a connection beyond the cap before it is closed.
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 85\r\n\r\n{\"error\":\"too many open connections; retry shortly\",\"type\":\"too_many_connections\"}\r\n";
+/// The body of the answer to a connection beyond the cap.
+const REFUSED_BODY: &str =
+    r#"{"error":"too many open connections; retry shortly","type":"too_many_connections"}"#;
+
+/// How long a refused connection is read from (and its bytes dropped) before it is closed:
+/// closing a socket with unread bytes would reset it, and the client would never see its 503.
+const REFUSED_LINGER: Duration = Duration::from_millis(200);
+
+/// Answers a connection beyond the cap with a 503 and closes it, without reading its request.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{REFUSED_BODY}",
+        REFUSED_BODY.len()
+    );
+    let _ = tokio::time::timeout(REFUSED_LINGER, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, asks every
 /// connection to finish its request in flight, and returns once they all have.
@@ -120,8 +143,7 @@ pub async fn serve(
         }
         if open.count() >= options.max_connections {
             metrics.connection_refused();
-            // best effort, without waiting: the connection is closed either way
-            let _ = stream.try_write(REFUSED);
+            tokio::spawn(refuse(stream));
             continue;
         }
         let guard = open.enter(&metrics);
