@@ -244,7 +244,14 @@ impl Health {
                         written
                     }
                 }
-                Change::Up { model } => shared.store.mark_up(model).await.map(|_| ()),
+                Change::Up { model } => {
+                    let written = shared.store.mark_up(model).await.map(|_| ());
+                    if written.is_ok() {
+                        // a Down replayed before it may have put the mark back in the view
+                        shared.view.lock().expect("health lock").remove(model);
+                    }
+                    written
+                }
             };
             if let Err(e) = written {
                 // the rest waits for the next try, ahead of anything newer
