@@ -19,7 +19,7 @@ cd "$root"
 setup_env="$(scripts/setup.sh)"
 eval "$setup_env"
 export POINTSMAN_MODEL_DIR="${MODEL_DIR:-$POINTSMAN_MODEL_DIR}"
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+need wrk wrk
 cargo build --release --locked --quiet
 bin="$root/target/release/pointsman"
 work="$(mktemp -d)"

@@ -1,4 +1,5 @@
-# Shared by the scripts that run a server: source it. `build_release` builds the binary;
+# Shared by the scripts that run a server: source it. `need CMD PACKAGE` installs Debian's
+# PACKAGE when CMD is missing; `build_release` builds the binary;
 # `start_server BIN INDEX [ARGS...]` sets $pid and $addr (http://127.0.0.1:PORT) once /readyz answers; logs go to $work/serve.*.
 start_server() {
   local bin="$1" index="$2"
@@ -23,4 +24,9 @@ build_release() {
   else
     cargo build --release --locked --quiet
   fi
+}
+
+# Installs Debian's package $2 unless the command $1 is already there.
+need() {
+  command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }
 }

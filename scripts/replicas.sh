@@ -22,9 +22,6 @@ cd "$root"
 . scripts/lib.sh
 setup_env="$(scripts/setup.sh)"
 eval "$setup_env"
-need() {
-  command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }
-}
 need wrk wrk
 need nginx nginx-light
 need redis-server redis-server

@@ -17,7 +17,7 @@ cd "$root"
 # (assigned first: `eval "$(...)"` would ignore setup failing)
 setup_env="$(scripts/setup.sh)"
 eval "$setup_env"
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+need wrk wrk
 
 soak_started=$(date +%s)
 duration="${1:-60}"

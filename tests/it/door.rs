@@ -114,6 +114,14 @@ fn connect(addr: &str) -> TcpStream {
     stream
 }
 
+/// Connections the server closed for `reason`, in a metrics text.
+fn closed(text: &str, reason: &str) -> f64 {
+    metric(
+        text,
+        &format!("pointsman_connections_closed_total{{reason=\"{reason}\"}} "),
+    )
+}
+
 fn metric(text: &str, line_start: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(line_start))
@@ -141,13 +149,7 @@ async fn a_head_that_does_not_arrive_in_time_closes_its_connection() {
             "closed after {waited:?}, before the header timeout"
         );
         let text = state.metrics().render(None, None);
-        assert_eq!(
-            metric(
-                &text,
-                "pointsman_connections_closed_total{reason=\"header_timeout\"} "
-            ),
-            2.0
-        );
+        assert_eq!(closed(&text, "header_timeout"), 2.0);
     })
     .await
     .unwrap();
@@ -192,13 +194,7 @@ async fn a_kept_alive_connection_has_the_idle_timeout_between_requests_not_the_h
             "idle closed after {waited:?}"
         );
         let text = state.metrics().render(None, None);
-        assert_eq!(
-            metric(
-                &text,
-                "pointsman_connections_closed_total{reason=\"idle_timeout\"} "
-            ),
-            1.0
-        );
+        assert_eq!(closed(&text, "idle_timeout"), 1.0);
     })
     .await
     .unwrap();
@@ -237,13 +233,7 @@ async fn a_stalled_body_gets_408_and_a_slow_steady_one_is_read_whole() {
         let (head, _) = read_response(&mut steady).unwrap();
         assert!(head.starts_with("http/1.1 200"), "{head}");
         let text = state.metrics().render(None, None);
-        assert_eq!(
-            metric(
-                &text,
-                "pointsman_connections_closed_total{reason=\"body_timeout\"} "
-            ),
-            1.0
-        );
+        assert_eq!(closed(&text, "body_timeout"), 1.0);
         assert_eq!(
             metric(
                 &text,
@@ -388,13 +378,7 @@ fn twelve_thousand_slow_connections_do_not_hold_the_server_shut() {
     let (head, _) = read_response(&mut stream).unwrap();
     assert!(head.starts_with("http/1.1 408"), "{head}");
     // and every one of them was closed for its timeout, within the same 45 s
-    let closed = |reason: &str| {
-        let (_, metrics) = exchange(&addr, "GET", "/metrics", "").unwrap();
-        metric(
-            &metrics,
-            &format!("pointsman_connections_closed_total{{reason=\"{reason}\"}} "),
-        )
-    };
+    let closed = |reason: &str| closed(&exchange(&addr, "GET", "/metrics", "").unwrap().1, reason);
     while closed("header_timeout") < (SLOW / 2) as f64 || closed("body_timeout") < (SLOW / 2) as f64
     {
         assert!(
