@@ -26,3 +26,4 @@ pub mod server;
 pub mod similarity;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+pub mod wire;

@@ -1,0 +1,836 @@
+//! OpenAI Responses (`POST /v1/responses`), read into the hub and written from it. pointsman
+//! keeps no responses: a request carries its whole conversation in `input`.
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    Decoded, Decoder, Encoder, Event, Incoming, WireError, bad, chunk, content_text, new_id, now_s,
+    sse, usage_chunk,
+};
+
+/// Reads a Responses request into a chat-completions body.
+pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError> {
+    for stateful in ["previous_response_id", "conversation"] {
+        if body.get(stateful).is_some_and(|v| !v.is_null()) {
+            return Err(bad(format!(
+                "`{stateful}`: pointsman keeps no conversations; send the whole conversation in `input` (with `store: false`)"
+            )));
+        }
+    }
+    let mut untranslatable = Vec::new();
+    let mut chat = Map::new();
+    if let Some(m) = body.get("model") {
+        chat.insert("model".into(), m.clone());
+    }
+    let mut messages = Vec::new();
+    if let Some(instructions) = body.get("instructions").and_then(Value::as_str) {
+        messages.push(json!({"role": "system", "content": instructions}));
+    }
+    match body.get("input") {
+        Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                read_item(item, i, &mut messages, &mut untranslatable)?;
+            }
+        }
+        _ => {
+            return Err(bad(
+                "`input` must be a string or a list of input items (messages, function calls, function call outputs)",
+            ));
+        }
+    }
+    chat.insert("messages".into(), Value::Array(messages));
+    for (from, to) in [
+        ("max_output_tokens", "max_completion_tokens"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("stream", "stream"),
+        ("parallel_tool_calls", "parallel_tool_calls"),
+        ("user", "user"),
+        ("prompt_cache_key", "prompt_cache_key"),
+        ("metadata", "metadata"),
+    ] {
+        if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
+            chat.insert(to.into(), v.clone());
+        }
+    }
+    if let Some(effort) = body
+        .get("reasoning")
+        .and_then(|r| r.get("effort"))
+        .filter(|v| !v.is_null())
+    {
+        chat.insert("reasoning_effort".into(), effort.clone());
+    }
+    if let Some(format) = body.get("text").and_then(|t| t.get("format")) {
+        match format.get("type").and_then(Value::as_str) {
+            Some("json_schema") => {
+                let mut schema = format.as_object().cloned().unwrap_or_default();
+                schema.remove("type");
+                chat.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": schema}),
+                );
+            }
+            Some("json_object") => {
+                chat.insert("response_format".into(), json!({"type": "json_object"}));
+            }
+            _ => {}
+        }
+    }
+    if let Some(Value::Array(tools)) = body.get("tools") {
+        let mut out = Vec::new();
+        for t in tools {
+            match t.get("type").and_then(Value::as_str) {
+                Some("function") => out.push(json!({"type": "function", "function": {
+                    "name": t.get("name").cloned().unwrap_or(Value::Null),
+                    "description": t.get("description").cloned().unwrap_or(Value::Null),
+                    "parameters": t.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
+                    "strict": t.get("strict").cloned().unwrap_or(Value::Null),
+                }})),
+                other => untranslatable.push(format!("the hosted tool `{}`", other.unwrap_or("?"))),
+            }
+        }
+        if !out.is_empty() {
+            chat.insert("tools".into(), Value::Array(out));
+        }
+    }
+    match body.get("tool_choice") {
+        Some(Value::String(s)) => {
+            chat.insert("tool_choice".into(), s.clone().into());
+        }
+        Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            chat.insert(
+                "tool_choice".into(),
+                json!({"type": "function", "function": {"name": o.get("name").cloned().unwrap_or(Value::Null)}}),
+            );
+        }
+        _ => {}
+    }
+    Ok(Incoming {
+        chat,
+        untranslatable,
+    })
+}
+
+fn read_item(
+    item: &Value,
+    at: usize,
+    out: &mut Vec<Value>,
+    untranslatable: &mut Vec<String>,
+) -> Result<(), WireError> {
+    let kind = item
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message");
+    match kind {
+        "message" => {
+            let role = match item.get("role").and_then(Value::as_str) {
+                Some(r @ ("user" | "assistant" | "system")) => r,
+                Some("developer") => "system",
+                other => {
+                    return Err(bad(format!(
+                        "input[{at}].role: `{}` is not user, assistant, system or developer",
+                        other.unwrap_or("")
+                    )));
+                }
+            };
+            let content = match item.get("content") {
+                Some(Value::String(s)) => Value::String(s.clone()),
+                Some(Value::Array(parts)) => {
+                    let mut out_parts = Vec::new();
+                    for (j, p) in parts.iter().enumerate() {
+                        match p.get("type").and_then(Value::as_str) {
+                            Some("input_text" | "output_text" | "text") => out_parts.push(
+                                json!({"type": "text", "text": p.get("text").cloned().unwrap_or_default()}),
+                            ),
+                            Some("input_image") => {
+                                let url = p.get("image_url").and_then(Value::as_str).ok_or_else(|| {
+                                    bad(format!("input[{at}].content[{j}]: an `input_image` needs an `image_url` (a URL or a data URL)"))
+                                })?;
+                                out_parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+                            }
+                            Some("refusal") => {}
+                            other => untranslatable.push(format!(
+                                "an `{}` content part",
+                                other.unwrap_or("?")
+                            )),
+                        }
+                    }
+                    if out_parts.iter().all(|p| p["type"] == "text") {
+                        Value::String(content_text(Some(&Value::Array(out_parts))))
+                    } else {
+                        Value::Array(out_parts)
+                    }
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "input[{at}].content must be a string or a list of content parts"
+                    )));
+                }
+            };
+            out.push(json!({"role": role, "content": content}));
+        }
+        "function_call" => {
+            let call = json!({
+                "id": item.get("call_id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": item.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": item.get("arguments").cloned().unwrap_or_else(|| "{}".into()),
+                },
+            });
+            // calls made together belong to one assistant message
+            match out.last_mut() {
+                Some(last) if last["role"] == "assistant" => {
+                    if let Some(Value::Array(calls)) = last.get_mut("tool_calls") {
+                        calls.push(call);
+                    } else {
+                        last["tool_calls"] = json!([call]);
+                    }
+                }
+                _ => out.push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+            }
+        }
+        "function_call_output" => {
+            let output = match item.get("output") {
+                Some(Value::String(s)) => s.clone(),
+                other => content_text(other),
+            };
+            out.push(json!({"role": "tool", "tool_call_id": item.get("call_id").cloned().unwrap_or(Value::Null), "content": output}));
+        }
+        // the provider's own reasoning: another model does without it
+        "reasoning" => {}
+        other => untranslatable.push(format!("an input item of type `{other}`")),
+    }
+    Ok(())
+}
+
+/// Writes a chat-completions body as a Responses request (without `model`).
+pub fn request_from_chat(chat: &Map<String, Value>) -> Result<Map<String, Value>, WireError> {
+    let mut body = Map::new();
+    let mut input = Vec::new();
+    let mut instructions = Vec::new();
+    let list = chat
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("`messages` must be a list"))?;
+    for m in list {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+        match role {
+            "system" | "developer" => instructions.push(content_text(m.get("content"))),
+            "tool" => input.push(json!({
+                "type": "function_call_output",
+                "call_id": m.get("tool_call_id").cloned().unwrap_or(Value::Null),
+                "output": content_text(m.get("content")),
+            })),
+            "user" | "assistant" => {
+                let text_kind = if role == "user" {
+                    "input_text"
+                } else {
+                    "output_text"
+                };
+                let content = match m.get("content") {
+                    Some(Value::String(s)) if !s.is_empty() => {
+                        Some(json!([{"type": text_kind, "text": s}]))
+                    }
+                    Some(Value::Array(parts)) => Some(Value::Array(
+                        parts
+                            .iter()
+                            .filter_map(|p| match p.get("type").and_then(Value::as_str) {
+                                Some("text") => Some(json!({"type": text_kind, "text": p.get("text").cloned().unwrap_or_default()})),
+                                Some("image_url") => Some(json!({"type": "input_image",
+                                    "image_url": p.pointer("/image_url/url").cloned().unwrap_or(Value::Null)})),
+                                _ => None,
+                            })
+                            .collect(),
+                    )),
+                    _ => None,
+                };
+                if let Some(content) = content {
+                    input.push(json!({"type": "message", "role": role, "content": content}));
+                }
+                for call in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    input.push(json!({
+                        "type": "function_call",
+                        "call_id": call.get("id").cloned().unwrap_or(Value::Null),
+                        "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
+                        "arguments": call.pointer("/function/arguments").cloned().unwrap_or_else(|| "{}".into()),
+                    }));
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "a message with role `{other}` cannot be sent to an OpenAI Responses provider"
+                )));
+            }
+        }
+    }
+    if !instructions.is_empty() {
+        body.insert("instructions".into(), instructions.join("\n\n").into());
+    }
+    body.insert("input".into(), Value::Array(input));
+    // pointsman sends the whole conversation each time: nothing to keep upstream
+    body.insert("store".into(), Value::Bool(false));
+    if let Some(max) = chat
+        .get("max_completion_tokens")
+        .or_else(|| chat.get("max_tokens"))
+        .filter(|v| !v.is_null())
+    {
+        body.insert("max_output_tokens".into(), max.clone());
+    }
+    for key in [
+        "temperature",
+        "top_p",
+        "stream",
+        "parallel_tool_calls",
+        "user",
+        "prompt_cache_key",
+        "metadata",
+    ] {
+        if let Some(v) = chat.get(key).filter(|v| !v.is_null()) {
+            body.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(effort) = chat.get("reasoning_effort").filter(|v| !v.is_null()) {
+        body.insert("reasoning".into(), json!({"effort": effort}));
+    }
+    match chat
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+    {
+        Some("json_schema") => {
+            let mut format = chat
+                .get("response_format")
+                .and_then(|f| f.get("json_schema"))
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            format.insert("type".into(), "json_schema".into());
+            body.insert("text".into(), json!({"format": format}));
+        }
+        Some("json_object") => {
+            body.insert("text".into(), json!({"format": {"type": "json_object"}}));
+        }
+        _ => {}
+    }
+    if let Some(Value::Array(tools)) = chat.get("tools") {
+        let tools: Vec<Value> = tools
+            .iter()
+            .filter_map(|t| {
+                let f = t.get("function")?;
+                let mut tool = json!({
+                    "type": "function",
+                    "name": f.get("name")?,
+                    "parameters": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
+                });
+                for key in ["description", "strict"] {
+                    if let Some(v) = f.get(key).filter(|v| !v.is_null()) {
+                        tool[key] = v.clone();
+                    }
+                }
+                Some(tool)
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    match chat.get("tool_choice") {
+        Some(Value::String(s)) => {
+            body.insert("tool_choice".into(), s.clone().into());
+        }
+        Some(Value::Object(o)) => {
+            if let Some(name) = o.get("function").and_then(|f| f.get("name")) {
+                body.insert(
+                    "tool_choice".into(),
+                    json!({"type": "function", "name": name}),
+                );
+            }
+        }
+        _ => {}
+    }
+    Ok(body)
+}
+
+fn usage_to_chat(u: &Value) -> (u64, u64) {
+    (
+        u.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
+        u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+    )
+}
+
+/// The finish reason of a Responses answer, by its status and what it holds.
+fn finish_of(response: &Value, tool_calls: bool) -> &'static str {
+    if response["status"] == "incomplete" {
+        return match response
+            .pointer("/incomplete_details/reason")
+            .and_then(Value::as_str)
+        {
+            Some("content_filter") => "content_filter",
+            _ => "length",
+        };
+    }
+    if tool_calls { "tool_calls" } else { "stop" }
+}
+
+/// A whole Responses answer read as a chat completion.
+pub fn answer_to_chat(answer: &Value) -> Result<Value, WireError> {
+    let items = answer
+        .get("output")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("the Responses answer has no `output` list"))?;
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for item in items {
+        match item.get("type").and_then(Value::as_str) {
+            Some("message") => {
+                for part in item
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if part["type"] == "output_text" {
+                        text.push_str(part["text"].as_str().unwrap_or_default());
+                    }
+                }
+            }
+            Some("function_call") => calls.push(json!({
+                "id": item.get("call_id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item.get("arguments").cloned().unwrap_or_else(|| "{}".into())},
+            })),
+            _ => {}
+        }
+    }
+    let finish = finish_of(answer, !calls.is_empty());
+    let mut message = json!({"role": "assistant", "content": text});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let (prompt, completion) = answer.get("usage").map_or((0, 0), usage_to_chat);
+    Ok(json!({
+        "id": answer.get("id").cloned().unwrap_or(Value::Null),
+        "object": "chat.completion",
+        "created": now_s(),
+        "model": answer.get("model").cloned().unwrap_or(Value::Null),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    }))
+}
+
+fn message_item(id: &str, text: &str, status: &str) -> Value {
+    json!({"type": "message", "id": id, "status": status, "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
+}
+
+fn call_item(id: &str, call_id: &Value, name: &Value, arguments: &str, status: &str) -> Value {
+    json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
+        "arguments": arguments, "status": status})
+}
+
+/// A Responses object: `output` items, `usage` (prompt, completion), status.
+fn response(
+    id: &str,
+    model: &str,
+    output: Vec<Value>,
+    usage: Option<(u64, u64)>,
+    status: &str,
+    finish: &str,
+) -> Value {
+    let usage = usage.map(|(p, c)| {
+        json!({
+            "input_tokens": p, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": c, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": p + c,
+        })
+    });
+    let incomplete = (status == "incomplete").then(|| {
+        json!({"reason": if finish == "content_filter" { "content_filter" } else { "max_output_tokens" }})
+    });
+    json!({
+        "id": id, "object": "response", "created_at": now_s(), "status": status,
+        "model": model, "output": output, "usage": usage,
+        "error": null, "incomplete_details": incomplete,
+        "instructions": null, "metadata": {}, "parallel_tool_calls": true,
+        "temperature": null, "top_p": null, "tool_choice": "auto", "tools": [],
+        "text": {"format": {"type": "text"}}, "reasoning": {"effort": null, "summary": null},
+        "store": false, "truncation": "disabled",
+    })
+}
+
+/// A chat completion written as a whole Responses answer.
+pub fn answer_from_chat(completion: &Value, model: &str) -> Value {
+    let message = super::chat::message(completion);
+    let mut output = Vec::new();
+    let text = content_text(message.and_then(|m| m.get("content")));
+    if !text.is_empty() {
+        output.push(message_item(&new_id("msg_"), &text, "completed"));
+    }
+    for call in message
+        .and_then(|m| m.get("tool_calls"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        output.push(call_item(
+            &new_id("fc_"),
+            &call["id"],
+            &call["function"]["name"],
+            call.pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("{}"),
+            "completed",
+        ));
+    }
+    let finish = super::chat::finish_reason(completion).unwrap_or("stop");
+    let status = if matches!(finish, "length" | "content_filter") {
+        "incomplete"
+    } else {
+        "completed"
+    };
+    response(
+        &new_id("resp_"),
+        model,
+        output,
+        super::chat_usage(completion),
+        status,
+        finish,
+    )
+}
+
+/// Reads a Responses stream into chat chunks.
+#[derive(Default)]
+pub struct StreamDecoder {
+    id: String,
+    model: String,
+    /// The chat tool-call index of each function-call item, by item id.
+    calls: Vec<(String, usize)>,
+}
+
+impl Decoder for StreamDecoder {
+    fn decode(&mut self, event: &Event) -> Result<Decoded, WireError> {
+        let Some(v) = event.json() else {
+            return Ok(Decoded::default());
+        };
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
+        let mut out = Decoded::default();
+        let (id, model) = (self.id.clone(), self.model.clone());
+        match kind {
+            "response.created" => {
+                self.id = v
+                    .pointer("/response/id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                self.model = v
+                    .pointer("/response/model")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                out.chunks.push(chunk(
+                    &self.id,
+                    &self.model,
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                ));
+            }
+            "response.output_item.added"
+                if v.pointer("/item/type") == Some(&json!("function_call")) =>
+            {
+                let item = &v["item"];
+                let index = self.calls.len();
+                self.calls
+                    .push((item["id"].as_str().unwrap_or_default().to_string(), index));
+                out.chunks.push(chunk(&id, &model, json!({"tool_calls": [{
+                    "index": index, "id": item["call_id"], "type": "function",
+                    "function": {"name": item["name"], "arguments": item.get("arguments").cloned().unwrap_or_else(|| "".into())},
+                }]}), None));
+            }
+            "response.output_text.delta" => {
+                out.chunks
+                    .push(chunk(&id, &model, json!({"content": v["delta"]}), None));
+            }
+            "response.function_call_arguments.delta" => {
+                let item = v["item_id"].as_str().unwrap_or_default();
+                if let Some((_, index)) = self.calls.iter().find(|(i, _)| i == item) {
+                    out.chunks.push(chunk(
+                        &id,
+                        &model,
+                        json!({"tool_calls": [{
+                            "index": index, "function": {"arguments": v["delta"]},
+                        }]}),
+                        None,
+                    ));
+                }
+            }
+            "response.completed" | "response.incomplete" => {
+                let r = &v["response"];
+                out.chunks.push(chunk(
+                    &id,
+                    &model,
+                    json!({}),
+                    Some(finish_of(r, !self.calls.is_empty())),
+                ));
+                let (p, c) = r.get("usage").map_or((0, 0), usage_to_chat);
+                out.chunks.push(usage_chunk(&id, &model, p, c));
+                out.done = true;
+            }
+            "response.failed" => {
+                let message = v
+                    .pointer("/response/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the upstream's response failed");
+                return Err(WireError(message.to_string()));
+            }
+            "error" => {
+                let message = v
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .or_else(|| super::error_message(&v))
+                    .unwrap_or("the upstream reported an error");
+                return Err(WireError(message.to_string()));
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+}
+
+enum Item {
+    Message {
+        id: String,
+        text: String,
+    },
+    Call {
+        id: String,
+        chat_index: u64,
+        call_id: Value,
+        name: Value,
+        arguments: String,
+    },
+}
+
+/// Writes chat chunks as a Responses stream.
+pub struct StreamEncoder {
+    id: String,
+    model: String,
+    sequence: u64,
+    started: bool,
+    open: Option<Item>,
+    done: Vec<Value>,
+    finish: String,
+    usage: Option<(u64, u64)>,
+}
+
+impl StreamEncoder {
+    /// An encoder for a stream the client sees as coming from `model`.
+    pub fn new(model: &str) -> Self {
+        StreamEncoder {
+            id: new_id("resp_"),
+            model: model.to_string(),
+            sequence: 0,
+            started: false,
+            open: None,
+            done: Vec::new(),
+            finish: "stop".into(),
+            usage: None,
+        }
+    }
+
+    fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut data: Value) {
+        data["type"] = kind.into();
+        data["sequence_number"] = self.sequence.into();
+        self.sequence += 1;
+        out.extend(sse(Some(kind), &data));
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            let r = response(
+                &self.id,
+                &self.model,
+                Vec::new(),
+                None,
+                "in_progress",
+                "stop",
+            );
+            self.emit(out, "response.created", json!({"response": r}));
+            self.emit(out, "response.in_progress", json!({"response": r}));
+        }
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        let index = self.done.len();
+        match self.open.take() {
+            None => {}
+            Some(Item::Message { id, text }) => {
+                self.emit(out, "response.output_text.done", json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}));
+                self.emit(out, "response.content_part.done", json!({"item_id": id, "output_index": index, "content_index": 0,
+                    "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []}}));
+                let item = message_item(&id, &text, "completed");
+                self.emit(
+                    out,
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item}),
+                );
+                self.done.push(item);
+            }
+            Some(Item::Call {
+                id,
+                call_id,
+                name,
+                arguments,
+                ..
+            }) => {
+                self.emit(out, "response.function_call_arguments.done", json!({"item_id": id, "output_index": index, "arguments": arguments, "name": name}));
+                let item = call_item(&id, &call_id, &name, &arguments, "completed");
+                self.emit(
+                    out,
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item}),
+                );
+                self.done.push(item);
+            }
+        }
+    }
+}
+
+impl Encoder for StreamEncoder {
+    fn encode(&mut self, chunk: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(u) = super::chat_usage(chunk) {
+            self.usage = Some(u);
+        }
+        self.start(&mut out);
+        let Some(choice) = chunk.pointer("/choices/0") else {
+            return out;
+        };
+        let delta = &choice["delta"];
+        if let Some(text) = delta
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            if !matches!(self.open, Some(Item::Message { .. })) {
+                self.close(&mut out);
+                let index = self.done.len();
+                let id = new_id("msg_");
+                let mut item = message_item(&id, "", "in_progress");
+                item["content"] = json!([]);
+                self.emit(
+                    &mut out,
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": item}),
+                );
+                self.emit(&mut out, "response.content_part.added", json!({"item_id": id, "output_index": index, "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}));
+                self.open = Some(Item::Message {
+                    id,
+                    text: String::new(),
+                });
+            }
+            let index = self.done.len();
+            if let Some(Item::Message { id, text: all }) = &mut self.open {
+                all.push_str(text);
+                let id = id.clone();
+                self.emit(&mut out, "response.output_text.delta", json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}));
+            }
+        }
+        for call in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let chat_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let same =
+                matches!(&self.open, Some(Item::Call { chat_index: c, .. }) if *c == chat_index);
+            if !same {
+                self.close(&mut out);
+                let index = self.done.len();
+                let id = new_id("fc_");
+                let call_id = call
+                    .get("id")
+                    .cloned()
+                    .unwrap_or_else(|| new_id("call_").into());
+                let name = call
+                    .pointer("/function/name")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let item = call_item(&id, &call_id, &name, "", "in_progress");
+                self.emit(
+                    &mut out,
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": item}),
+                );
+                self.open = Some(Item::Call {
+                    id,
+                    chat_index,
+                    call_id,
+                    name,
+                    arguments: String::new(),
+                });
+            }
+            let index = self.done.len();
+            if let (Some(args), Some(Item::Call { id, arguments, .. })) = (
+                call.pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .filter(|a| !a.is_empty()),
+                &mut self.open,
+            ) {
+                arguments.push_str(args);
+                let id = id.clone();
+                self.emit(
+                    &mut out,
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": index, "delta": args}),
+                );
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish = reason.to_string();
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.start(&mut out);
+        self.close(&mut out);
+        let status = if matches!(self.finish.as_str(), "length" | "content_filter") {
+            "incomplete"
+        } else {
+            "completed"
+        };
+        let r = response(
+            &self.id,
+            &self.model,
+            self.done.clone(),
+            self.usage,
+            status,
+            &self.finish,
+        );
+        self.emit(
+            &mut out,
+            &format!("response.{status}"),
+            json!({"response": r}),
+        );
+        out
+    }
+
+    fn error(&mut self, message: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.emit(
+            &mut out,
+            "error",
+            json!({"code": "upstream_error", "message": message, "param": null}),
+        );
+        out
+    }
+}
