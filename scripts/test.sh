@@ -12,14 +12,19 @@ if ! command -v redis-server >/dev/null; then
   echo "test: installing redis-server" >&2
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 fi
-# the proxy's end-to-end test drives pointsman with the unmodified `openai` Python package
+# the proxy's end-to-end tests drive pointsman with the unmodified `openai` and `anthropic`
+# Python packages and the Node `openai` package
 venv=".cache/pointsman/venv"
-if ! "$venv/bin/python" -c 'import openai, sys; sys.exit(openai.__version__ != "3.57.0")' 2>/dev/null; then
-  echo "test: installing the openai Python package into $venv" >&2
+if ! "$venv/bin/python" -c 'import openai, anthropic, sys; sys.exit(openai.__version__ != "3.57.0" or anthropic.__version__ != "2.15.0")' 2>/dev/null; then
+  echo "test: installing the openai and anthropic Python packages into $venv" >&2
   python3 -m venv "$venv" 2>/dev/null || {
     apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv"
   }
-  "$venv/bin/pip" install -q --disable-pip-version-check openai==3.57.0
+  "$venv/bin/pip" install -q --disable-pip-version-check openai==3.57.0 anthropic==2.15.0
+fi
+if [ ! -d tests/node/node_modules/openai ]; then
+  echo "test: installing the Node openai package into tests/node" >&2
+  (cd tests/node && npm ci --silent --no-audit --no-fund)
 fi
 export POINTSMAN_PYTHON="$root/$venv/bin/python"
 cargo test --locked "$@"

@@ -443,6 +443,38 @@ impl RedisStore {
             .collect())
     }
 
+    fn session_key(&self, session: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let hash = Sha256::digest(session.as_bytes());
+        format!("{}session:{}", self.prefix, crate::config::hex(&hash[..16]))
+    }
+
+    /// The model a sticky session is on, if it is kept (its key holds a hash of the session
+    /// key, not the key).
+    pub async fn session(&self, session: &str) -> Result<Option<String>, RedisError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.session_key(session));
+        self.guarded(cmd.query_async(&mut conn)).await
+    }
+
+    /// Keeps a sticky session on `model` for `ttl` from now.
+    pub async fn keep_session(
+        &self,
+        session: &str,
+        model: &str,
+        ttl: Duration,
+    ) -> Result<(), RedisError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.session_key(session))
+            .arg(model)
+            .arg("PX")
+            .arg(ms);
+        self.guarded(cmd.query_async::<()>(&mut conn)).await
+    }
+
     fn key(&self, counter: &str) -> String {
         format!("{}budget:{counter}", self.prefix)
     }

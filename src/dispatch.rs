@@ -68,6 +68,9 @@ pub struct Request<'a> {
     /// Whether the decision should carry its full explanation (the graded examples nearest to
     /// the prompt): `explain` on the CLI, `"explain": true` in a route request.
     pub explain: bool,
+    /// The model the request's sticky session is on: it is kept unless this turn's own choice
+    /// is stronger (see [`SessionStep`]).
+    pub session: Option<&'a str>,
 }
 
 impl<'a> Request<'a> {
@@ -80,6 +83,7 @@ impl<'a> Request<'a> {
             capabilities: &[],
             whole_text_bytes: 0,
             explain: false,
+            session: None,
         }
     }
 }
@@ -125,6 +129,30 @@ pub struct Decided {
     /// The index snapshot the decision was made on; later steps of the request read it too.
     #[serde(skip)]
     pub snapshot: Arc<Index>,
+    /// What the request's sticky session did (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionStep>,
+}
+
+/// What a sticky session did to a decision. A session stays on its model unless the turn's own
+/// choice is a stronger model (a higher catalog price, input plus output per million tokens),
+/// which it moves up to; it never moves down to a cheaper one while its model can serve.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", tag = "step")]
+pub enum SessionStep {
+    /// The session's model was kept.
+    Held,
+    /// The turn needed a stronger model than the session's.
+    MovedUp {
+        /// The session's model before.
+        from: String,
+    },
+    /// The session's model cannot serve this turn (marked down, context window, capabilities,
+    /// a spend cap): the turn's own choice stands.
+    Lost {
+        /// The session's model.
+        from: String,
+    },
 }
 
 /// Why a request could not be decided.
@@ -360,6 +388,7 @@ pub async fn dispatch_many(
             capabilities,
             whole_text_bytes: 0,
             explain: false,
+            session: None,
         };
         match select(
             cx.health,
@@ -454,6 +483,9 @@ async fn select(
         }
         other => other,
     };
+    let session = req
+        .session
+        .map(|model| stick(table, &mut lists, model, &needs, health));
     let (ledger, caps): (Option<&Ledger>, Vec<CapKey>) = match spend {
         Spend::Reserve(ledger) => (
             Some(ledger),
@@ -482,6 +514,13 @@ async fn select(
         }
     };
     choice.quality = quality;
+    // held, but a spend cap passed the session's model over
+    let session = session.map(|step| match (step, req.session) {
+        (SessionStep::Held, Some(from)) if choice.model != from => SessionStep::Lost {
+            from: from.to_string(),
+        },
+        (step, _) => step,
+    });
     let fallbacks = fallbacks(table, &lists, &choice, &needs, health);
     routed.decision.model = choice.model.clone();
     Ok(Decided {
@@ -490,7 +529,45 @@ async fn select(
         fallbacks,
         text,
         snapshot,
+        session,
     })
+}
+
+/// The sticky-session step: puts the session's `model` first in `lists` unless the first
+/// model the turn could have on its own is stronger, or the session's model cannot serve it.
+fn stick(
+    table: &RouteTable,
+    lists: &mut Vec<(Vec<String>, bool)>,
+    model: &str,
+    needs: &Needs<'_>,
+    health: &Health,
+) -> SessionStep {
+    let is_down = |m: &str| health.is_down(m);
+    let usable = |list: &[String]| selection::filter(list, &table.catalog, &is_down, needs).0;
+    if usable(&[model.to_string()]).is_empty() {
+        return SessionStep::Lost {
+            from: model.to_string(),
+        };
+    }
+    let own = lists
+        .iter()
+        .find_map(|(list, _)| usable(list).into_iter().next())
+        .map(|e| e.model);
+    let strength = |m: &str| {
+        table
+            .catalog
+            .get(m)
+            .map_or(0.0, |c| c.input_per_mtok + c.output_per_mtok)
+    };
+    match own {
+        Some(own) if own != model && strength(&own) > strength(model) => SessionStep::MovedUp {
+            from: model.to_string(),
+        },
+        _ => {
+            lists.insert(0, (vec![model.to_string()], false));
+            SessionStep::Held
+        }
+    }
 }
 
 /// The quality step: predicts each candidate's quality for the prompt, estimates its cost for a

@@ -23,6 +23,7 @@ pub mod quality;
 pub mod scoring;
 pub mod selection;
 pub mod server;
+pub mod session;
 pub mod similarity;
 #[cfg(feature = "test-util")]
 pub mod test_util;

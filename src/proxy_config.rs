@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RouteTable;
+use crate::wire::{Api, Effort};
 
 /// Largest proxy file read.
 const MAX_PROXY_FILE_BYTES: u64 = 1024 * 1024;
@@ -64,12 +65,18 @@ struct RawProxyFile {
     conversation: ConversationPolicy,
     #[serde(default)]
     cascade: BTreeMap<String, CascadeCheck>,
+    #[serde(default)]
+    reasoning_effort: BTreeMap<String, Effort>,
+    #[serde(default)]
+    sessions: SessionPolicy,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     base_url: String,
+    #[serde(default)]
+    api: Api,
     #[serde(default)]
     api_key_env: Option<String>,
     #[serde(default)]
@@ -193,6 +200,27 @@ impl Default for ConversationPolicy {
     }
 }
 
+/// Sticky sessions: a conversation with a session key stays on the model it was routed to, so
+/// that the provider's prompt cache keeps hitting, unless a later turn is routed to a stronger
+/// model (a higher catalog price), which it then moves up to. It never moves down mid-session.
+///
+/// The key is the `x-pointsman-session` header, else the API's own field: Anthropic's
+/// `metadata.user_id` (Claude Code puts its session there), OpenAI's `prompt_cache_key`.
+/// Sessions are kept in Redis when `--redis-url` is given (shared by replicas), else in the
+/// process.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionPolicy {
+    /// How long a session is kept after its last turn, in seconds (0: no sticky sessions).
+    pub ttl_s: u64,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        SessionPolicy { ttl_s: 1_800 }
+    }
+}
+
 /// The cascade's check of a cheap candidate's answer: failing it escalates to the route's next
 /// candidate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,13 +267,15 @@ impl CascadeCheck {
     }
 }
 
-/// An upstream that speaks the OpenAI chat-completions API.
+/// An upstream and the API it speaks.
 #[derive(Clone)]
 pub struct Provider {
     /// Its name in the proxy file (and in the catalog's `provider:`).
     pub name: String,
-    /// Base URL, e.g. `https://api.openai.com/v1`; `/chat/completions` is appended.
+    /// Base URL, e.g. `https://api.openai.com/v1`; the API's path is appended.
     pub base_url: String,
+    /// The API it speaks.
+    pub api: Api,
     /// The API key read from the environment at start (never logged).
     pub api_key: Option<String>,
     /// Catalog names mapped to the upstream's own model names.
@@ -264,6 +294,7 @@ impl std::fmt::Debug for Provider {
         f.debug_struct("Provider")
             .field("name", &self.name)
             .field("base_url", &self.base_url)
+            .field("api", &self.api)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("rename", &self.rename)
             .field("stream_usage", &self.stream_usage)
@@ -273,9 +304,14 @@ impl std::fmt::Debug for Provider {
 }
 
 impl Provider {
-    /// The URL of its chat-completions endpoint.
-    pub fn chat_url(&self) -> String {
-        format!("{}/chat/completions", self.base_url.trim_end_matches('/'))
+    /// The URL of its API's endpoint (`{base_url}/chat/completions`, `/messages` or
+    /// `/responses`).
+    pub fn url(&self) -> String {
+        format!(
+            "{}/{}",
+            self.base_url.trim_end_matches('/'),
+            self.api.path()
+        )
     }
 
     /// The name the upstream knows `model` by.
@@ -299,6 +335,11 @@ pub struct ProxyConfig {
     pub conversation: ConversationPolicy,
     /// Routes whose cheap candidate's answer is checked, by route name.
     pub cascade: BTreeMap<String, CascadeCheck>,
+    /// The reasoning effort sent for a route's requests (unless the client sets one), by route
+    /// name.
+    pub reasoning_effort: BTreeMap<String, Effort>,
+    /// Sticky sessions.
+    pub sessions: SessionPolicy,
 }
 
 impl ProxyConfig {
@@ -395,6 +436,7 @@ impl ProxyConfig {
                 Provider {
                     name,
                     base_url: url.to_string(),
+                    api: p.api,
                     api_key,
                     rename: p.rename,
                     stream_usage: p.stream_usage,
@@ -423,6 +465,8 @@ impl ProxyConfig {
             mark_down_s: raw.mark_down_s,
             conversation: raw.conversation,
             cascade: raw.cascade,
+            reasoning_effort: raw.reasoning_effort,
+            sessions: raw.sessions,
         };
         if problems.is_empty() {
             Ok(config)
@@ -442,6 +486,13 @@ impl ProxyConfig {
             if table.route(route).is_none() {
                 problems.push(format!(
                     "cascade.{route}: no route named `{route}` in the route files"
+                ));
+            }
+        }
+        for route in self.reasoning_effort.keys() {
+            if table.route(route).is_none() {
+                problems.push(format!(
+                    "reasoning_effort.{route}: no route named `{route}` in the route files"
                 ));
             }
         }
@@ -622,10 +673,7 @@ routes:
         assert_eq!(cloud.name, "cloud");
         assert_eq!(cloud.api_key.as_deref(), Some("sk-test"));
         assert_eq!(cloud.upstream_model("big"), "big-2025");
-        assert_eq!(
-            cloud.chat_url(),
-            "https://api.example.com/v1/chat/completions"
-        );
+        assert_eq!(cloud.url(), "https://api.example.com/v1/chat/completions");
         assert_eq!(config.provider_for("small", &t).unwrap().name, "local");
         assert!(!format!("{cloud:?}").contains("sk-test"));
     }

@@ -24,7 +24,7 @@ impl AppState {
             });
             if !known {
                 return Err(ApiError::Unauthorized(
-                    "send an API key as `Authorization: Bearer <key>` (this server requires one)"
+                    "send an API key as `Authorization: Bearer <key>` or `x-api-key: <key>` (this server requires one)"
                         .into(),
                 ));
             }
@@ -74,7 +74,8 @@ impl AppState {
     }
 }
 
-/// The token of `Authorization: Bearer <token>`, or "".
+/// The token of `Authorization: Bearer <token>`, else of `x-api-key: <token>` (how the
+/// Anthropic SDKs send their key), or "".
 pub(super) fn bearer(headers: &HeaderMap) -> &str {
     headers
         .get(header::AUTHORIZATION)
@@ -84,6 +85,12 @@ pub(super) fn bearer(headers: &HeaderMap) -> &str {
             scheme
                 .eq_ignore_ascii_case("bearer")
                 .then_some(token.trim())
+        })
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
         })
         .unwrap_or("")
 }

@@ -315,6 +315,9 @@ fn endpoints(options: &ServerOptions) -> (Router<AppState>, utoipa::openapi::Ope
     // chat requests carry whole conversations (and images): they get their own body limit
     let proxied = OpenApiRouter::new()
         .routes(routes!(proxy::chat_completions))
+        .routes(routes!(proxy::messages))
+        .routes(routes!(proxy::count_tokens))
+        .routes(routes!(proxy::responses))
         .layer(DefaultBodyLimit::max(options.proxy_body_limit_bytes));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routing::route))

@@ -39,6 +39,15 @@ impl Api {
         }
     }
 
+    /// The event that ends a complete stream in this API.
+    pub fn end_event(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "`data: [DONE]`",
+            Api::AnthropicMessages => "`message_stop`",
+            Api::OpenaiResponses => "`response.completed`",
+        }
+    }
+
     /// The name used in the proxy file and in logs.
     pub fn name(self) -> &'static str {
         match self {

@@ -1,11 +1,16 @@
-//! The OpenAI-compatible proxy: `POST /v1/chat/completions` and `GET /v1/models`.
+//! The proxy: `POST /v1/chat/completions` (OpenAI), `POST /v1/messages` and
+//! `/v1/messages/count_tokens` (Anthropic), `POST /v1/responses` (OpenAI Responses), and
+//! `GET /v1/models`.
 //!
 //! `model: "auto"` is routed on the conversation (see [`crate::proxy_config::ConversationPolicy`]);
 //! `model: "<route>"` pins a route and lets the candidates be chosen; any other model a
-//! provider serves passes through unrouted. The chosen model's provider gets the request with
-//! `model` rewritten; 429, 5xx, timeouts and connection errors are retried with backoff, then
-//! the route's next candidate is tried. Streams are relayed event by event as they arrive.
-//! Errors use OpenAI's shape (`{"error": {"message", "type", "code"}}`) so that SDKs read them.
+//! provider serves passes through unrouted. A request with a session key stays on its
+//! session's model unless a turn needs a stronger one ([`crate::dispatch::SessionStep`]). The
+//! chosen model's provider gets the request in the API it speaks (translated by
+//! [`crate::wire`] when it is not the client's) with `model` rewritten; 429, 5xx, timeouts and
+//! connection errors are retried with backoff, then the route's next candidate is tried, of
+//! whatever API. Streams are relayed event by event as they arrive, translated when they must
+//! be. Errors use the client's API's shape so that its SDK reads them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,19 +27,22 @@ use crate::dispatch;
 use crate::index::Index;
 use crate::policy::Outcome;
 use crate::proxy_config::{CascadeCheck, ConversationText, ProxyConfig};
+use crate::session::Sessions;
+use crate::wire::{self, Api};
 
 mod spend;
 mod sse;
 mod upstream;
 
 use spend::Spend;
-use sse::{Relay, SseEvents, collect_stream, stream_response};
+use sse::{Relay, SseEvents, StreamRoute, collect_stream, stream_response};
 use upstream::{AnswerBody, Attempt, Candidate, Run, Usage, attempt, usage_of};
 
-/// The proxy's configuration and its HTTP client.
+/// The proxy's configuration, its HTTP client and its sticky sessions.
 pub(super) struct Proxy {
     pub(super) config: ProxyConfig,
     client: reqwest::Client,
+    sessions: Sessions,
 }
 
 impl Proxy {
@@ -43,22 +51,22 @@ impl Proxy {
             .connect_timeout(Duration::from_millis(config.timeouts.connect_ms))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Proxy { config, client })
+        let sessions = Sessions::new(Duration::from_secs(config.sessions.ttl_s));
+        Ok(Proxy {
+            config,
+            client,
+            sessions,
+        })
     }
 }
 
-/// An error in OpenAI's shape, with our status and kind.
-fn openai_error(e: ApiError) -> Response {
+/// An error in the shape of the client's API, with our status and kind.
+fn api_error(api: Api, e: ApiError) -> Response {
     let (status, kind) = e.status_and_kind();
     if let ApiError::Internal(detail) = &e {
         tracing::error!(detail = %detail, "internal error");
     }
-    let body = serde_json::json!({"error": {
-        "message": e.to_string(),
-        "type": kind,
-        "param": null,
-        "code": kind,
-    }});
+    let body = wire::error_body(api, status.as_u16(), kind, &e.to_string());
     let mut response = (status, axum::Json(body)).into_response();
     e.add_retry_after(response.headers_mut());
     response
@@ -75,8 +83,12 @@ fn proxy_of(state: &AppState) -> Result<Arc<Proxy>, ApiError> {
     })
 }
 
+fn openai_error(e: ApiError) -> Response {
+    api_error(Api::ChatCompletions, e)
+}
+
 /// `GET /v1/models`: `auto`, every route (a group of candidate models), and every model a
-/// provider serves.
+/// provider serves; in Anthropic's shape when the request carries `anthropic-version`.
 #[utoipa::path(get, path = "/v1/models", tag = "proxy",
     responses((status = 200, description = "OpenAI's model list", body = serde_json::Value),
         (status = 404, description = "The proxy is off (OpenAI error shape)", body = serde_json::Value)))]
@@ -86,7 +98,14 @@ pub(super) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
         let proxy = proxy_of(&state)?;
         let index = state.engine()?.index();
         let table = index.table();
-        let entry = |id: &str, owner: &str| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owner});
+        let anthropic = headers.contains_key("anthropic-version");
+        let entry = |id: &str, owner: &str| {
+            if anthropic {
+                serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
+            } else {
+                serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
+            }
+        };
         let mut data = vec![entry("auto", "pointsman")];
         data.extend(
             table
@@ -96,6 +115,10 @@ pub(super) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
         );
         let served = proxy.config.served_models(table);
         data.extend(served.into_iter().map(|(m, p)| entry(m, p)));
+        if anthropic {
+            let (first, last) = (data[0]["id"].clone(), data[data.len() - 1]["id"].clone());
+            return Ok::<_, ApiError>(serde_json::json!({"data": data, "has_more": false, "first_id": first, "last_id": last}));
+        }
         Ok::<_, ApiError>(serde_json::json!({"object": "list", "data": data}))
     }
     .await;
@@ -107,7 +130,19 @@ pub(super) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
 
 /// What the request is, read from its body.
 struct ChatRequest {
-    body: Map<String, Value>,
+    /// The API the client speaks.
+    client: Api,
+    /// The request as a chat-completions body (see [`crate::wire`]).
+    chat: Map<String, Value>,
+    /// The client's own body when its API is not chat completions: sent unchanged (but for the
+    /// model) to a provider of the same API.
+    native: Option<Map<String, Value>>,
+    /// What the chat form could not carry: the request goes only to providers of its own API.
+    untranslatable: Vec<String>,
+    /// The chat client asked for the usage chunk.
+    include_usage: bool,
+    /// The sticky-session key, if the request has one.
+    session: Option<String>,
     model: String,
     stream: bool,
     wants_json: bool,
@@ -124,8 +159,36 @@ impl ChatRequest {
         self.text_bytes
     }
 
-    /// Reads the request; `headers` are the client's, kept for the providers that forward some.
-    fn parse(body: Map<String, Value>, headers: HeaderMap) -> Result<Self, ApiError> {
+    /// Reads a request in `client`'s API; `headers` are the client's, kept for the providers
+    /// that forward some.
+    fn parse(
+        client: Api,
+        native: Map<String, Value>,
+        headers: HeaderMap,
+    ) -> Result<Self, ApiError> {
+        let incoming = wire::request_to_chat(client, &native)
+            .map_err(|e| ApiError::Validation(e.to_string()))?;
+        let body = incoming.chat;
+        let native = (client != Api::ChatCompletions).then_some(native);
+        let session = headers
+            .get("x-pointsman-session")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                native
+                    .as_ref()
+                    .and_then(|n| n.get("metadata"))
+                    .and_then(|m| m.get("user_id"))
+                    .or_else(|| body.get("prompt_cache_key"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .filter(|k| !k.trim().is_empty());
+        let include_usage = body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_string(),
             _ => {
@@ -184,7 +247,12 @@ impl ChatRequest {
             capabilities.push("vision".to_string());
         }
         Ok(ChatRequest {
-            body,
+            client,
+            chat: body,
+            native,
+            untranslatable: incoming.untranslatable,
+            include_usage,
+            session,
             model,
             stream,
             wants_json,
@@ -204,6 +272,8 @@ struct Plan {
     models: Vec<Candidate>,
     /// The route's cascade check, if it asks for one.
     cascade: Option<CascadeCheck>,
+    /// The route's reasoning effort, if the proxy file sets one.
+    effort: Option<wire::Effort>,
     caps: Vec<CapKey>,
     /// The index snapshot the decision was made on: prices and providers are read from it.
     snapshot: Arc<Index>,
@@ -225,13 +295,120 @@ pub(super) async fn chat_completions(
     headers: HeaderMap,
     body: Result<ApiJson<Map<String, Value>>, ApiError>,
 ) -> Response {
+    proxied(Api::ChatCompletions, state, headers, body).await
+}
+
+/// `POST /v1/messages`: Anthropic's Messages request, routed like chat completions (`model` is
+/// `auto`, a route name, or a model name); the answer is in Anthropic's shape whatever API the
+/// chosen model's provider speaks (streamed as Anthropic's events with `stream: true`), and so
+/// are errors. The key may come as `x-api-key`.
+#[utoipa::path(post, path = "/v1/messages", tag = "proxy",
+    request_body(content = serde_json::Value, description = "Anthropic Messages request"),
+    responses((status = 200, description = "The answer in Anthropic's shape, with x-pointsman-* headers", body = serde_json::Value),
+        (status = 404, description = "Unknown model, or the proxy is off (Anthropic error shape)", body = serde_json::Value),
+        (status = 502, description = "Every candidate failed", body = serde_json::Value)))]
+pub(super) async fn messages(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<ApiJson<Map<String, Value>>, ApiError>,
+) -> Response {
+    proxied(Api::AnthropicMessages, state, headers, body).await
+}
+
+/// `POST /v1/responses`: OpenAI's Responses request (the whole conversation in `input`;
+/// `previous_response_id` is refused, as pointsman keeps no responses), routed like chat
+/// completions; the answer is a Responses object (or its events with `stream: true`).
+#[utoipa::path(post, path = "/v1/responses", tag = "proxy",
+    request_body(content = serde_json::Value, description = "OpenAI Responses request"),
+    responses((status = 200, description = "The answer as a Responses object, with x-pointsman-* headers", body = serde_json::Value),
+        (status = 404, description = "Unknown model, or the proxy is off (OpenAI error shape)", body = serde_json::Value),
+        (status = 502, description = "Every candidate failed", body = serde_json::Value)))]
+pub(super) async fn responses(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<ApiJson<Map<String, Value>>, ApiError>,
+) -> Response {
+    proxied(Api::OpenaiResponses, state, headers, body).await
+}
+
+/// `POST /v1/messages/count_tokens`: the request's input tokens. A model named directly whose
+/// provider speaks Anthropic Messages counts them itself; otherwise (`auto`, a route, another
+/// provider) pointsman estimates four bytes a token over the text and tool definitions.
+#[utoipa::path(post, path = "/v1/messages/count_tokens", tag = "proxy",
+    request_body(content = serde_json::Value, description = "Anthropic count_tokens request"),
+    responses((status = 200, description = "`{\"input_tokens\": n}`", body = serde_json::Value)))]
+pub(super) async fn count_tokens(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<ApiJson<Map<String, Value>>, ApiError>,
+) -> Response {
+    let result = async {
+        state.admit_caller(&headers).await?;
+        let proxy = proxy_of(&state)?;
+        let ApiJson(mut body) = body?;
+        wire::messages::request_to_chat(&body).map_err(|e| ApiError::Validation(e.to_string()))?;
+        let model = body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let index = state.engine()?.index();
+        let provider = proxy
+            .config
+            .provider_for(&model, index.table())
+            .filter(|p| p.api == Api::AnthropicMessages);
+        if let Some(provider) = provider {
+            body.insert("model".into(), provider.upstream_model(&model).into());
+            let url = format!("{}/count_tokens", provider.url());
+            let answer =
+                upstream::anthropic_headers(proxy.client.post(url).json(&body), provider, &headers)
+                    .timeout(Duration::from_millis(proxy.config.timeouts.first_byte_ms))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        ApiError::Upstream(format!(
+                            "`{}` could not count the tokens: {}",
+                            provider.name,
+                            upstream::error_chain(&e)
+                        ))
+                    })?;
+            let status =
+                StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let bytes = answer.bytes().await.map_err(|e| {
+                ApiError::Upstream(format!(
+                    "`{}` broke off counting tokens: {e}",
+                    provider.name
+                ))
+            })?;
+            let mut response = Response::new(Body::from(bytes));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(response);
+        }
+        let tokens = wire::messages::estimate_tokens(&body);
+        Ok(axum::Json(serde_json::json!({"input_tokens": tokens})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| api_error(Api::AnthropicMessages, e))
+}
+
+/// One proxied request in `client`'s API, decided, forwarded and answered in that API.
+async fn proxied(
+    client: Api,
+    state: AppState,
+    headers: HeaderMap,
+    body: Result<ApiJson<Map<String, Value>>, ApiError>,
+) -> Response {
     let result = async {
         state.admit_caller(&headers).await?;
         let proxy = proxy_of(&state)?;
         let ApiJson(body) = body?;
         let who = super::identity(&headers);
         let request_id = super::request_id(&headers).map(str::to_string);
-        let request = ChatRequest::parse(body, headers)?;
+        let request = ChatRequest::parse(client, body, headers)?;
         let mut plan = plan(&state, &proxy, &request, &who).await?;
         plan.request_id = request_id.clone();
         // kept for feedback only when the outcome log is on
@@ -255,7 +432,7 @@ pub(super) async fn chat_completions(
         Ok(response)
     }
     .await;
-    result.unwrap_or_else(openai_error)
+    result.unwrap_or_else(|e| api_error(client, e))
 }
 
 async fn plan(
@@ -292,6 +469,7 @@ async fn plan(
                 reserved: false,
             }],
             cascade: None,
+            effort: None,
             caps,
             snapshot,
             request_id: None,
@@ -308,6 +486,15 @@ async fn plan(
         ConversationText::new(&turns, proxy.config.conversation.window).ok_or_else(|| {
             ApiError::Validation("`messages` has no user message with text to route on".into())
         })?;
+    let session_key = request
+        .session
+        .as_deref()
+        .filter(|_| proxy.config.sessions.ttl_s > 0);
+    let redis = state.ledger.redis();
+    let session_model = match session_key {
+        Some(key) => proxy.sessions.get(key, redis).await,
+        None => None,
+    };
     let req = dispatch::Request {
         prompt: dispatch::Prompt::Conversation {
             turns: &conversation,
@@ -319,12 +506,20 @@ async fn plan(
         // the context window must hold the whole conversation
         whole_text_bytes: request.text_bytes(),
         explain: false,
+        session: session_model.as_deref(),
     };
     let cx = state.context()?;
     let result = dispatch::dispatch_on(&cx, Arc::clone(&snapshot), &req).await;
     state.log_decision(who, result.as_ref());
     let decided = result.map_err(|e| state.refused(&e))?;
     super::record_decision(state, &decided);
+    // the session is on the model chosen now, for its ttl from this turn
+    if let Some(key) = session_key {
+        proxy
+            .sessions
+            .keep(key, &decided.selection.model, redis)
+            .await;
+    }
     let mut models = vec![Candidate {
         model: decided.selection.model.clone(),
         estimate_usd: decided.selection.estimated_cost_usd,
@@ -335,15 +530,14 @@ async fn plan(
         estimate_usd: e.estimated_cost_usd,
         reserved: false,
     }));
-    let cascade = decided
-        .routed
-        .decision
-        .route()
-        .and_then(|r| proxy.config.cascade.get(r).cloned());
+    let route = decided.routed.decision.route();
+    let cascade = route.and_then(|r| proxy.config.cascade.get(r).cloned());
+    let effort = route.and_then(|r| proxy.config.reasoning_effort.get(r).copied());
     Ok(Plan {
         routed: Some(decided),
         models,
         cascade,
+        effort,
         caps,
         snapshot,
         request_id: None,
@@ -383,9 +577,26 @@ async fn forward(
                 headers,
                 body,
                 position,
+                api,
             } => {
                 let ours = decision_headers(&plan, position, run.tries, &escalations);
-                return Ok(body_response(status, &headers, ours, Body::from(body)));
+                if api == request.client {
+                    return Ok(body_response(status, &headers, ours, Body::from(body)));
+                }
+                // the upstream's refusal, told in the client's API
+                let message = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| wire::error_message(&v).map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
+                let body = wire::error_body(
+                    request.client,
+                    status.as_u16(),
+                    "invalid_request_error",
+                    &message,
+                );
+                let mut response = (status, axum::Json(body)).into_response();
+                response.headers_mut().extend(ours);
+                return Ok(response);
             }
         };
         let candidate = &plan.models[answered.position];
@@ -393,6 +604,13 @@ async fn forward(
         let ours = decision_headers(&plan, answered.position, run.tries, &escalations);
         let last_candidate = answered.position + 1 == plan.models.len();
         let check = plan.cascade.as_ref().filter(|_| !last_candidate);
+        let route = StreamRoute {
+            upstream: answered.api,
+            client: request.client,
+            model: &model,
+            include_usage: request.include_usage,
+            strip_usage: answered.strip_usage,
+        };
         let Some(check) = check else {
             // no check to make: the answer goes to the client as it comes
             return Ok(match answered.body {
@@ -402,34 +620,27 @@ async fn forward(
                     ours,
                     Relay {
                         upstream: rest,
-                        events: SseEvents::new(first, answered.strip_usage, false),
+                        events: SseEvents::new(first, route, false),
                         idle: Duration::from_millis(proxy.config.timeouts.idle_ms),
                         deadline: run.deadline,
                         done: false,
-                        settle: Some((run.spend, model, candidate.estimate_usd)),
+                        settle: Some((run.spend, model.clone(), candidate.estimate_usd)),
                     },
                 ),
                 AnswerBody::Whole(bytes) => {
-                    let usage = serde_json::from_slice::<Value>(&bytes)
-                        .ok()
-                        .and_then(|v| usage_of(&v));
-                    run.spend.settle(&model, usage, candidate.estimate_usd);
+                    let (bytes, answer) = whole_answer(route, bytes);
+                    run.spend
+                        .settle(&model, answer.usage, candidate.estimate_usd);
                     body_response(answered.status, &answered.headers, ours, Body::from(bytes))
                 }
             });
         };
         // the cascade reads the whole answer before the client sees any of it
         let (bytes, answer) = match answered.body {
-            AnswerBody::Whole(bytes) => {
-                let answer = serde_json::from_slice::<Value>(&bytes)
-                    .ok()
-                    .map(|v| Answer::of_completion(&v))
-                    .unwrap_or_default();
-                (bytes, answer)
-            }
+            AnswerBody::Whole(bytes) => whole_answer(route, bytes),
             AnswerBody::Stream { first, rest } => {
                 let idle = Duration::from_millis(proxy.config.timeouts.idle_ms);
-                match collect_stream(first, rest, answered.strip_usage, idle, run.deadline).await {
+                match collect_stream(first, rest, route, idle, run.deadline).await {
                     Ok((bytes, answer)) => (Bytes::from(bytes), answer),
                     Err(reason) => {
                         run.spend.add(&model, None, candidate.estimate_usd);
@@ -469,6 +680,39 @@ async fn forward(
     }
 }
 
+/// A whole answer from a provider speaking `route.upstream`, as the client gets it, and what it
+/// said. An answer that cannot be read passes unchanged when the APIs agree (its usage
+/// unknown: the estimate stands) and becomes an error in the client's shape when they do not.
+fn whole_answer(route: StreamRoute<'_>, bytes: Bytes) -> (Bytes, Answer) {
+    let read = serde_json::from_slice::<Value>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|v| wire::answer_to_chat(route.upstream, &v).map_err(|e| e.to_string()));
+    match read {
+        Ok(chat) => {
+            let answer = Answer::of_completion(&chat);
+            if route.upstream == route.client {
+                return (bytes, answer);
+            }
+            let out = wire::answer_from_chat(route.client, &chat, route.model);
+            (Bytes::from(out.to_string()), answer)
+        }
+        Err(_) if route.upstream == route.client => (bytes, Answer::default()),
+        Err(e) => {
+            tracing::warn!(error = %e, api = route.upstream.name(), "an upstream answer could not be read");
+            let body = wire::error_body(
+                route.client,
+                502,
+                "upstream_error",
+                &format!(
+                    "the upstream's answer could not be read as {}: {e}",
+                    route.upstream.name()
+                ),
+            );
+            (Bytes::from(body.to_string()), Answer::default())
+        }
+    }
+}
+
 /// The pointsman headers of a proxied answer.
 fn decision_headers(plan: &Plan, position: usize, tries: u32, escalations: &[String]) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -482,6 +726,14 @@ fn decision_headers(plan: &Plan, position: usize, tries: u32, escalations: &[Str
     put("x-pointsman-attempts", tries.to_string());
     if !escalations.is_empty() {
         put("x-pointsman-escalations", escalations.len().to_string());
+    }
+    if let Some(step) = plan.routed.as_ref().and_then(|r| r.session.as_ref()) {
+        let name = match step {
+            dispatch::SessionStep::Held => "held",
+            dispatch::SessionStep::MovedUp { .. } => "moved_up",
+            dispatch::SessionStep::Lost { .. } => "lost",
+        };
+        put("x-pointsman-session", name.into());
     }
     match &plan.routed {
         None => put("x-pointsman-outcome", "passthrough".into()),
@@ -505,15 +757,36 @@ fn decision_headers(plan: &Plan, position: usize, tries: u32, escalations: &[Str
     headers
 }
 
-/// What an answer said, for the cascade's check.
+/// What an answer said, for the cascade's check and the spend.
 #[derive(Debug, Default)]
 struct Answer {
     text: String,
     tool_calls: bool,
     usage: Option<Usage>,
+    /// The error the upstream reported mid-stream.
+    failed: Option<String>,
 }
 
 impl Answer {
+    /// Reads a chat chunk of a stream: usage always, text and tool calls when `collect`.
+    fn absorb(&mut self, chunk: &Value, collect: bool) {
+        if let Some(u) = usage_of(chunk) {
+            self.usage = Some(u);
+        }
+        if !collect {
+            return;
+        }
+        if let Some(delta) = chunk.pointer("/choices/0/delta") {
+            if let Some(t) = delta.get("content").and_then(Value::as_str) {
+                self.text.push_str(t);
+            }
+            self.tool_calls |= delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .is_some_and(|t| !t.is_empty());
+        }
+    }
+
     fn of_completion(v: &Value) -> Self {
         let message = v.pointer("/choices/0/message");
         Answer {
@@ -527,6 +800,7 @@ impl Answer {
                 .and_then(Value::as_array)
                 .is_some_and(|t| !t.is_empty()),
             usage: usage_of(v),
+            failed: None,
         }
     }
 }
@@ -562,7 +836,14 @@ mod tests {
 
     #[test]
     fn events_split_on_blank_lines_and_usage_chunks_can_be_dropped() {
-        let mut e = SseEvents::new(Vec::new(), true, true);
+        let route = |strip_usage| StreamRoute {
+            upstream: Api::ChatCompletions,
+            client: Api::ChatCompletions,
+            model: "m",
+            include_usage: false,
+            strip_usage,
+        };
+        let mut e = SseEvents::new(Vec::new(), route(true), true);
         e.buf.extend_from_slice(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\r\n\r\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\npartial");
         let mut out = Vec::new();
         while let Some(event) = e.next_event() {
@@ -579,7 +860,14 @@ mod tests {
 
     #[test]
     fn a_usage_chunk_the_client_asked_for_is_kept() {
-        let mut e = SseEvents::new(Vec::new(), false, false);
+        let route = StreamRoute {
+            upstream: Api::ChatCompletions,
+            client: Api::ChatCompletions,
+            model: "m",
+            include_usage: false,
+            strip_usage: false,
+        };
+        let mut e = SseEvents::new(Vec::new(), route, false);
         e.buf
             .extend_from_slice(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n");
         assert!(e.next_event().is_some());
@@ -603,7 +891,7 @@ mod tests {
         let Value::Object(map) = body else {
             unreachable!()
         };
-        let r = ChatRequest::parse(map, HeaderMap::new()).unwrap();
+        let r = ChatRequest::parse(Api::ChatCompletions, map, HeaderMap::new()).unwrap();
         assert!(r.stream && r.wants_json);
         assert_eq!(r.user_turns, ["first", "look"]);
         assert_eq!(r.capabilities, ["tools", "vision"]);
@@ -628,7 +916,7 @@ mod tests {
             let Value::Object(map) = bad else {
                 unreachable!()
             };
-            let err = ChatRequest::parse(map, HeaderMap::new())
+            let err = ChatRequest::parse(Api::ChatCompletions, map, HeaderMap::new())
                 .err()
                 .unwrap()
                 .to_string();

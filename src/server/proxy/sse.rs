@@ -1,97 +1,149 @@
-//! The server-sent-events relay: events passed through as they arrive, unchanged (written by
-//! hand because it must not buffer or re-encode), with the usage chunk pointsman asked for
-//! dropped, idle and total deadlines, and an error event when the upstream fails mid-stream.
+//! The server-sent-events relay: events passed through as they arrive (written by hand because
+//! it must not buffer), unchanged when the client speaks the provider's API and translated event
+//! by event otherwise (`crate::wire`), with the usage chunk pointsman asked for dropped, idle
+//! and total deadlines, and an error event when the upstream fails mid-stream.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use super::spend::Spend;
-use super::upstream::{error_chain, usage_of};
+use super::upstream::error_chain;
 use super::{Answer, body_response};
+use crate::wire::{self, Api, Decoder, Encoder, Event, WireError};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-/// Splits an SSE byte stream into whole events (each ending with a blank line) and inspects
-/// the `data:` payloads for usage, the end marker and, when asked, the answer's text.
+/// Splits an SSE byte stream into whole events (each ending with a blank line), reads each
+/// into chat chunks (usage, the end, and, when asked, the answer's text) and writes what the
+/// client gets: the event unchanged when the client speaks the provider's API, else the
+/// client's own events for it, as soon as it is read.
 pub(super) struct SseEvents {
     pub(super) buf: Vec<u8>,
-    pub(super) strip_usage: bool,
-    pub(super) collect: bool,
+    /// The client's API (for the error event that ends a broken stream).
+    client: Api,
+    /// The provider's API.
+    pub(super) upstream: Api,
+    decoder: Box<dyn Decoder>,
+    /// `None`: the events pass unchanged.
+    encoder: Option<Box<dyn Encoder>>,
+    /// Drop the usage-only chat chunk pointsman asked for (events passing unchanged only).
+    strip_usage: bool,
+    collect: bool,
     pub(super) answer: Answer,
     pub(super) done_seen: bool,
 }
 
 impl SseEvents {
-    pub(super) fn new(first: Vec<u8>, strip_usage: bool, collect: bool) -> Self {
+    /// Events of a provider speaking `upstream` for a client speaking `client`; `model` is the
+    /// name the client sees in translated events.
+    pub(super) fn new(first: Vec<u8>, route: StreamRoute<'_>, collect: bool) -> Self {
+        let encoder = (route.upstream != route.client)
+            .then(|| wire::encoder(route.client, route.model, route.include_usage));
         SseEvents {
             buf: first,
-            strip_usage,
+            client: route.client,
+            upstream: route.upstream,
+            decoder: wire::decoder(route.upstream),
+            encoder,
+            strip_usage: route.strip_usage,
             collect,
             answer: Answer::default(),
             done_seen: false,
         }
     }
 
-    /// The next whole event in the buffer to pass on (usage-only events the client did not ask
-    /// for are consumed silently).
+    /// The next whole event (or events, translated) in the buffer to pass on.
     pub(super) fn next_event(&mut self) -> Option<Vec<u8>> {
         loop {
             let end = event_end(&self.buf)?;
             let event: Vec<u8> = self.buf.drain(..end).collect();
-            if self.inspect(&event) {
-                return Some(event);
+            let out = self.read(event);
+            if !out.is_empty() {
+                return Some(out);
             }
         }
     }
 
-    /// Reads an event; false when it must not be passed on.
-    pub(super) fn inspect(&mut self, event: &[u8]) -> bool {
-        let Ok(text) = std::str::from_utf8(event) else {
-            return true;
+    /// Reads one event; what the client gets for it (maybe nothing).
+    fn read(&mut self, raw: Vec<u8>) -> Vec<u8> {
+        if self.done_seen {
+            // nothing after the end counts (a chat stream's trailing comments, say)
+            return if self.encoder.is_none() {
+                raw
+            } else {
+                Vec::new()
+            };
+        }
+        let Some(event) = Event::parse(&raw) else {
+            return if self.encoder.is_none() {
+                raw
+            } else {
+                Vec::new()
+            };
+        };
+        let decoded = match self.decoder.decode(&event) {
+            Ok(d) => d,
+            Err(WireError(message)) => {
+                tracing::warn!(%message, "the upstream reported an error mid-stream");
+                self.done_seen = true;
+                self.answer.failed = Some(message.clone());
+                return match &mut self.encoder {
+                    None => raw,
+                    Some(e) => e.error(&message),
+                };
+            }
         };
         let mut keep = true;
-        for line in text.lines() {
-            let Some(data) = line.strip_prefix("data:") else {
-                continue;
-            };
-            let data = data.trim_start();
-            if data == "[DONE]" {
-                self.done_seen = true;
-                continue;
-            }
-            if !(self.collect || data.contains("\"usage\"")) {
-                continue;
-            }
-            let Ok(v) = serde_json::from_str::<Value>(data) else {
-                continue;
-            };
-            if let Some(u) = usage_of(&v) {
-                self.answer.usage = Some(u);
-                let no_choices = v
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .is_none_or(|c| c.is_empty());
-                if self.strip_usage && no_choices {
-                    keep = false;
-                }
-            }
-            if self.collect {
-                if let Some(delta) = v.pointer("/choices/0/delta") {
-                    if let Some(t) = delta.get("content").and_then(Value::as_str) {
-                        self.answer.text.push_str(t);
-                    }
-                    self.answer.tool_calls |= delta
-                        .get("tool_calls")
-                        .and_then(Value::as_array)
-                        .is_some_and(|t| !t.is_empty());
-                }
+        for chunk in &decoded.chunks {
+            self.answer.absorb(chunk, self.collect);
+            let usage_only = chunk
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_none_or(|c| c.is_empty());
+            if self.strip_usage && usage_only && chunk.get("usage").is_some() {
+                keep = false;
             }
         }
-        keep
+        self.done_seen = decoded.done;
+        match &mut self.encoder {
+            None if keep => raw,
+            None => Vec::new(),
+            Some(e) => {
+                let mut out = Vec::new();
+                for chunk in &decoded.chunks {
+                    out.extend(e.encode(chunk));
+                }
+                if decoded.done {
+                    out.extend(e.finish());
+                }
+                out
+            }
+        }
     }
+
+    /// The event that ends the client's stream when the upstream's broke.
+    pub(super) fn error_event(&mut self, message: &str) -> Vec<u8> {
+        match &mut self.encoder {
+            Some(e) => e.error(message),
+            None => wire::encoder(self.client, "", false).error(message),
+        }
+    }
+}
+
+/// Which APIs a stream is read from and written in.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StreamRoute<'a> {
+    pub(super) upstream: Api,
+    pub(super) client: Api,
+    /// The model name the client sees in translated events.
+    pub(super) model: &'a str,
+    /// A chat client asked for the usage chunk.
+    pub(super) include_usage: bool,
+    /// Drop the usage chunk pointsman asked for (chat to chat).
+    pub(super) strip_usage: bool,
 }
 
 /// The end (exclusive) of the first whole event in `buf`.
@@ -102,17 +154,6 @@ pub(super) fn event_end(buf: &[u8]) -> Option<usize> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// The SSE event that ends a broken stream.
-pub(super) fn error_event(message: &str) -> Vec<u8> {
-    let body = serde_json::json!({"error": {
-        "message": message,
-        "type": "upstream_error",
-        "param": null,
-        "code": "upstream_error",
-    }});
-    format!("data: {body}\n\n").into_bytes()
 }
 
 /// The next chunk of an upstream stream within the idle timeout and the deadline.
@@ -142,11 +183,11 @@ pub(super) async fn next_chunk(
 pub(super) async fn collect_stream(
     first: Vec<u8>,
     mut rest: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    strip_usage: bool,
+    route: StreamRoute<'_>,
     idle: Duration,
     deadline: Instant,
 ) -> Result<(Vec<u8>, Answer), String> {
-    let mut events = SseEvents::new(first, strip_usage, true);
+    let mut events = SseEvents::new(first, route, true);
     let mut bytes = Vec::new();
     loop {
         while let Some(event) = events.next_event() {
@@ -157,8 +198,16 @@ pub(super) async fn collect_stream(
             None => break,
         }
     }
+    if let Some(failure) = events.answer.failed.take() {
+        return Err(format!(
+            "the upstream reported an error mid-stream: {failure}"
+        ));
+    }
     if !events.done_seen {
-        return Err("the stream ended without `data: [DONE]`".into());
+        return Err(format!(
+            "the stream ended without {}",
+            events.upstream.end_event()
+        ));
     }
     bytes.append(&mut events.buf);
     Ok((bytes, events.answer))
@@ -194,7 +243,10 @@ impl Relay {
                     self.done = true;
                     continue;
                 }
-                Ok(None) => "the upstream ended the stream without `data: [DONE]`".to_string(),
+                Ok(None) => format!(
+                    "the upstream ended the stream without {}",
+                    self.events.upstream.end_event()
+                ),
                 Err(reason) => reason,
             };
             tracing::warn!(reason = %failure, "upstream stream failed; ending the client's stream with an error event");
@@ -202,7 +254,7 @@ impl Relay {
             // a half-received event is dropped: the client gets whole events only
             self.events.buf.clear();
             self.finish();
-            return Some(error_event(&failure));
+            return Some(self.events.error_event(&failure));
         }
     }
 

@@ -14,6 +14,7 @@ use super::sse::{event_end, next_chunk};
 use super::{ApiError, AppState};
 use super::{ChatRequest, Plan, Proxy};
 use crate::proxy_config::Provider;
+use crate::wire::{self, Api, Effort};
 
 /// A model the proxy may try, with what it is expected to cost.
 pub(super) struct Candidate {
@@ -51,6 +52,8 @@ pub(super) struct Answered {
     pub(super) position: usize,
     /// Whether the relay must drop the usage chunk pointsman asked for.
     pub(super) strip_usage: bool,
+    /// The API the answer is in (its provider's).
+    pub(super) api: Api,
 }
 
 /// The outcome of trying the plan's models from `start`.
@@ -62,6 +65,8 @@ pub(super) enum Attempt {
         headers: HeaderMap,
         body: Bytes,
         position: usize,
+        /// The API the refusal is in.
+        api: Api,
     },
 }
 
@@ -98,7 +103,15 @@ pub(super) async fn attempt(
             over_budget += 1;
             continue;
         }
-        let (body, strip_usage) = upstream_body(request, provider, model);
+        let (body, strip_usage) = match upstream_body(request, provider, model, plan.effort) {
+            Ok(b) => b,
+            Err(reason) => {
+                tracing::warn!(%model, %reason, "the request cannot go to this model's provider");
+                failures.push(format!("{model}: {reason}"));
+                run.spend.release(candidate);
+                continue;
+            }
+        };
         let mut retry_after = None;
         let mut tried = 0;
         let mut gave_up = false;
@@ -125,6 +138,7 @@ pub(super) async fn attempt(
                         body: answer,
                         position,
                         strip_usage,
+                        api: provider.api,
                     }));
                 }
                 Ok(Tried::Refused(status, headers, body)) => {
@@ -134,6 +148,7 @@ pub(super) async fn attempt(
                         headers,
                         body,
                         position,
+                        api: provider.api,
                     });
                 }
                 Err((result, failure)) => {
@@ -208,15 +223,24 @@ pub(super) async fn try_once(
     let timeouts = &proxy.config.timeouts;
     let left = deadline.saturating_duration_since(Instant::now());
     let first_byte = Duration::from_millis(timeouts.first_byte_ms).min(left);
-    let mut req = proxy.client.post(provider.chat_url()).json(body);
+    let mut req = proxy.client.post(provider.url()).json(body);
     for name in &provider.forward_headers {
         for value in request.headers.get_all(name) {
             req = req.header(name, value);
         }
     }
-    if let Some(key) = &provider.api_key {
-        req = req.bearer_auth(key);
-    }
+    req = match provider.api {
+        Api::AnthropicMessages => {
+            // a client of the same API keeps its version and beta features
+            let client_headers =
+                (request.client == Api::AnthropicMessages).then_some(&request.headers);
+            anthropic_auth(req, provider, client_headers)
+        }
+        Api::ChatCompletions | Api::OpenaiResponses => match &provider.api_key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        },
+    };
     let transient =
         |what: &'static str, detail: String| (what, TryFailure::Transient(detail, None));
     let response = match tokio::time::timeout(first_byte, req.send()).await {
@@ -325,32 +349,81 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The body sent upstream: the client's, with `model` renamed for the provider and, for a
-/// stream, a final usage chunk asked for; the flag says the client did not ask for it, so that
-/// the relay drops it.
+/// An Anthropic provider's key and version headers: `x-api-key`, and `anthropic-version` (and
+/// `anthropic-beta`) from `client` when the client speaks the Messages API too.
+pub(super) fn anthropic_auth(
+    mut req: reqwest::RequestBuilder,
+    provider: &Provider,
+    client: Option<&HeaderMap>,
+) -> reqwest::RequestBuilder {
+    if let Some(key) = &provider.api_key {
+        req = req.header("x-api-key", key);
+    }
+    let version = client
+        .and_then(|h| h.get("anthropic-version"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(wire::messages::API_VERSION);
+    req = req.header("anthropic-version", version);
+    if let Some(beta) = client.and_then(|h| h.get("anthropic-beta")) {
+        req = req.header("anthropic-beta", beta);
+    }
+    req
+}
+
+/// [`anthropic_auth`] for a request a Messages client sent.
+pub(super) fn anthropic_headers(
+    req: reqwest::RequestBuilder,
+    provider: &Provider,
+    client: &HeaderMap,
+) -> reqwest::RequestBuilder {
+    anthropic_auth(req, provider, Some(client))
+}
+
+/// The body sent upstream, in the provider's API: the client's own when the APIs agree, else
+/// translated from the chat form; with `model` renamed for the provider, the route's reasoning
+/// effort unless the client set one, and, for a chat stream, a final usage chunk asked for.
+/// The flag says the client did not ask for that chunk, so that the relay drops it. An error
+/// says why the request cannot go to this provider (what the translation cannot carry).
 pub(super) fn upstream_body(
     request: &ChatRequest,
     provider: &Provider,
     model: &str,
-) -> (Map<String, Value>, bool) {
-    let mut body = request.body.clone();
-    body.insert(
-        "model".into(),
-        Value::String(provider.upstream_model(model).to_string()),
-    );
+    effort: Option<Effort>,
+) -> Result<(Map<String, Value>, bool), String> {
+    let name = provider.upstream_model(model);
+    let mut body = if provider.api == request.client {
+        let mut body = request.native.as_ref().unwrap_or(&request.chat).clone();
+        body.insert("model".into(), Value::String(name.to_string()));
+        body
+    } else {
+        if !request.untranslatable.is_empty() {
+            return Err(format!(
+                "{} cannot be translated for provider `{}` ({}); only a provider of the client's API can take this request",
+                request.untranslatable.join(", "),
+                provider.name,
+                provider.api.name()
+            ));
+        }
+        wire::request_from_chat(provider.api, &request.chat, name).map_err(|e| e.to_string())?
+    };
+    if let Some(effort) = effort {
+        wire::set_effort(provider.api, &mut body, effort);
+    }
     let mut strip_usage = false;
-    if request.stream && provider.stream_usage {
+    // a translated stream needs the usage to price it and to tell the client
+    let wants_usage = provider.stream_usage || request.client != Api::ChatCompletions;
+    if provider.api == Api::ChatCompletions && request.stream && wants_usage {
         let options = body
             .entry("stream_options")
             .or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(o) = options {
             if o.get("include_usage").and_then(Value::as_bool) != Some(true) {
                 o.insert("include_usage".into(), Value::Bool(true));
-                strip_usage = true;
+                strip_usage = request.client == Api::ChatCompletions;
             }
         }
     }
-    (body, strip_usage)
+    Ok((body, strip_usage))
 }
 
 /// Tokens an upstream reported.
@@ -361,12 +434,6 @@ pub(super) struct Usage {
 }
 
 pub(super) fn usage_of(v: &Value) -> Option<Usage> {
-    let u = v.get("usage")?;
-    Some(Usage {
-        prompt: u.get("prompt_tokens")?.as_u64()?,
-        completion: u
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
-    })
+    let (prompt, completion) = wire::chat_usage(v)?;
+    Some(Usage { prompt, completion })
 }
