@@ -2,6 +2,7 @@
 //! when it is missing (run `scripts/setup.sh`, or `scripts/test.sh` which does it for you).
 
 mod api;
+mod apis;
 mod common;
 mod cost;
 mod door;

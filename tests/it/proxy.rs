@@ -36,7 +36,7 @@ routes:
     utterances: [give me json data]
 ";
 
-const UPSTREAM_KEY: &str = "sk-upstream-secret";
+pub(crate) const UPSTREAM_KEY: &str = "sk-upstream-secret";
 
 /// First-byte and idle timeouts for the tests of them; the upstream stalls far longer, so an
 /// answer that comes at all proves the timeout fired.
@@ -83,7 +83,7 @@ providers:
     )
 }
 
-fn parse_proxy(text: &str) -> ProxyConfig {
+pub(crate) fn parse_proxy(text: &str) -> ProxyConfig {
     let env = |v: &str| (v == "UP_KEY").then(|| UPSTREAM_KEY.to_string());
     ProxyConfig::parse("proxy.yaml".as_ref(), text, &env).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -111,7 +111,7 @@ async fn proxied_with(routes: &str, extra: &str) -> Proxied {
 
 /// One request through the router, answered in full within a minute (the upstream's stalls
 /// last [`FOREVER`]: a timeout that does not fire fails the test instead of hanging it).
-async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+pub(crate) async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
     let exchange = async {
         let res = app(state.clone()).oneshot(req).await.unwrap();
         let (parts, body) = res.into_parts();
@@ -142,7 +142,7 @@ fn ask(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}], "temperature": 0.2})
 }
 
-fn h<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+pub(crate) fn h<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers
         .get(name)
         .map(|v| v.to_str().unwrap())
@@ -510,7 +510,7 @@ async fn the_cascade_escalates_answers_that_fail_its_check() {
 
 /// Waits until the metrics report `usd` of upstream usage for `model` (settlement runs just
 /// after the answer; the spend counters move before the metrics do).
-async fn wait_for_reported_spend(state: &AppState, model: &str, usd: f64) {
+pub(crate) async fn wait_for_reported_spend(state: &AppState, model: &str, usd: f64) {
     let prefix = format!("pointsman_reported_spend_usd_total{{model=\"{model}\"}} ");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -640,7 +640,7 @@ async fn without_a_proxy_file_the_proxy_endpoints_say_how_to_turn_it_on() {
 }
 
 /// The example routes on the real model, every provider pointing at the fake upstream.
-async fn proxied_examples() -> (AppState, Upstream) {
+pub(crate) async fn proxied_examples() -> (AppState, Upstream) {
     let upstream = Upstream::start().await;
     let providers: String = ["openai", "groq", "anthropic", "vllm"]
         .iter()
@@ -655,7 +655,7 @@ async fn proxied_examples() -> (AppState, Upstream) {
     (state, upstream)
 }
 
-fn conversation(turns: &[(&str, &str)]) -> Value {
+pub(crate) fn conversation(turns: &[(&str, &str)]) -> Value {
     let messages: Vec<Value> = turns
         .iter()
         .map(|(role, content)| json!({"role": role, "content": content}))
@@ -701,7 +701,7 @@ async fn a_short_follow_up_stays_on_the_conversations_route() {
 
 /// The real binary serving the example routes on the real model, with every provider pointing
 /// at `upstream`; returns the process and its base URL.
-fn serve_proxy(upstream: &Upstream, dir: &std::path::Path) -> (Serving, String) {
+pub(crate) fn serve_proxy(upstream: &Upstream, dir: &std::path::Path) -> (Serving, String) {
     let providers: String = ["openai", "groq", "anthropic", "vllm"]
         .iter()
         .map(|p| {
