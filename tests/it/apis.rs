@@ -23,15 +23,15 @@ version: 1
 defaults: {method: neighbours, threshold: 0.9, top_k: 3}
 models:
   gpt: {provider: chat, input_per_mtok: 1, output_per_mtok: 1, context_window: 100000, capabilities: [tools, vision]}
-  claude: {provider: anthropic, input_per_mtok: 1, output_per_mtok: 1, context_window: 100000, capabilities: [tools, vision]}
-  o-resp: {provider: responses, input_per_mtok: 1, output_per_mtok: 1, context_window: 100000, capabilities: [tools, vision]}
+  claude: {provider: anthropic, input_per_mtok: 1, output_per_mtok: 1, context_window: 100000, capabilities: [tools, vision, reasoning]}
+  o-resp: {provider: responses, input_per_mtok: 1, output_per_mtok: 1, context_window: 100000, capabilities: [tools, vision, reasoning]}
 default_route: {models: [gpt]}
 routes:
   - name: claude_first
     models: [claude, gpt]
     utterances: [hello there]
   - name: thinking
-    models: [o-resp, claude]
+    models: [o-resp, claude, gpt]
     utterances: [think hard about this]
 ";
 
@@ -694,6 +694,22 @@ async fn a_routes_reasoning_effort_is_sent_in_each_apis_form() {
     let sent = s.upstream.received().pop().unwrap();
     // low is 2,048 thinking tokens, more than the request's max_tokens of 200: no thinking fits
     assert!(sent.body.get("thinking").is_none(), "{}", sent.body);
+    // gpt is no reasoning model: it gets no effort
+    s.upstream
+        .script("o-resp", [Behaviour::Status(503), Behaviour::Status(503)]);
+    s.upstream
+        .script("claude", [Behaviour::Status(503), Behaviour::Status(503)]);
+    send(
+        &s.state,
+        post(
+            Client::Chat,
+            &Client::Chat.body("thinking", "x", false, false),
+        ),
+    )
+    .await;
+    let sent = s.upstream.received().pop().unwrap();
+    assert_eq!(sent.model, "gpt");
+    assert!(sent.body.get("reasoning_effort").is_none(), "{}", sent.body);
     // a client's own effort stands
     let mut body = Client::Responses.body("thinking", "x", false, false);
     body["reasoning"] = json!({"effort": "minimal"});

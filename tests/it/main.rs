@@ -3,6 +3,7 @@
 
 mod api;
 mod apis;
+mod clients;
 mod common;
 mod cost;
 mod door;

@@ -103,7 +103,14 @@ pub(super) async fn attempt(
             over_budget += 1;
             continue;
         }
-        let (body, strip_usage) = match upstream_body(request, provider, model, plan.effort) {
+        // a route's effort goes to its reasoning models only (others refuse the field)
+        let effort = plan.effort.filter(|_| {
+            table
+                .catalog
+                .get(model)
+                .is_some_and(|m| m.capabilities.iter().any(|c| c == "reasoning"))
+        });
+        let (body, strip_usage) = match upstream_body(request, provider, model, effort) {
             Ok(b) => b,
             Err(reason) => {
                 tracing::warn!(%model, %reason, "the request cannot go to this model's provider");
