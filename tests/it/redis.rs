@@ -448,3 +448,63 @@ async fn a_cap_reached_across_replicas_stays_reached_while_redis_is_away() {
     // b last saw 0.9: the 0.2 it asks for is refused in memory too
     assert!(b.reserve(&caps, 0.2).await.0.is_err());
 }
+
+#[tokio::test]
+async fn a_sticky_session_moved_up_on_one_replica_stays_up_on_the_others() {
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use pointsman::server::{AppState, ServerOptions};
+
+    let redis = RedisServer::start();
+    let upstream = crate::upstream::Upstream::start().await;
+    let providers: String = ["openai", "groq", "anthropic", "vllm"]
+        .iter()
+        .map(|p| format!("  {p}: {{base_url: {}}}\n", upstream.base_url))
+        .collect();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let config = crate::proxy::parse_proxy(&format!("version: 1\nproviders:\n{providers}"));
+        replicas.push(
+            AppState::with_engine(crate::common::example_engine(), ServerOptions::default())
+                .with_proxy(config)
+                .unwrap()
+                .with_ledger(replica(&redis.url).await),
+        );
+    }
+    let turn = |text: &str| {
+        let body =
+            serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": text}]});
+        Request::post("/v1/chat/completions")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-pointsman-session", "conversation-42")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let model = |headers: &axum::http::HeaderMap| {
+        headers["x-pointsman-model"].to_str().unwrap().to_string()
+    };
+    let order = "Where is my order #12345?";
+    let (_, headers, _) = crate::proxy::send(&replicas[0], turn(order)).await;
+    assert_eq!(model(&headers), "llama-3.1-8b-instruct");
+    let hard = "My package arrived damaged, my warranty expired yesterday and I paid with three gift cards: how do I get a refund?";
+    let (_, headers, _) = crate::proxy::send(&replicas[0], turn(hard)).await;
+    assert_eq!(model(&headers), "claude-3.5-sonnet");
+    // the other replica keeps the conversation up there
+    let (_, headers, _) = crate::proxy::send(&replicas[1], turn(order)).await;
+    assert_eq!(model(&headers), "claude-3.5-sonnet");
+    assert_eq!(headers["x-pointsman-session"], "held");
+    // Redis holds a hash of the session key, not the key
+    let keys = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--scan",
+            "--pattern",
+            "test:session:*",
+        ])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8(keys.stdout).unwrap();
+    assert_eq!(keys.lines().count(), 1, "{keys}");
+    assert!(!keys.contains("conversation-42"), "{keys}");
+}
