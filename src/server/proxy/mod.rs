@@ -513,12 +513,14 @@ async fn plan(
     state.log_decision(who, result.as_ref());
     let decided = result.map_err(|e| state.refused(&e))?;
     super::record_decision(state, &decided);
-    // the session is on the model chosen now, for its ttl from this turn
+    // the session is on the model chosen now, for its ttl from this turn; one whose model
+    // could not serve this turn stays on it for the next
     if let Some(key) = session_key {
-        proxy
-            .sessions
-            .keep(key, &decided.selection.model, redis)
-            .await;
+        let model = match &decided.session {
+            Some(dispatch::SessionStep::Lost { from }) => from,
+            _ => &decided.selection.model,
+        };
+        proxy.sessions.keep(key, model, redis).await;
     }
     let mut models = vec![Candidate {
         model: decided.selection.model.clone(),
