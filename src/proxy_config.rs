@@ -676,6 +676,27 @@ routes:
         assert_eq!(cloud.url(), "https://api.example.com/v1/chat/completions");
         assert_eq!(config.provider_for("small", &t).unwrap().name, "local");
         assert!(!format!("{cloud:?}").contains("sk-test"));
+        // a provider names its API; chat completions unless it says otherwise
+        assert_eq!(cloud.api, Api::ChatCompletions);
+        let native = parse(
+            "version: 1\nproviders:\n  a: {base_url: 'https://api.anthropic.com/v1', api: anthropic_messages}\n  r: {base_url: 'https://api.openai.com/v1/', api: openai_responses}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            native.providers["a"].url(),
+            "https://api.anthropic.com/v1/messages"
+        );
+        assert_eq!(
+            native.providers["r"].url(),
+            "https://api.openai.com/v1/responses"
+        );
+        let err = parse("version: 1\nproviders:\n  a: {base_url: 'https://x', api: grpc}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("grpc") && err.contains("anthropic_messages"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -712,12 +733,13 @@ routes:
     #[test]
     fn a_proxy_file_that_does_not_fit_the_routes_says_why() {
         let config = parse(
-            "version: 1\nproviders:\n  cloud: {base_url: 'https://x', models: [faq, big]}\n  other: {base_url: 'https://y', models: [big]}\ncascade:\n  nope: {min_chars: 3}\n",
+            "version: 1\nproviders:\n  cloud: {base_url: 'https://x', models: [faq, big]}\n  other: {base_url: 'https://y', models: [big]}\ncascade:\n  nope: {min_chars: 3}\nreasoning_effort: {gone: high}\n",
         )
         .unwrap();
         let problems = config.check(&table()).join("\n");
         for needle in [
             "cascade.nope: no route named `nope`",
+            "reasoning_effort.gone: no route named `gone`",
             "route `faq` has the name of a model",
             "model `small` can be chosen by the routes but no provider serves it (its catalog provider `local` is not under `providers`)",
             "model `big` is listed under both providers `cloud` and `other`",

@@ -50,6 +50,7 @@ fn stop_from_chat(reason: Option<&str>) -> &'static str {
 /// Reads a Messages request into a chat-completions body.
 pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError> {
     let mut untranslatable = Vec::new();
+    let mut dropped_tools = Vec::new();
     let mut chat = Map::new();
     if let Some(m) = body.get("model") {
         chat.insert("model".into(), m.clone());
@@ -76,11 +77,16 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
     }
     for (i, m) in list.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        if role != "user" && role != "assistant" {
-            return Err(bad(format!(
-                "messages[{i}].role: `{role}` is not `user` or `assistant` (the system prompt goes in `system`)"
-            )));
-        }
+        // Claude Code puts system messages among the turns
+        let role = match role {
+            "user" | "assistant" | "system" => role,
+            "developer" => "system",
+            _ => {
+                return Err(bad(format!(
+                    "messages[{i}].role: `{role}` is not `user`, `assistant` or `system`"
+                )));
+            }
+        };
         match m.get("content") {
             Some(Value::String(s)) => messages.push(json!({"role": role, "content": s})),
             Some(Value::Array(blocks)) => {
@@ -118,10 +124,13 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
                     "description": t.get("description").cloned().unwrap_or(Value::Null),
                     "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
                 }})),
-                _ => untranslatable.push(format!(
-                    "the server tool `{}`",
-                    t.get("type").and_then(Value::as_str).unwrap_or("?")
-                )),
+                _ => dropped_tools.push(
+                    t.get("name")
+                        .or_else(|| t.get("type"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_string(),
+                ),
             }
         }
         if !out.is_empty() {
@@ -148,7 +157,14 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
             chat.insert("parallel_tool_calls".into(), Value::Bool(false));
         }
     }
-    if let Some(thinking) = body.get("thinking") {
+    let effort = body
+        .get("output_config")
+        .and_then(|c| c.get("effort"))
+        .and_then(Value::as_str)
+        .and_then(|e| Effort::parse(if e == "max" { "high" } else { e }));
+    if let Some(effort) = effort {
+        chat.insert("reasoning_effort".into(), effort.as_str().into());
+    } else if let Some(thinking) = body.get("thinking") {
         if thinking.get("type").and_then(Value::as_str) == Some("enabled") {
             let budget = thinking
                 .get("budget_tokens")
@@ -170,6 +186,7 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
     Ok(Incoming {
         chat,
         untranslatable,
+        dropped_tools,
     })
 }
 

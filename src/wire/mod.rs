@@ -132,9 +132,13 @@ impl Effort {
 pub struct Incoming {
     /// The chat-completions body.
     pub chat: Map<String, Value>,
-    /// What the hub could not carry (a hosted tool, a PDF, ...): the request can go unchanged to
-    /// a provider of the client's own API, but not be translated into another.
+    /// What the hub could not carry (a PDF, a file, ...): the request can go unchanged to a
+    /// provider of the client's own API, but not be translated into another.
     pub untranslatable: Vec<String>,
+    /// Tools only the client's own API's provider runs (Anthropic's server tools, OpenAI's
+    /// hosted tools): left out of a translated request, so that a model of another API answers
+    /// without them rather than not at all (coding agents send them on every turn).
+    pub dropped_tools: Vec<String>,
 }
 
 /// Reads a client's request body in `api` into the hub.
@@ -143,6 +147,7 @@ pub fn request_to_chat(api: Api, body: &Map<String, Value>) -> Result<Incoming, 
         Api::ChatCompletions => Ok(Incoming {
             chat: body.clone(),
             untranslatable: Vec::new(),
+            dropped_tools: Vec::new(),
         }),
         Api::AnthropicMessages => messages::request_to_chat(body),
         Api::OpenaiResponses => responses::request_to_chat(body),

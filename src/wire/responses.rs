@@ -18,6 +18,7 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
         }
     }
     let mut untranslatable = Vec::new();
+    let mut dropped_tools = Vec::new();
     let mut chat = Map::new();
     if let Some(m) = body.get("model") {
         chat.insert("model".into(), m.clone());
@@ -87,7 +88,13 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
                     "parameters": t.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
                     "strict": t.get("strict").cloned().unwrap_or(Value::Null),
                 }})),
-                other => untranslatable.push(format!("the hosted tool `{}`", other.unwrap_or("?"))),
+                other => dropped_tools.push(
+                    t.get("name")
+                        .and_then(Value::as_str)
+                        .or(other)
+                        .unwrap_or("?")
+                        .to_string(),
+                ),
             }
         }
         if !out.is_empty() {
@@ -109,6 +116,7 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
     Ok(Incoming {
         chat,
         untranslatable,
+        dropped_tools,
     })
 }
 

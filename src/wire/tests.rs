@@ -124,15 +124,24 @@ fn what_the_hub_cannot_carry_is_named_and_bad_input_says_where() {
         "messages": [{"role": "user", "content": [{"type": "document", "source": {}}, {"type": "text", "text": "hi"}]}],
     })))
     .unwrap();
+    assert_eq!(incoming.untranslatable, ["a `document` content block"]);
+    assert_eq!(incoming.dropped_tools, ["web_search"]);
+    // system messages among the turns (as Claude Code sends them) stay where they are
+    let incoming = messages::request_to_chat(&obj(json!({"messages": [
+        {"role": "user", "content": "hi"}, {"role": "system", "content": "the agents are: ..."}]})))
+    .unwrap();
     assert_eq!(
-        incoming.untranslatable,
-        [
-            "a `document` content block",
-            "the server tool `web_search_20250305`"
-        ]
+        incoming.chat["messages"][1],
+        json!({"role": "system", "content": "the agents are: ..."})
     );
+    let hosted = responses::request_to_chat(&obj(json!({"input": "hi", "tools": [
+        {"type": "web_search"}, {"type": "namespace", "name": "multi_agent_v1", "tools": []},
+        {"type": "function", "name": "exec", "parameters": {}}]})))
+    .unwrap();
+    assert_eq!(hosted.dropped_tools, ["web_search", "multi_agent_v1"]);
+    assert_eq!(hosted.chat["tools"].as_array().unwrap().len(), 1);
     let err = messages::request_to_chat(&obj(
-        json!({"messages": [{"role": "system", "content": "x"}]}),
+        json!({"messages": [{"role": "tool", "content": "x"}]}),
     ))
     .unwrap_err();
     assert!(err.0.contains("messages[0].role"), "{err}");

@@ -723,12 +723,15 @@ async fn a_routes_reasoning_effort_is_sent_in_each_apis_form() {
 #[tokio::test]
 async fn what_cannot_be_translated_goes_only_to_a_provider_of_the_clients_api() {
     let s = setup("").await;
-    // a hosted tool: claude_first's Anthropic model takes it, the chat fallback could not
-    let mut body = Client::Messages.body("claude_first", "search the web", false, false);
+    // a PDF: claude_first's Anthropic model takes it, the chat fallback could not
+    let mut body = Client::Messages.body("claude_first", "summarise this", false, false);
+    body["messages"][0]["content"] = json!([{"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}, {"type": "text", "text": "summarise this"}]);
+    // and a server tool, which a chat provider does without
     body["tools"] = json!([{"type": "web_search_20250305", "name": "web_search"}]);
     let (status, _, _) = send(&s.state, post(Client::Messages, &body)).await;
     assert_eq!(status, StatusCode::OK);
     let sent = s.upstream.received().pop().unwrap();
+    assert_eq!(sent.body["messages"][0]["content"][0]["type"], "document");
     assert_eq!(sent.body["tools"][0]["type"], "web_search_20250305");
     s.upstream
         .script("claude", [Behaviour::Status(503), Behaviour::Status(503)]);
@@ -737,11 +740,18 @@ async fn what_cannot_be_translated_goes_only_to_a_provider_of_the_clients_api() 
     let v: Value = serde_json::from_slice(&bytes).unwrap();
     let message = v["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains(
-            "the server tool `web_search_20250305` cannot be translated for provider `chat`"
-        ),
+        message.contains("a `document` content block cannot be translated for provider `chat`"),
         "{message}"
     );
+    // without the PDF the chat model answers, without the server tool
+    body["messages"][0]["content"] = json!("summarise this");
+    s.upstream
+        .script("claude", [Behaviour::Status(503), Behaviour::Status(503)]);
+    let (status, headers, _) = send(&s.state, post(Client::Messages, &body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h(&headers, "x-pointsman-model"), "gpt");
+    let sent = s.upstream.received().pop().unwrap();
+    assert!(sent.body.get("tools").is_none(), "{}", sent.body);
     // a stateful Responses request is refused with what to do
     let mut body = Client::Responses.body("gpt", "x", false, false);
     body["previous_response_id"] = json!("resp_1");

@@ -139,6 +139,8 @@ struct ChatRequest {
     native: Option<Map<String, Value>>,
     /// What the chat form could not carry: the request goes only to providers of its own API.
     untranslatable: Vec<String>,
+    /// Hosted or server tools left out when the request is translated for another API.
+    dropped_tools: Vec<String>,
     /// The chat client asked for the usage chunk.
     include_usage: bool,
     /// The sticky-session key, if the request has one.
@@ -251,6 +253,7 @@ impl ChatRequest {
             chat: body,
             native,
             untranslatable: incoming.untranslatable,
+            dropped_tools: incoming.dropped_tools,
             include_usage,
             session,
             model,

@@ -411,6 +411,9 @@ pub(super) fn upstream_body(
                 provider.api.name()
             ));
         }
+        if !request.dropped_tools.is_empty() {
+            tracing::info!(tools = %request.dropped_tools.join(", "), provider = %provider.name, api = provider.api.name(), "tools only the client's API's providers run are left out of the translated request");
+        }
         wire::request_from_chat(provider.api, &request.chat, name).map_err(|e| e.to_string())?
     };
     if let Some(effort) = effort {
