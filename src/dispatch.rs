@@ -515,10 +515,15 @@ async fn select(
     };
     choice.quality = quality;
     // held, but a spend cap passed the session's model over
+    // ...or, moving up, a spend cap passed the stronger model over for a weaker one
+    let strength = |m: &str| selection::strength(&table.catalog, m);
     let session = session.map(|step| match (step, req.session) {
         (SessionStep::Held, Some(from)) if choice.model != from => SessionStep::Lost {
             from: from.to_string(),
         },
+        (SessionStep::MovedUp { from }, _) if strength(&choice.model) < strength(&from) => {
+            SessionStep::Lost { from }
+        }
         (step, _) => step,
     });
     let fallbacks = fallbacks(table, &lists, &choice, &needs, health);
@@ -553,12 +558,7 @@ fn stick(
         .iter()
         .find_map(|(list, _)| usable(list).into_iter().next())
         .map(|e| e.model);
-    let strength = |m: &str| {
-        table
-            .catalog
-            .get(m)
-            .map_or(0.0, |c| c.input_per_mtok + c.output_per_mtok)
-    };
+    let strength = |m: &str| selection::strength(&table.catalog, m);
     match own {
         Some(own) if own != model && strength(&own) > strength(model) => SessionStep::MovedUp {
             from: model.to_string(),

@@ -204,8 +204,9 @@ impl Default for ConversationPolicy {
 /// that the provider's prompt cache keeps hitting, unless a later turn is routed to a stronger
 /// model (a higher catalog price), which it then moves up to. It never moves down mid-session.
 ///
-/// The key is the `x-pointsman-session` header, else the API's own field: Anthropic's
-/// `metadata.user_id` (Claude Code puts its session there), OpenAI's `prompt_cache_key`.
+/// The key is the `x-pointsman-session` header, else the API's own field: the session Claude
+/// Code writes into Anthropic's `metadata.user_id`, OpenAI's `prompt_cache_key`. Only
+/// `model: "auto"` requests stick.
 /// Sessions are kept in Redis when `--redis-url` is given (shared by replicas), else in the
 /// process.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -285,6 +285,14 @@ impl NoCandidate {
     }
 }
 
+/// How strong a model counts as for sticky sessions: its catalog price, input plus output per
+/// million tokens (0 without a catalog entry). A session only moves to a stronger model.
+pub fn strength(catalog: &BTreeMap<String, CatalogModel>, model: &str) -> f64 {
+    catalog
+        .get(model)
+        .map_or(0.0, |c| c.input_per_mtok + c.output_per_mtok)
+}
+
 /// The candidate lists of a decision, in the order to try them: the route's candidates (when a
 /// route was decided), then the default route's that are not among them, each with whether it
 /// is the default route's list.

@@ -119,11 +119,16 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
                 .and_then(Value::as_str)
                 .is_none_or(|k| k == "custom");
             match (custom, t.get("name").and_then(Value::as_str)) {
-                (true, Some(name)) => out.push(json!({"type": "function", "function": {
-                    "name": name,
-                    "description": t.get("description").cloned().unwrap_or(Value::Null),
-                    "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
-                }})),
+                (true, Some(name)) => {
+                    let mut function = json!({
+                        "name": name,
+                        "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
+                    });
+                    if let Some(d) = t.get("description").filter(|d| !d.is_null()) {
+                        function["description"] = d.clone();
+                    }
+                    out.push(json!({"type": "function", "function": function}));
+                }
                 _ => dropped_tools.push(
                     t.get("name")
                         .or_else(|| t.get("type"))
@@ -137,7 +142,12 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
             chat.insert("tools".into(), Value::Array(out));
         }
     }
-    if let Some(choice) = body.get("tool_choice").filter(|v| !v.is_null()) {
+    let has_tools = chat.contains_key("tools");
+    if let Some(choice) = body
+        .get("tool_choice")
+        .filter(|v| !v.is_null())
+        .filter(|_| has_tools)
+    {
         let kind = choice.get("type").and_then(Value::as_str);
         let mapped = match kind {
             Some("auto") => json!("auto"),
@@ -216,6 +226,13 @@ fn read_blocks(
                 },
             })),
             "tool_result" => {
+                let images = b
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| c.iter().any(|p| p["type"] != "text"));
+                if images {
+                    untranslatable.push("a tool result with an image".to_string());
+                }
                 let text = match b.get("content") {
                     Some(Value::String(s)) => s.clone(),
                     other => content_text(other),
@@ -405,7 +422,7 @@ pub fn request_from_chat(chat: &Map<String, Value>) -> Result<Map<String, Value>
                 let f = t.get("function")?;
                 Some(json!({
                     "name": f.get("name")?,
-                    "description": f.get("description").cloned().unwrap_or_else(|| "".into()),
+                    "description": f.get("description").filter(|d| !d.is_null()).cloned().unwrap_or_else(|| "".into()),
                     "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
                 }))
             })
@@ -442,10 +459,34 @@ pub fn request_from_chat(chat: &Map<String, Value>) -> Result<Map<String, Value>
     Ok(body)
 }
 
+/// Whether extended thinking can be turned on for this request: not with a forced tool
+/// choice, nor in the middle of a tool loop whose last assistant turn began without a thinking
+/// block (the API refuses both).
+fn thinking_fits(body: &Map<String, Value>) -> bool {
+    let forced = body
+        .get("tool_choice")
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t == "any" || t == "tool");
+    let last_assistant = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "assistant"));
+    let unthought_tool_turn = last_assistant
+        .and_then(|m| m["content"].as_array())
+        .is_some_and(|blocks| {
+            blocks.iter().any(|b| b["type"] == "tool_use")
+                && !blocks
+                    .first()
+                    .is_some_and(|b| b["type"] == "thinking" || b["type"] == "redacted_thinking")
+        });
+    !forced && !unthought_tool_turn
+}
+
 /// Turns on extended thinking for `effort` unless the request sets `thinking` itself; the
 /// budget stays below `max_tokens`, as the API requires (no thinking if it cannot).
 pub fn set_thinking(body: &mut Map<String, Value>, effort: Effort) {
-    if body.contains_key("thinking") {
+    if body.contains_key("thinking") || !thinking_fits(body) {
         return;
     }
     let Some(budget) = effort.thinking_budget() else {

@@ -49,7 +49,6 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
         ("parallel_tool_calls", "parallel_tool_calls"),
         ("user", "user"),
         ("prompt_cache_key", "prompt_cache_key"),
-        ("metadata", "metadata"),
     ] {
         if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
             chat.insert(to.into(), v.clone());
@@ -82,12 +81,18 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
         let mut out = Vec::new();
         for t in tools {
             match t.get("type").and_then(Value::as_str) {
-                Some("function") => out.push(json!({"type": "function", "function": {
-                    "name": t.get("name").cloned().unwrap_or(Value::Null),
-                    "description": t.get("description").cloned().unwrap_or(Value::Null),
-                    "parameters": t.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
-                    "strict": t.get("strict").cloned().unwrap_or(Value::Null),
-                }})),
+                Some("function") => {
+                    let mut function = json!({
+                        "name": t.get("name").cloned().unwrap_or(Value::Null),
+                        "parameters": t.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
+                    });
+                    for key in ["description", "strict"] {
+                        if let Some(v) = t.get(key).filter(|v| !v.is_null()) {
+                            function[key] = v.clone();
+                        }
+                    }
+                    out.push(json!({"type": "function", "function": function}));
+                }
                 other => dropped_tools.push(
                     t.get("name")
                         .and_then(Value::as_str)
@@ -101,7 +106,10 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
             chat.insert("tools".into(), Value::Array(out));
         }
     }
-    match body.get("tool_choice") {
+    match body
+        .get("tool_choice")
+        .filter(|_| chat.contains_key("tools"))
+    {
         Some(Value::String(s)) => {
             chat.insert("tool_choice".into(), s.clone().into());
         }
@@ -298,7 +306,6 @@ pub fn request_from_chat(chat: &Map<String, Value>) -> Result<Map<String, Value>
         "parallel_tool_calls",
         "user",
         "prompt_cache_key",
-        "metadata",
     ] {
         if let Some(v) = chat.get(key).filter(|v| !v.is_null()) {
             body.insert(key.into(), v.clone());

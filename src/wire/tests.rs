@@ -97,6 +97,34 @@ fn a_chat_request_goes_to_each_api_and_back_with_what_it_holds() {
 }
 
 #[test]
+fn absent_fields_stay_absent_rather_than_null() {
+    let incoming = messages::request_to_chat(&obj(json!({"messages": [{"role": "user", "content": "x"}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "any"}})))
+    .unwrap();
+    let function = incoming.chat["tools"][0]["function"].as_object().unwrap();
+    assert!(!function.contains_key("description"));
+    let a = messages::request_from_chat(&obj(json!({"messages": [], "tools": [{"type": "function", "function": {"name": "f", "description": null}}]}))).unwrap();
+    assert_eq!(a["tools"][0]["description"], "");
+    let r = responses::request_to_chat(&obj(
+        json!({"input": "x", "metadata": {"a": "b"}, "tools": [{"type": "function", "name": "f"}]}),
+    ))
+    .unwrap();
+    assert!(
+        !r.chat["tools"][0]["function"]
+            .as_object()
+            .unwrap()
+            .contains_key("strict")
+    );
+    assert!(!r.chat.contains_key("metadata"));
+    // a forced tool choice whose tools were all left out goes too
+    let only_hosted = responses::request_to_chat(&obj(
+        json!({"input": "x", "tools": [{"type": "web_search"}], "tool_choice": "required"}),
+    ))
+    .unwrap();
+    assert!(!only_hosted.chat.contains_key("tool_choice"));
+}
+
+#[test]
 fn anthropic_requests_keep_alternating_roles_and_take_a_default_max_tokens() {
     let chat = obj(json!({"messages": [
         {"role": "user", "content": "a"},
@@ -178,6 +206,26 @@ fn efforts_take_each_apis_form_and_a_clients_own_stands() {
     let mut tiny = obj(json!({"max_tokens": 500}));
     set_effort(Api::AnthropicMessages, &mut tiny, Effort::High);
     assert!(!tiny.contains_key("thinking"));
+    // not with a forced tool, nor in a tool loop whose last assistant turn did not think
+    let mut forced = obj(json!({"max_tokens": 20000, "tool_choice": {"type": "any"}}));
+    set_effort(Api::AnthropicMessages, &mut forced, Effort::High);
+    assert!(!forced.contains_key("thinking"));
+    let mut looping = obj(json!({"max_tokens": 20000, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "w", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "sunny"}]},
+    ]}));
+    set_effort(Api::AnthropicMessages, &mut looping, Effort::High);
+    assert!(!looping.contains_key("thinking"));
+    looping["messages"][1]["content"]
+        .as_array_mut()
+        .unwrap()
+        .insert(
+            0,
+            json!({"type": "thinking", "thinking": "...", "signature": "s"}),
+        );
+    set_effort(Api::AnthropicMessages, &mut looping, Effort::High);
+    assert!(looping.contains_key("thinking"));
     // and a client's thinking reads back as an effort
     let incoming = messages::request_to_chat(&obj(json!({"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": 10000}}))).unwrap();
     assert_eq!(incoming.chat["reasoning_effort"], "medium");

@@ -557,6 +557,19 @@ async fn an_upstream_failing_before_or_in_the_middle_of_a_stream_is_told_in_the_
             );
         }
     }
+    // a translated answer that cannot be read is a 502 in the client's shape, not a 200
+    s.upstream.script("gpt", [Behaviour::Garbage]);
+    let (status, _, bytes) = send(
+        &s.state,
+        post(
+            Client::Messages,
+            &Client::Messages.body("gpt", "hi", false, false),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
     // an upstream's own refusal (400) reaches the client in the client's shape
     s.upstream.script("claude", [Behaviour::Status(400)]);
     let (status, _, bytes) = send(
@@ -798,7 +811,7 @@ async fn messages_errors_and_token_counts_take_anthropics_shape() {
 }
 
 /// A conversation of `turns` user messages (the assistant's answers between them) with a
-/// session key, in the Messages API.
+/// session key, in the Messages API, as Claude Code sends it.
 fn session_turn(turns: &[&str], session: Option<&str>) -> Request<Body> {
     let mut messages = Vec::new();
     for (i, t) in turns.iter().enumerate() {
@@ -808,8 +821,10 @@ fn session_turn(turns: &[&str], session: Option<&str>) -> Request<Body> {
         messages.push(json!({"role": "user", "content": t}));
     }
     let mut body = json!({"model": "auto", "max_tokens": 300, "messages": messages});
+    // as Claude Code writes it: the session inside `metadata.user_id`
     if let Some(key) = session {
-        body["metadata"] = json!({"user_id": key});
+        let user_id = json!({"device_id": "d", "account_uuid": "", "session_id": key});
+        body["metadata"] = json!({"user_id": user_id.to_string()});
     }
     post(Client::Messages, &body)
 }
@@ -891,4 +906,17 @@ async fn a_session_stays_on_its_model_as_turns_drift_and_moves_up_when_a_turn_ne
         .unwrap();
     let (_, headers, _) = send(&state, req).await;
     assert_eq!(h(&headers, "x-pointsman-model"), "claude-3.5-sonnet");
+    // a plain end-user id is no session key; nor is a request pinned to a route
+    let mut body = json!({"model": "auto", "max_tokens": 100, "metadata": {"user_id": "session-b"},
+        "messages": [{"role": "user", "content": "Where is my order #12345?"}]});
+    let (_, headers, _) = send(&state, post(Client::Messages, &body)).await;
+    assert_eq!(h(&headers, "x-pointsman-model"), "llama-3.1-8b-instruct");
+    body["model"] = json!("order_status");
+    let req = Request::post("/v1/messages")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-pointsman-session", "session-b")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (_, headers, _) = send(&state, req).await;
+    assert_eq!(h(&headers, "x-pointsman-model"), "llama-3.1-8b-instruct");
 }

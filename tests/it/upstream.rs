@@ -36,6 +36,8 @@ pub enum Behaviour {
     /// Streams the whole answer but ends without its last event (`data: [DONE]`,
     /// `message_stop`, `response.completed`).
     NoDone,
+    /// Answers 200 with a body that is not JSON.
+    Garbage,
     /// Answers with a call of this tool, arguments `{"city": "Paris"}` (streamed in two pieces).
     CallsTool(String),
 }
@@ -464,6 +466,7 @@ async fn answer(shared: Arc<Shared>, wire: Wire, headers: HeaderMap, body: Value
         }
         Behaviour::Stall(d) => tokio::time::sleep(*d).await,
         Behaviour::Says(text) => content = text.clone(),
+        Behaviour::Garbage => return (StatusCode::OK, "<html>oops</html>").into_response(),
         Behaviour::CallsTool(name) => tool = Some(name.clone()),
         _ => {}
     }

@@ -181,7 +181,11 @@ impl ChatRequest {
                     .as_ref()
                     .and_then(|n| n.get("metadata"))
                     .and_then(|m| m.get("user_id"))
-                    .or_else(|| body.get("prompt_cache_key"))
+                    .and_then(Value::as_str)
+                    .and_then(claude_code_session)
+            })
+            .or_else(|| {
+                body.get("prompt_cache_key")
                     .and_then(Value::as_str)
                     .map(str::to_string)
             })
@@ -265,6 +269,21 @@ impl ChatRequest {
             headers,
         })
     }
+}
+
+/// The session in a Messages request's `metadata.user_id` as Claude Code writes it (a JSON
+/// object with `session_id`, or `..._session_<id>`). Any other `user_id` names an end user, not
+/// a conversation: it is no session key (all of a user's conversations would share one).
+fn claude_code_session(user_id: &str) -> Option<String> {
+    if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(user_id) {
+        return o
+            .get("session_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+    }
+    user_id
+        .rsplit_once("_session_")
+        .map(|(_, id)| id.to_string())
 }
 
 /// How the request reached its model: what the router decided, and the models to try.
@@ -489,10 +508,11 @@ async fn plan(
         ConversationText::new(&turns, proxy.config.conversation.window).ok_or_else(|| {
             ApiError::Validation("`messages` has no user message with text to route on".into())
         })?;
+    // a session holds a conversation routed by meaning, not one pinned to a route
     let session_key = request
         .session
         .as_deref()
-        .filter(|_| proxy.config.sessions.ttl_s > 0);
+        .filter(|_| proxy.config.sessions.ttl_s > 0 && request.model == "auto");
     let redis = state.ledger.redis();
     let session_model = match session_key {
         Some(key) => proxy.sessions.get(key, redis).await,
@@ -519,9 +539,14 @@ async fn plan(
     // the session is on the model chosen now, for its ttl from this turn; one whose model
     // could not serve this turn stays on it for the next
     if let Some(key) = session_key {
+        // unless the turn's own choice is stronger (the session's model may never fit again)
+        let strength = |m: &str| crate::selection::strength(&table.catalog, m);
+        let chosen = &decided.selection.model;
         let model = match &decided.session {
-            Some(dispatch::SessionStep::Lost { from }) => from,
-            _ => &decided.selection.model,
+            Some(dispatch::SessionStep::Lost { from }) if strength(from) >= strength(chosen) => {
+                from
+            }
+            _ => chosen,
         };
         proxy.sessions.keep(key, model, redis).await;
     }
@@ -593,12 +618,16 @@ async fn forward(
                     .ok()
                     .and_then(|v| wire::error_message(&v).map(str::to_string))
                     .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
-                let body = wire::error_body(
-                    request.client,
-                    status.as_u16(),
-                    "invalid_request_error",
-                    &message,
-                );
+                let kind = match status.as_u16() {
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    404 => "not_found_error",
+                    409 => "conflict_error",
+                    413 => "request_too_large",
+                    429 => "rate_limit_error",
+                    _ => "invalid_request_error",
+                };
+                let body = wire::error_body(request.client, status.as_u16(), kind, &message);
                 let mut response = (status, axum::Json(body)).into_response();
                 response.headers_mut().extend(ours);
                 return Ok(response);
@@ -632,17 +661,34 @@ async fn forward(
                         settle: Some((run.spend, model.clone(), candidate.estimate_usd)),
                     },
                 ),
-                AnswerBody::Whole(bytes) => {
-                    let (bytes, answer) = whole_answer(route, bytes);
-                    run.spend
-                        .settle(&model, answer.usage, candidate.estimate_usd);
-                    body_response(answered.status, &answered.headers, ours, Body::from(bytes))
-                }
+                AnswerBody::Whole(bytes) => match whole_answer(route, bytes) {
+                    Ok((bytes, answer)) => {
+                        run.spend
+                            .settle(&model, answer.usage, candidate.estimate_usd);
+                        body_response(answered.status, &answered.headers, ours, Body::from(bytes))
+                    }
+                    Err(error) => {
+                        // the estimate stands: the upstream may have charged for it
+                        run.spend.settle(&model, None, candidate.estimate_usd);
+                        let mut response =
+                            (StatusCode::BAD_GATEWAY, axum::Json(error)).into_response();
+                        response.headers_mut().extend(ours);
+                        response
+                    }
+                },
             });
         };
         // the cascade reads the whole answer before the client sees any of it
         let (bytes, answer) = match answered.body {
-            AnswerBody::Whole(bytes) => whole_answer(route, bytes),
+            AnswerBody::Whole(bytes) => match whole_answer(route, bytes) {
+                Ok(read) => read,
+                Err(_) => {
+                    run.spend.add(&model, None, candidate.estimate_usd);
+                    escalations.push(format!("{model}: its answer could not be read"));
+                    start = answered.position + 1;
+                    continue;
+                }
+            },
             AnswerBody::Stream { first, rest } => {
                 let idle = Duration::from_millis(proxy.config.timeouts.idle_ms);
                 match collect_stream(first, rest, route, idle, run.deadline).await {
@@ -687,8 +733,8 @@ async fn forward(
 
 /// A whole answer from a provider speaking `route.upstream`, as the client gets it, and what it
 /// said. An answer that cannot be read passes unchanged when the APIs agree (its usage
-/// unknown: the estimate stands) and becomes an error in the client's shape when they do not.
-fn whole_answer(route: StreamRoute<'_>, bytes: Bytes) -> (Bytes, Answer) {
+/// unknown: the estimate stands); when they do not, the error to answer with (502).
+fn whole_answer(route: StreamRoute<'_>, bytes: Bytes) -> Result<(Bytes, Answer), Value> {
     let read = serde_json::from_slice::<Value>(&bytes)
         .map_err(|e| e.to_string())
         .and_then(|v| wire::answer_to_chat(route.upstream, &v).map_err(|e| e.to_string()));
@@ -696,15 +742,15 @@ fn whole_answer(route: StreamRoute<'_>, bytes: Bytes) -> (Bytes, Answer) {
         Ok(chat) => {
             let answer = Answer::of_completion(&chat);
             if route.upstream == route.client {
-                return (bytes, answer);
+                return Ok((bytes, answer));
             }
             let out = wire::answer_from_chat(route.client, &chat, route.model);
-            (Bytes::from(out.to_string()), answer)
+            Ok((Bytes::from(out.to_string()), answer))
         }
-        Err(_) if route.upstream == route.client => (bytes, Answer::default()),
+        Err(_) if route.upstream == route.client => Ok((bytes, Answer::default())),
         Err(e) => {
             tracing::warn!(error = %e, api = route.upstream.name(), "an upstream answer could not be read");
-            let body = wire::error_body(
+            Err(wire::error_body(
                 route.client,
                 502,
                 "upstream_error",
@@ -712,8 +758,7 @@ fn whole_answer(route: StreamRoute<'_>, bytes: Bytes) -> (Bytes, Answer) {
                     "the upstream's answer could not be read as {}: {e}",
                     route.upstream.name()
                 ),
-            );
-            (Bytes::from(body.to_string()), Answer::default())
+            ))
         }
     }
 }
@@ -831,6 +876,17 @@ fn body_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claude_codes_session_is_read_from_its_user_id_and_a_plain_user_id_is_none() {
+        let json = r#"{"device_id":"d","account_uuid":"","session_id":"df37ec0c"}"#;
+        assert_eq!(claude_code_session(json).as_deref(), Some("df37ec0c"));
+        assert_eq!(
+            claude_code_session("user_abc_account__session_9f1e").as_deref(),
+            Some("9f1e")
+        );
+        assert_eq!(claude_code_session("user-42"), None);
+    }
 
     #[test]
     fn clipping_keeps_whole_characters() {

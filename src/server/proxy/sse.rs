@@ -124,6 +124,17 @@ impl SseEvents {
         }
     }
 
+    /// What is left in the buffer at the end: passed on when events pass unchanged, dropped
+    /// when they are translated (it is in the provider's API).
+    pub(super) fn rest(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.buf);
+        if self.encoder.is_none() {
+            rest
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The event that ends the client's stream when the upstream's broke.
     pub(super) fn error_event(&mut self, message: &str) -> Vec<u8> {
         match &mut self.encoder {
@@ -209,7 +220,7 @@ pub(super) async fn collect_stream(
             events.upstream.end_event()
         ));
     }
-    bytes.append(&mut events.buf);
+    bytes.extend(events.rest());
     Ok((bytes, events.answer))
 }
 
@@ -232,7 +243,8 @@ impl Relay {
             }
             if self.done {
                 self.finish();
-                return (!self.events.buf.is_empty()).then(|| std::mem::take(&mut self.events.buf));
+                let rest = self.events.rest();
+                return (!rest.is_empty()).then_some(rest);
             }
             let failure = match next_chunk(&mut self.upstream, self.idle, self.deadline).await {
                 Ok(Some(bytes)) => {
