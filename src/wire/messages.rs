@@ -99,6 +99,19 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
             }
         }
     }
+    // system messages among the turns join the system prompt, first: many chat templates
+    // (vLLM's Llama and Mistral ones among them) take a system message nowhere else
+    let (system, turns): (Vec<Value>, Vec<Value>) =
+        messages.into_iter().partition(|m| m["role"] == "system");
+    let mut messages = Vec::with_capacity(turns.len() + 1);
+    if !system.is_empty() {
+        let text: Vec<String> = system
+            .iter()
+            .map(|m| content_text(m.get("content")))
+            .collect();
+        messages.push(json!({"role": "system", "content": text.join("\n\n")}));
+    }
+    messages.extend(turns);
     chat.insert("messages".into(), Value::Array(messages));
     for (from, to) in [
         ("max_tokens", "max_tokens"),

@@ -154,13 +154,14 @@ fn what_the_hub_cannot_carry_is_named_and_bad_input_says_where() {
     .unwrap();
     assert_eq!(incoming.untranslatable, ["a `document` content block"]);
     assert_eq!(incoming.dropped_tools, ["web_search"]);
-    // system messages among the turns (as Claude Code sends them) stay where they are
-    let incoming = messages::request_to_chat(&obj(json!({"messages": [
+    // system messages among the turns (as Claude Code sends them) join the system prompt
+    let incoming = messages::request_to_chat(&obj(json!({"system": "be brief", "messages": [
         {"role": "user", "content": "hi"}, {"role": "system", "content": "the agents are: ..."}]})))
     .unwrap();
     assert_eq!(
-        incoming.chat["messages"][1],
-        json!({"role": "system", "content": "the agents are: ..."})
+        incoming.chat["messages"],
+        json!([
+        {"role": "system", "content": "be brief\n\nthe agents are: ..."}, {"role": "user", "content": "hi"}])
     );
     let hosted = responses::request_to_chat(&obj(json!({"input": "hi", "tools": [
         {"type": "web_search"}, {"type": "namespace", "name": "multi_agent_v1", "tools": []},
