@@ -230,14 +230,7 @@ fn read_blocks(
             "text" => parts.push(json!({"type": "text", "text": b.get("text").and_then(Value::as_str).unwrap_or_default()})),
             "image" => parts.push(image_to_chat(b.get("source"))
                 .ok_or_else(|| bad(format!("messages[{at}].content[{j}]: an image needs a `source` of type base64 (media_type, data) or url")))?),
-            "tool_use" => calls.push(json!({
-                "id": b.get("id").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": b.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": b.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
-                },
-            })),
+            "tool_use" => calls.push(tool_call(b)),
             "tool_result" => {
                 let images = b
                     .get("content")
@@ -310,6 +303,32 @@ fn image_from_chat(part: &Value) -> Option<Value> {
     })
 }
 
+/// A chat tool call of a `tool_use` block (its input as a JSON string).
+fn tool_call(block: &Value) -> Value {
+    json!({
+        "id": block.get("id").cloned().unwrap_or(Value::Null),
+        "type": "function",
+        "function": {
+            "name": block.get("name").cloned().unwrap_or(Value::Null),
+            "arguments": block.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
+        },
+    })
+}
+
+/// The `tool_use` block of a chat tool call (arguments that are not JSON become `{}`).
+fn tool_use(call: &Value) -> Value {
+    let arguments = call
+        .pointer("/function/arguments")
+        .and_then(Value::as_str)
+        .unwrap_or("{}");
+    json!({
+        "type": "tool_use",
+        "id": call.get("id").cloned().unwrap_or_else(|| new_id("toolu_").into()),
+        "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
+        "input": serde_json::from_str::<Value>(arguments).unwrap_or_else(|_| json!({})),
+    })
+}
+
 /// Writes a chat-completions body as a Messages request (without `model`).
 pub fn request_from_chat(chat: &Map<String, Value>) -> Result<Map<String, Value>, WireError> {
     let mut body = Map::new();
@@ -366,18 +385,7 @@ pub fn request_from_chat(chat: &Map<String, Value>) -> Result<Map<String, Value>
                     .into_iter()
                     .flatten()
                 {
-                    let arguments = call
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
-                    let input: Value =
-                        serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
-                    blocks.push(json!({
-                        "type": "tool_use",
-                        "id": call.get("id").cloned().unwrap_or(Value::Null),
-                        "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-                        "input": input,
-                    }));
+                    blocks.push(tool_use(call));
                 }
                 (role, blocks)
             }
@@ -548,14 +556,7 @@ pub fn answer_to_chat(answer: &Value) -> Result<Value, WireError> {
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => calls.push(json!({
-                "id": b.get("id").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": b.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": b.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
-                },
-            })),
+            Some("tool_use") => calls.push(tool_call(b)),
             _ => {}
         }
     }
@@ -589,16 +590,7 @@ pub fn answer_from_chat(completion: &Value, model: &str) -> Value {
         .into_iter()
         .flatten()
     {
-        let arguments = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("{}");
-        content.push(json!({
-            "type": "tool_use",
-            "id": call.get("id").cloned().unwrap_or_else(|| new_id("toolu_").into()),
-            "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-            "input": serde_json::from_str::<Value>(arguments).unwrap_or_else(|_| json!({})),
-        }));
+        content.push(tool_use(call));
     }
     let (prompt, out) = super::chat_usage(completion).unwrap_or((0, 0));
     json!({
