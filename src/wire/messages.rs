@@ -722,22 +722,20 @@ impl Decoder for StreamDecoder {
     }
 }
 
-#[derive(Debug, PartialEq)]
-enum Open {
-    Nothing,
-    Text,
-    /// A tool_use block, with the chat tool-call index it carries.
-    Tool(u64),
-}
-
-/// Writes chat chunks as a Messages stream.
+/// Writes chat chunks as a Messages stream. Text is one block; each tool call is a block of
+/// its own, open until the text resumes or the answer ends, so that a provider interleaving
+/// several calls' arguments (index 0, 1, 0, ...) still reaches the client whole, each delta
+/// under its own block's index.
 pub struct StreamEncoder {
     model: String,
     id: String,
     started: bool,
-    open: Open,
-    /// Index of the open block (or of the next one).
-    block: u64,
+    /// The open text block.
+    text: Option<u64>,
+    /// The open tool_use blocks: the chat tool-call index and the block's index.
+    tools: Vec<(u64, u64)>,
+    /// The next block's index.
+    next: u64,
     stop: &'static str,
     usage: (u64, u64),
 }
@@ -749,8 +747,9 @@ impl StreamEncoder {
             model: model.to_string(),
             id: new_id("msg_"),
             started: false,
-            open: Open::Nothing,
-            block: 0,
+            text: None,
+            tools: Vec::new(),
+            next: 0,
             stop: "end_turn",
             usage: (0, 0),
         }
@@ -770,14 +769,40 @@ impl StreamEncoder {
         }
     }
 
-    fn close(&mut self, out: &mut Vec<u8>) {
-        if self.open != Open::Nothing {
-            out.extend(sse(
-                Some("content_block_stop"),
-                &json!({"type": "content_block_stop", "index": self.block}),
-            ));
-            self.block += 1;
-            self.open = Open::Nothing;
+    /// Starts a block; its index.
+    fn open(&mut self, out: &mut Vec<u8>, block: Value) -> u64 {
+        let index = self.next;
+        self.next += 1;
+        out.extend(sse(
+            Some("content_block_start"),
+            &json!({"type": "content_block_start", "index": index, "content_block": block}),
+        ));
+        index
+    }
+
+    fn delta(out: &mut Vec<u8>, index: u64, delta: Value) {
+        out.extend(sse(
+            Some("content_block_delta"),
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
+    }
+
+    fn stop_block(out: &mut Vec<u8>, index: u64) {
+        out.extend(sse(
+            Some("content_block_stop"),
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+
+    fn close_text(&mut self, out: &mut Vec<u8>) {
+        if let Some(index) = self.text.take() {
+            Self::stop_block(out, index);
+        }
+    }
+
+    fn close_tools(&mut self, out: &mut Vec<u8>) {
+        for (_, index) in std::mem::take(&mut self.tools) {
+            Self::stop_block(out, index);
         }
     }
 }
@@ -798,20 +823,16 @@ impl Encoder for StreamEncoder {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
         {
-            if self.open != Open::Text {
-                self.close(&mut out);
-                self.open = Open::Text;
-                out.extend(sse(
-                    Some("content_block_start"),
-                    &json!({"type": "content_block_start",
-                    "index": self.block, "content_block": {"type": "text", "text": ""}}),
-                ));
-            }
-            out.extend(sse(
-                Some("content_block_delta"),
-                &json!({"type": "content_block_delta",
-                "index": self.block, "delta": {"type": "text_delta", "text": text}}),
-            ));
+            let index = match self.text {
+                Some(index) => index,
+                None => {
+                    self.close_tools(&mut out);
+                    let index = self.open(&mut out, json!({"type": "text", "text": ""}));
+                    self.text = Some(index);
+                    index
+                }
+            };
+            Self::delta(&mut out, index, json!({"type": "text_delta", "text": text}));
         }
         for call in delta
             .get("tool_calls")
@@ -819,26 +840,35 @@ impl Encoder for StreamEncoder {
             .into_iter()
             .flatten()
         {
-            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-            if self.open != Open::Tool(index) {
-                self.close(&mut out);
-                self.open = Open::Tool(index);
-                out.extend(sse(
-                    Some("content_block_start"),
-                    &json!({"type": "content_block_start",
-                    "index": self.block, "content_block": {"type": "tool_use",
-                    "id": call.get("id").cloned().unwrap_or_else(|| new_id("toolu_").into()),
-                    "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-                    "input": {}}}),
-                ));
-            }
+            let chat_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let known = self
+                .tools
+                .iter()
+                .find(|(c, _)| *c == chat_index)
+                .map(|(_, b)| *b);
+            let index = match known {
+                Some(index) => index,
+                None => {
+                    self.close_text(&mut out);
+                    let block = json!({"type": "tool_use",
+                        "id": call.get("id").cloned().unwrap_or_else(|| new_id("toolu_").into()),
+                        "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
+                        "input": {}});
+                    let index = self.open(&mut out, block);
+                    self.tools.push((chat_index, index));
+                    index
+                }
+            };
             if let Some(args) = call
                 .pointer("/function/arguments")
                 .and_then(Value::as_str)
                 .filter(|a| !a.is_empty())
             {
-                out.extend(sse(Some("content_block_delta"), &json!({"type": "content_block_delta",
-                    "index": self.block, "delta": {"type": "input_json_delta", "partial_json": args}})));
+                Self::delta(
+                    &mut out,
+                    index,
+                    json!({"type": "input_json_delta", "partial_json": args}),
+                );
             }
         }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
@@ -850,7 +880,8 @@ impl Encoder for StreamEncoder {
     fn finish(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         self.start(&mut out);
-        self.close(&mut out);
+        self.close_text(&mut out);
+        self.close_tools(&mut out);
         out.extend(sse(
             Some("message_delta"),
             &json!({"type": "message_delta",

@@ -630,14 +630,19 @@ enum Item {
     },
 }
 
-/// Writes chat chunks as a Responses stream.
+/// Writes chat chunks as a Responses stream. The text is one message item; each tool call is a
+/// function-call item of its own, open until the text resumes or the answer ends, so that a
+/// provider interleaving several calls' arguments still reaches the client whole, each delta
+/// under its own item.
 pub struct StreamEncoder {
     id: String,
     model: String,
     sequence: u64,
     started: bool,
-    open: Option<Item>,
-    done: Vec<Value>,
+    /// Every output item by its index: `None` while it is open.
+    output: Vec<Option<Value>>,
+    /// The open items, with their output index.
+    open: Vec<(usize, Item)>,
     finish: String,
     usage: Option<(u64, u64)>,
 }
@@ -650,8 +655,8 @@ impl StreamEncoder {
             model: model.to_string(),
             sequence: 0,
             started: false,
-            open: None,
-            done: Vec::new(),
+            output: Vec::new(),
+            open: Vec::new(),
             finish: "stop".into(),
             usage: None,
         }
@@ -680,40 +685,60 @@ impl StreamEncoder {
         }
     }
 
-    fn close(&mut self, out: &mut Vec<u8>) {
-        let index = self.done.len();
-        match self.open.take() {
-            None => {}
-            Some(Item::Message { id, text }) => {
-                self.emit(out, "response.output_text.done", json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}));
-                self.emit(out, "response.content_part.done", json!({"item_id": id, "output_index": index, "content_index": 0,
-                    "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []}}));
-                let item = message_item(&id, &text, "completed");
-                self.emit(
-                    out,
-                    "response.output_item.done",
-                    json!({"output_index": index, "item": item}),
-                );
-                self.done.push(item);
-            }
-            Some(Item::Call {
-                id,
-                call_id,
-                name,
-                arguments,
-                ..
-            }) => {
-                self.emit(out, "response.function_call_arguments.done", json!({"item_id": id, "output_index": index, "arguments": arguments, "name": name}));
-                let item = call_item(&id, &call_id, &name, &arguments, "completed");
-                self.emit(
-                    out,
-                    "response.output_item.done",
-                    json!({"output_index": index, "item": item}),
-                );
-                self.done.push(item);
-            }
+    /// Opens an item: announces it and gives it the next output index.
+    fn add(&mut self, out: &mut Vec<u8>, added: Value, item: Item) -> usize {
+        let index = self.output.len();
+        self.output.push(None);
+        self.emit(
+            out,
+            "response.output_item.added",
+            json!({"output_index": index, "item": added}),
+        );
+        self.open.push((index, item));
+        index
+    }
+
+    /// Closes the open items that `which` picks, in their order.
+    fn close(&mut self, out: &mut Vec<u8>, which: fn(&Item) -> bool) {
+        let (closing, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.open)
+            .into_iter()
+            .partition(|(_, item)| which(item));
+        self.open = open;
+        for (index, item) in closing {
+            let done = match item {
+                Item::Message { id, text } => {
+                    self.emit(out, "response.output_text.done", json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}));
+                    self.emit(out, "response.content_part.done", json!({"item_id": id, "output_index": index, "content_index": 0,
+                        "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []}}));
+                    message_item(&id, &text, "completed")
+                }
+                Item::Call {
+                    id,
+                    call_id,
+                    name,
+                    arguments,
+                    ..
+                } => {
+                    self.emit(out, "response.function_call_arguments.done", json!({"item_id": id, "output_index": index, "arguments": arguments, "name": name}));
+                    call_item(&id, &call_id, &name, &arguments, "completed")
+                }
+            };
+            self.emit(
+                out,
+                "response.output_item.done",
+                json!({"output_index": index, "item": done}),
+            );
+            self.output[index] = Some(done);
         }
     }
+}
+
+fn is_message(item: &Item) -> bool {
+    matches!(item, Item::Message { .. })
+}
+
+fn is_call(item: &Item) -> bool {
+    matches!(item, Item::Call { .. })
 }
 
 impl Encoder for StreamEncoder {
@@ -732,29 +757,30 @@ impl Encoder for StreamEncoder {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
         {
-            if !matches!(self.open, Some(Item::Message { .. })) {
-                self.close(&mut out);
-                let index = self.done.len();
+            if !self.open.iter().any(|(_, item)| is_message(item)) {
+                self.close(&mut out, is_call);
                 let id = new_id("msg_");
-                let mut item = message_item(&id, "", "in_progress");
-                item["content"] = json!([]);
-                self.emit(
-                    &mut out,
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": item}),
-                );
+                let mut added = message_item(&id, "", "in_progress");
+                added["content"] = json!([]);
+                let item = Item::Message {
+                    id: id.clone(),
+                    text: String::new(),
+                };
+                let index = self.add(&mut out, added, item);
                 self.emit(&mut out, "response.content_part.added", json!({"item_id": id, "output_index": index, "content_index": 0,
                     "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}));
-                self.open = Some(Item::Message {
-                    id,
-                    text: String::new(),
-                });
             }
-            let index = self.done.len();
-            if let Some(Item::Message { id, text: all }) = &mut self.open {
-                all.push_str(text);
-                let id = id.clone();
-                self.emit(&mut out, "response.output_text.delta", json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}));
+            let mut event = None;
+            for (index, item) in &mut self.open {
+                if let Item::Message { id, text: all } = item {
+                    all.push_str(text);
+                    event = Some(
+                        json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}),
+                    );
+                }
+            }
+            if let Some(event) = event {
+                self.emit(&mut out, "response.output_text.delta", event);
             }
         }
         for call in delta
@@ -764,11 +790,11 @@ impl Encoder for StreamEncoder {
             .flatten()
         {
             let chat_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let same =
-                matches!(&self.open, Some(Item::Call { chat_index: c, .. }) if *c == chat_index);
-            if !same {
-                self.close(&mut out);
-                let index = self.done.len();
+            let known = self.open.iter().any(
+                |(_, item)| matches!(item, Item::Call { chat_index: c, .. } if *c == chat_index),
+            );
+            if !known {
+                self.close(&mut out, is_message);
                 let id = new_id("fc_");
                 let call_id = call
                     .get("id")
@@ -778,34 +804,40 @@ impl Encoder for StreamEncoder {
                     .pointer("/function/name")
                     .cloned()
                     .unwrap_or(Value::Null);
-                let item = call_item(&id, &call_id, &name, "", "in_progress");
-                self.emit(
-                    &mut out,
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": item}),
-                );
-                self.open = Some(Item::Call {
+                let added = call_item(&id, &call_id, &name, "", "in_progress");
+                let item = Item::Call {
                     id,
                     chat_index,
                     call_id,
                     name,
                     arguments: String::new(),
-                });
+                };
+                self.add(&mut out, added, item);
             }
-            let index = self.done.len();
-            if let (Some(args), Some(Item::Call { id, arguments, .. })) = (
-                call.pointer("/function/arguments")
-                    .and_then(Value::as_str)
-                    .filter(|a| !a.is_empty()),
-                &mut self.open,
-            ) {
-                arguments.push_str(args);
-                let id = id.clone();
-                self.emit(
-                    &mut out,
-                    "response.function_call_arguments.delta",
-                    json!({"item_id": id, "output_index": index, "delta": args}),
-                );
+            let Some(args) = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .filter(|a| !a.is_empty())
+            else {
+                continue;
+            };
+            let mut event = None;
+            for (index, item) in &mut self.open {
+                if let Item::Call {
+                    id,
+                    chat_index: c,
+                    arguments,
+                    ..
+                } = item
+                {
+                    if *c == chat_index {
+                        arguments.push_str(args);
+                        event = Some(json!({"item_id": id, "output_index": index, "delta": args}));
+                    }
+                }
+            }
+            if let Some(event) = event {
+                self.emit(&mut out, "response.function_call_arguments.delta", event);
             }
         }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
@@ -817,20 +849,22 @@ impl Encoder for StreamEncoder {
     fn finish(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         self.start(&mut out);
-        self.close(&mut out);
+        self.close(&mut out, |_| true);
         let status = if matches!(self.finish.as_str(), "length" | "content_filter") {
             "incomplete"
         } else {
             "completed"
         };
+        let output = self.output.iter().flatten().cloned().collect();
         let r = response(
             &self.id,
             &self.model,
-            self.done.clone(),
+            output,
             self.usage,
             status,
             &self.finish,
         );
+
         self.emit(
             &mut out,
             &format!("response.{status}"),

@@ -500,3 +500,70 @@ fn token_estimates_count_text_not_images() {
     // "abcd", "user", "abcdefgh", "image/png": 25 bytes (types and image data are not text)
     assert_eq!(messages::estimate_tokens(&body), 7);
 }
+
+#[test]
+fn interleaved_tool_calls_reach_the_client_whole_each_under_its_own_block() {
+    let call = |index: u64, start: Option<(&str, &str)>, args: &str| {
+        let mut c = json!({"index": index, "function": {"arguments": args}});
+        if let Some((id, name)) = start {
+            c["id"] = json!(id);
+            c["type"] = json!("function");
+            c["function"]["name"] = json!(name);
+        }
+        chunk("c", "m", json!({"tool_calls": [c]}), None)
+    };
+    let chunks = [
+        call(0, Some(("call_a", "f")), ""),
+        call(1, Some(("call_b", "g")), ""),
+        call(0, None, "{\"x\":"),
+        call(1, None, "{\"y\":"),
+        call(0, None, "1}"),
+        call(1, None, "2}"),
+        chunk("c", "m", json!({}), Some("tool_calls")),
+    ];
+    for api in [Api::AnthropicMessages, Api::OpenaiResponses] {
+        let mut encoder = encoder(api, "m", false);
+        let mut wire = Vec::new();
+        for c in &chunks {
+            wire.extend(encoder.encode(c));
+        }
+        wire.extend(encoder.finish());
+        let mut decoder = decoder(api);
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        for e in events(&wire) {
+            for c in decoder.decode(&e).unwrap().chunks {
+                for t in c
+                    .pointer("/choices/0/delta/tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let i = t["index"].as_u64().unwrap() as usize;
+                    if calls.len() <= i {
+                        calls.push((
+                            t["id"].as_str().unwrap().into(),
+                            t["function"]["name"].as_str().unwrap().into(),
+                            String::new(),
+                        ));
+                    }
+                    calls[i]
+                        .2
+                        .push_str(t["function"]["arguments"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        assert_eq!(
+            calls,
+            [
+                ("call_a".into(), "f".into(), "{\"x\":1}".into()),
+                ("call_b".into(), "g".into(), "{\"y\":2}".into())
+            ],
+            "{api:?}"
+        );
+        if api == Api::OpenaiResponses {
+            let last = events(&wire).pop().unwrap().json().unwrap();
+            assert_eq!(last["response"]["output"][0]["arguments"], "{\"x\":1}");
+            assert_eq!(last["response"]["output"][1]["arguments"], "{\"y\":2}");
+        }
+    }
+}
