@@ -6,7 +6,10 @@ use super::{Decoded, Decoder, Encoder, Event, WireError, sse};
 
 /// Reads a chat-completions stream: each `data:` payload is a chunk, `[DONE]` ends it, and an
 /// `{"error": ...}` payload is the upstream failing mid-stream.
-pub struct ChunkDecoder;
+pub struct ChunkDecoder {
+    /// Parse every chunk; otherwise only those that may carry usage or an error.
+    pub every_chunk: bool,
+}
 
 impl Decoder for ChunkDecoder {
     fn decode(&mut self, event: &Event) -> Result<Decoded, WireError> {
@@ -16,6 +19,9 @@ impl Decoder for ChunkDecoder {
                 chunks: Vec::new(),
                 done: true,
             });
+        }
+        if !self.every_chunk && !data.contains("\"usage\"") && !data.contains("\"error\"") {
+            return Ok(Decoded::default());
         }
         let Some(v) = event.json() else {
             return Ok(Decoded::default());

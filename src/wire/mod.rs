@@ -132,6 +132,9 @@ impl Effort {
 pub struct Incoming {
     /// The chat-completions body.
     pub chat: Map<String, Value>,
+    /// The client's own body, when its API is not chat completions (then `chat` is its
+    /// translation).
+    pub native: Option<Map<String, Value>>,
     /// What the hub could not carry (a PDF, a file, ...): the request can go unchanged to a
     /// provider of the client's own API, but not be translated into another.
     pub untranslatable: Vec<String>,
@@ -141,17 +144,25 @@ pub struct Incoming {
     pub dropped_tools: Vec<String>,
 }
 
-/// Reads a client's request body in `api` into the hub.
-pub fn request_to_chat(api: Api, body: &Map<String, Value>) -> Result<Incoming, WireError> {
-    match api {
-        Api::ChatCompletions => Ok(Incoming {
-            chat: body.clone(),
-            untranslatable: Vec::new(),
-            dropped_tools: Vec::new(),
-        }),
-        Api::AnthropicMessages => messages::request_to_chat(body),
-        Api::OpenaiResponses => responses::request_to_chat(body),
-    }
+/// Reads a client's request body in `api` into the hub (a chat body is the hub already: it is
+/// kept, not copied).
+pub fn request_to_chat(api: Api, body: Map<String, Value>) -> Result<Incoming, WireError> {
+    let incoming = match api {
+        Api::ChatCompletions => {
+            return Ok(Incoming {
+                chat: body,
+                native: None,
+                untranslatable: Vec::new(),
+                dropped_tools: Vec::new(),
+            });
+        }
+        Api::AnthropicMessages => messages::request_to_chat(&body)?,
+        Api::OpenaiResponses => responses::request_to_chat(&body)?,
+    };
+    Ok(Incoming {
+        native: Some(body),
+        ..incoming
+    })
 }
 
 /// Writes a hub request in `api` for `model` (the provider's name for it).
@@ -186,12 +197,12 @@ pub fn set_effort(api: Api, body: &mut Map<String, Value>, effort: Effort) {
     }
 }
 
-/// A whole answer in `api`, read into a chat completion.
-pub fn answer_to_chat(api: Api, answer: &Value) -> Result<Value, WireError> {
+/// A whole answer in `api`, read into a chat completion (a chat completion is kept as it is).
+pub fn answer_to_chat(api: Api, answer: Value) -> Result<Value, WireError> {
     match api {
-        Api::ChatCompletions => Ok(answer.clone()),
-        Api::AnthropicMessages => messages::answer_to_chat(answer),
-        Api::OpenaiResponses => responses::answer_to_chat(answer),
+        Api::ChatCompletions => Ok(answer),
+        Api::AnthropicMessages => messages::answer_to_chat(&answer),
+        Api::OpenaiResponses => responses::answer_to_chat(&answer),
     }
 }
 
@@ -293,10 +304,12 @@ pub trait Encoder: Send {
     fn error(&mut self, message: &str) -> Vec<u8>;
 }
 
-/// The decoder of a provider's stream in `api`.
-pub fn decoder(api: Api) -> Box<dyn Decoder> {
+/// The decoder of a provider's stream in `api`. `every_chunk`: whether each chunk is needed
+/// (to translate it, or to read the answer's text); without, a chat stream's events are read
+/// only for usage, errors and the end, and the others are not parsed at all.
+pub fn decoder(api: Api, every_chunk: bool) -> Box<dyn Decoder> {
     match api {
-        Api::ChatCompletions => Box::new(chat::ChunkDecoder),
+        Api::ChatCompletions => Box::new(chat::ChunkDecoder { every_chunk }),
         Api::AnthropicMessages => Box::<messages::StreamDecoder>::default(),
         Api::OpenaiResponses => Box::<responses::StreamDecoder>::default(),
     }

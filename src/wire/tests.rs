@@ -37,7 +37,7 @@ fn a_chat_request_goes_to_each_api_and_back_with_what_it_holds() {
     for api in [Api::AnthropicMessages, Api::OpenaiResponses] {
         let native = request_from_chat(api, &chat, "provider-model").unwrap();
         assert_eq!(native["model"], "provider-model");
-        let back = request_to_chat(api, &native).unwrap();
+        let back = request_to_chat(api, native).unwrap();
         assert!(
             back.untranslatable.is_empty(),
             "{api:?}: {:?}",
@@ -248,7 +248,7 @@ fn whole_answers_translate_both_ways_with_stop_reasons_and_usage() {
             let c = completion("hello", calls, finish);
             let native = answer_from_chat(api, &c, "client-model");
             assert_eq!(native["model"], "client-model");
-            let back = answer_to_chat(api, &native).unwrap();
+            let back = answer_to_chat(api, native.clone()).unwrap();
             assert_eq!(back["choices"][0]["message"]["content"], "hello", "{api:?}");
             assert_eq!(
                 back["choices"][0]["finish_reason"], finish,
@@ -326,7 +326,7 @@ fn round_trip(api: Api) -> (Vec<Event>, Vec<Value>, bool) {
     }
     wire.extend(encoder.finish());
     let events = events(&wire);
-    let mut decoder = decoder(api);
+    let mut decoder = decoder(api, true);
     let mut chunks = Vec::new();
     let mut done = false;
     for e in &events {
@@ -440,7 +440,7 @@ fn an_error_in_an_upstream_stream_is_an_error_and_each_api_writes_its_own() {
                 .to_string(),
     };
     assert_eq!(
-        decoder(Api::AnthropicMessages)
+        decoder(Api::AnthropicMessages, true)
             .decode(&anthropic)
             .unwrap_err()
             .0,
@@ -452,7 +452,10 @@ fn an_error_in_an_upstream_stream_is_an_error_and_each_api_writes_its_own() {
             .to_string(),
     };
     assert_eq!(
-        decoder(Api::OpenaiResponses).decode(&failed).unwrap_err().0,
+        decoder(Api::OpenaiResponses, true)
+            .decode(&failed)
+            .unwrap_err()
+            .0,
         "boom"
     );
     let chat = Event {
@@ -460,7 +463,10 @@ fn an_error_in_an_upstream_stream_is_an_error_and_each_api_writes_its_own() {
         data: json!({"error": {"message": "cut"}}).to_string(),
     };
     assert_eq!(
-        decoder(Api::ChatCompletions).decode(&chat).unwrap_err().0,
+        decoder(Api::ChatCompletions, true)
+            .decode(&chat)
+            .unwrap_err()
+            .0,
         "cut"
     );
     for api in [
@@ -481,6 +487,39 @@ fn an_error_in_an_upstream_stream_is_an_error_and_each_api_writes_its_own() {
     assert_eq!(
         error_body(Api::AnthropicMessages, 429, "rate_limited", "slow down")["error"]["type"],
         "rate_limit_error"
+    );
+}
+
+#[test]
+fn a_chat_stream_read_only_for_usage_parses_only_what_may_carry_it() {
+    let mut skim = decoder(Api::ChatCompletions, false);
+    let text = Event::parse(
+        format!(
+            "data: {}\n\n",
+            chunk("c", "m", json!({"content": "Hi"}), None)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert!(skim.decode(&text).unwrap().chunks.is_empty());
+    let usage =
+        Event::parse(format!("data: {}\n\n", usage_chunk("c", "m", 3, 4)).as_bytes()).unwrap();
+    assert_eq!(
+        chat_usage(&skim.decode(&usage).unwrap().chunks[0]),
+        Some((3, 4))
+    );
+    let error = Event {
+        name: None,
+        data: json!({"error": {"message": "cut"}}).to_string(),
+    };
+    assert_eq!(skim.decode(&error).unwrap_err().0, "cut");
+    assert_eq!(
+        decoder(Api::ChatCompletions, true)
+            .decode(&text)
+            .unwrap()
+            .chunks
+            .len(),
+        1
     );
 }
 
@@ -528,7 +567,7 @@ fn interleaved_tool_calls_reach_the_client_whole_each_under_its_own_block() {
             wire.extend(encoder.encode(c));
         }
         wire.extend(encoder.finish());
-        let mut decoder = decoder(api);
+        let mut decoder = decoder(api, true);
         let mut calls: Vec<(String, String, String)> = Vec::new();
         for e in events(&wire) {
             for c in decoder.decode(&e).unwrap().chunks {

@@ -85,10 +85,6 @@ fn proxy_of(state: &AppState) -> Result<Arc<Proxy>, ApiError> {
     })
 }
 
-fn openai_error(e: ApiError) -> Response {
-    api_error(Api::ChatCompletions, e)
-}
-
 /// `GET /v1/models`: `auto`, every route (a group of candidate models), and every model a
 /// provider serves; in Anthropic's shape when the request carries `anthropic-version`.
 #[utoipa::path(get, path = "/v1/models", tag = "proxy",
@@ -126,7 +122,7 @@ pub(super) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
     .await;
     match result {
         Ok(body) => axum::Json(body).into_response(),
-        Err(e) => openai_error(e),
+        Err(e) => api_error(Api::ChatCompletions, e),
     }
 }
 
@@ -226,18 +222,21 @@ pub(super) async fn count_tokens(
         if let Some(provider) = provider {
             body.insert("model".into(), provider.upstream_model(&model).into());
             let url = format!("{}/count_tokens", provider.url());
-            let answer =
-                upstream::anthropic_headers(proxy.client.post(url).json(&body), provider, &headers)
-                    .timeout(Duration::from_millis(proxy.config.timeouts.first_byte_ms))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        ApiError::Upstream(format!(
-                            "`{}` could not count the tokens: {}",
-                            provider.name,
-                            upstream::error_chain(&e)
-                        ))
-                    })?;
+            let answer = upstream::anthropic_auth(
+                proxy.client.post(url).json(&body),
+                provider,
+                Some(&headers),
+            )
+            .timeout(Duration::from_millis(proxy.config.timeouts.first_byte_ms))
+            .send()
+            .await
+            .map_err(|e| {
+                ApiError::Upstream(format!(
+                    "`{}` could not count the tokens: {}",
+                    provider.name,
+                    upstream::error_chain(&e)
+                ))
+            })?;
             let status =
                 StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let bytes = answer.bytes().await.map_err(|e| {
@@ -581,7 +580,7 @@ async fn forward(
 fn whole_answer(route: StreamRoute<'_>, bytes: Bytes) -> Result<(Bytes, Answer), Value> {
     let read = serde_json::from_slice::<Value>(&bytes)
         .map_err(|e| e.to_string())
-        .and_then(|v| wire::answer_to_chat(route.upstream, &v).map_err(|e| e.to_string()));
+        .and_then(|v| wire::answer_to_chat(route.upstream, v).map_err(|e| e.to_string()));
     match read {
         Ok(chat) => {
             let answer = Answer::of_completion(&chat);

@@ -45,13 +45,12 @@ impl ChatRequest {
     /// that forward some.
     pub(super) fn parse(
         client: Api,
-        native: Map<String, Value>,
+        body: Map<String, Value>,
         headers: HeaderMap,
     ) -> Result<Self, ApiError> {
-        let incoming = wire::request_to_chat(client, &native)
-            .map_err(|e| ApiError::Validation(e.to_string()))?;
-        let body = incoming.chat;
-        let native = (client != Api::ChatCompletions).then_some(native);
+        let incoming =
+            wire::request_to_chat(client, body).map_err(|e| ApiError::Validation(e.to_string()))?;
+        let (body, native) = (incoming.chat, incoming.native);
         let session = headers
             .get("x-pointsman-session")
             .and_then(|v| v.to_str().ok())

@@ -42,11 +42,12 @@ impl SseEvents {
     pub(super) fn new(first: Vec<u8>, route: StreamRoute<'_>, collect: bool) -> Self {
         let encoder = (route.upstream != route.client)
             .then(|| wire::encoder(route.client, route.model, route.include_usage));
+        let decoder = wire::decoder(route.upstream, encoder.is_some() || collect);
         SseEvents {
             buf: first,
             client: route.client,
             upstream: route.upstream,
-            decoder: wire::decoder(route.upstream),
+            decoder,
             encoder,
             strip_usage: route.strip_usage,
             collect,
@@ -71,18 +72,10 @@ impl SseEvents {
     fn read(&mut self, raw: Vec<u8>) -> Vec<u8> {
         if self.done_seen {
             // nothing after the end counts (a chat stream's trailing comments, say)
-            return if self.encoder.is_none() {
-                raw
-            } else {
-                Vec::new()
-            };
+            return self.unread(raw);
         }
         let Some(event) = Event::parse(&raw) else {
-            return if self.encoder.is_none() {
-                raw
-            } else {
-                Vec::new()
-            };
+            return self.unread(raw);
         };
         let decoded = match self.decoder.decode(&event) {
             Ok(d) => d,
@@ -124,12 +117,17 @@ impl SseEvents {
         }
     }
 
-    /// What is left in the buffer at the end: passed on when events pass unchanged, dropped
-    /// when they are translated (it is in the provider's API).
+    /// What is left in the buffer at the end, for the client (see [`SseEvents::unread`]).
     pub(super) fn rest(&mut self) -> Vec<u8> {
         let rest = std::mem::take(&mut self.buf);
+        self.unread(rest)
+    }
+
+    /// What the client gets of bytes that were not read as an event: the bytes when the events
+    /// pass unchanged, nothing when they are translated (they are in the provider's API).
+    fn unread(&self, raw: Vec<u8>) -> Vec<u8> {
         if self.encoder.is_none() {
-            rest
+            raw
         } else {
             Vec::new()
         }

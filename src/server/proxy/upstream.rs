@@ -377,15 +377,6 @@ pub(super) fn anthropic_auth(
     req
 }
 
-/// [`anthropic_auth`] for a request a Messages client sent.
-pub(super) fn anthropic_headers(
-    req: reqwest::RequestBuilder,
-    provider: &Provider,
-    client: &HeaderMap,
-) -> reqwest::RequestBuilder {
-    anthropic_auth(req, provider, Some(client))
-}
-
 /// The body sent upstream, in the provider's API: the client's own when the APIs agree, else
 /// translated from the chat form; with `model` renamed for the provider, the route's reasoning
 /// effort unless the client set one, and, for a chat stream, a final usage chunk asked for.

@@ -209,6 +209,7 @@ pub fn request_to_chat(body: &Map<String, Value>) -> Result<Incoming, WireError>
     }
     Ok(Incoming {
         chat,
+        native: None,
         untranslatable,
         dropped_tools,
     })
