@@ -371,9 +371,7 @@ impl RedisStore {
         per_second: f64,
         burst: f64,
     ) -> Result<Result<(), Duration>, RedisError> {
-        use sha2::{Digest, Sha256};
-        let hash = Sha256::digest(caller.as_bytes());
-        let key = format!("{}rate:{}", self.prefix, crate::config::hex(&hash[..12]));
+        let key = self.hashed_key("rate", caller, 12);
         let mut conn = self.conn.clone();
         let mut script = self.take_token.key(key);
         script.arg(per_second).arg(burst);
@@ -444,9 +442,19 @@ impl RedisStore {
     }
 
     fn session_key(&self, session: &str) -> String {
+        self.hashed_key("session", session, 16)
+    }
+
+    /// The key `{prefix}{kind}:{hash}` of a value kept out of Redis in clear (an API key, a
+    /// session key): the first `bytes` of its SHA-256, in hex.
+    fn hashed_key(&self, kind: &str, value: &str, bytes: usize) -> String {
         use sha2::{Digest, Sha256};
-        let hash = Sha256::digest(session.as_bytes());
-        format!("{}session:{}", self.prefix, crate::config::hex(&hash[..16]))
+        let hash = Sha256::digest(value.as_bytes());
+        format!(
+            "{}{kind}:{}",
+            self.prefix,
+            crate::config::hex(&hash[..bytes])
+        )
     }
 
     /// The model a sticky session is on, if it is kept (its key holds a hash of the session
