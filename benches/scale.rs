@@ -367,6 +367,12 @@ fn latency(url: &str, prompts_file: &Path, n: usize) {
         worst_cosine > 0.999,
         "the bare embedding differs from serve's: cosine {worst_cosine}"
     );
+    // per request: the round trip less the engine's own submission-to-answer
+    let outside: Vec<f64> = h
+        .iter()
+        .zip(&server_total)
+        .map(|(h, total)| h / 1e3 - total)
+        .collect();
     let (a, b, h) = (median(a) / 1e3, median(b) / 1e3, median(h) / 1e3);
     println!("{} prompts, each once, interleaved (p50 ms):", texts.len());
     println!("| HTTP p50 | bare, ORT defaults | ratio | bare, serve's settings | ratio |");
@@ -379,11 +385,13 @@ fn latency(url: &str, prompts_file: &Path, n: usize) {
     println!("(worst cosine of the bare embedding to serve's: {worst_cosine:.6})");
     println!(
         "server's own timings, p50: queue {:.3} ms, forward pass {:.3} ms, decision {:.3} ms, \
-         submission to answer {:.3} ms; `GET /healthz` (no work) {:.3} ms",
+         submission to answer {:.3} ms, the rest of the round trip {:.3} ms; `GET /healthz` (no \
+         work) {:.3} ms",
         median(server_queue),
         median(server_embed),
         median(server_search),
         median(server_total),
+        median(outside),
         median(ping) / 1e3
     );
 }

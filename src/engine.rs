@@ -1,12 +1,17 @@
 //! The engine: opens an index, checks it against the embedding model, and answers `route(text)`.
 //!
-//! All CPU work (tokenising, the forward pass, search, the decision) runs on dedicated worker
-//! threads, each owning one model session, fed by one bounded queue. A worker takes its share of
-//! the jobs waiting in the queue (up to a count and a token budget) and embeds them as one batch,
-//! so concurrent requests share forward passes, unless its embedder runs texts one by one
-//! ([`Embedder::batches`]); then it takes one job at a time. A full queue refuses at once
+//! Each model session belongs to a worker thread, fed by one bounded queue. A worker takes its
+//! share of the jobs waiting in the queue (up to a count and a token budget) and embeds them as
+//! one batch, so concurrent requests share forward passes, unless its embedder runs texts one by
+//! one ([`Embedder::batches`]); then it takes one job at a time. A full queue refuses at once
 //! ([`RouteError::Overloaded`]) instead of queueing without bound, and jobs whose caller has gone
 //! away are dropped before they cost a forward pass.
+//!
+//! When no job waits and a worker is idle, a single prompt does not go through the queue: the
+//! caller borrows the idle worker's session and routes on its own thread (on an async runtime,
+//! the forward pass holds that runtime thread for its length; only while a session is idle, so
+//! never longer than one prompt's pass). That saves the two thread wake-ups of a hand-off, which
+//! at low load are most of what a decision costs beyond the forward pass.
 
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -26,7 +31,10 @@ use crate::{scoring, similarity};
 
 mod queue;
 
-use queue::{Queue, Refused};
+use queue::{Idle, Queue, Refused};
+
+/// A model session as the queue keeps it.
+type Session = Box<dyn Embedder>;
 
 /// How the engine runs its workers.
 #[derive(Debug, Clone, Copy)]
@@ -202,7 +210,7 @@ struct Shared {
 /// Opens indexes and routes prompts.
 pub struct Engine {
     shared: Arc<Shared>,
-    jobs: Arc<Queue<Job>>,
+    jobs: Arc<Queue<Job, Session>>,
     options: EngineOptions,
     workers: usize,
 }
@@ -290,13 +298,15 @@ impl Engine {
             jobs.join();
             let started = std::thread::Builder::new()
                 .name(format!("pointsman-embed-{i}"))
-                .spawn(move || worker(embedder, shared, rx, options));
+                .spawn(move || worker(Box::new(embedder), shared, rx, options));
             if let Err(e) = started {
                 // the workers already running end, and free their sessions
                 jobs.close();
                 return Err(EmbedError::Inference(format!("cannot start a worker: {e}")).into());
             }
         }
+        // the workers only have to reach the queue: then the first prompt finds a session to lend
+        jobs.wait_idle(workers, std::time::Duration::from_secs(5));
         Ok(Engine {
             shared,
             jobs,
@@ -389,6 +399,21 @@ impl Engine {
         }
     }
 
+    /// Routes one prompt on this thread with an idle worker's session, if no job waits and a
+    /// worker is idle (see the module's documentation); `None` otherwise.
+    fn route_here(&self, index: &Arc<Index>, text: &str) -> Option<Result<Routed, RouteError>> {
+        if text.trim().is_empty() {
+            return Some(Err(RouteError::EmptyPrompt));
+        }
+        let mut lent = Lent {
+            queue: &self.jobs,
+            idle: Some(self.jobs.lend()?),
+        };
+        let session = &mut lent.idle.as_mut().expect("lent until dropped").1;
+        let now = Instant::now();
+        route_batch(session.as_mut(), &self.shared, &[(text, index, now)], now).pop()
+    }
+
     /// Routes one prompt on the live index, blocking the calling thread (for benches and
     /// tests; requests go through [`crate::dispatch`], which takes one snapshot for all steps).
     pub fn route(&self, text: &str) -> Result<Routed, RouteError> {
@@ -400,21 +425,11 @@ impl Engine {
         if let Some(e) = self.cached(text) {
             return decide_cached(index, text, &e);
         }
+        if let Some(routed) = self.route_here(index, text) {
+            return routed;
+        }
         self.submit(index, text)?
             .blocking_recv()
-            .map_err(|_| RouteError::ShuttingDown)?
-    }
-
-    /// A cache hit still searches and decides: on the blocking pool, off the async runtime.
-    async fn route_cached(
-        &self,
-        index: &Arc<Index>,
-        text: &str,
-        e: Arc<Embedded>,
-    ) -> Result<Routed, RouteError> {
-        let (index, text) = (Arc::clone(index), text.to_string());
-        tokio::task::spawn_blocking(move || decide_cached(&index, &text, &e))
-            .await
             .map_err(|_| RouteError::ShuttingDown)?
     }
 
@@ -430,7 +445,11 @@ impl Engine {
         text: &str,
     ) -> Result<Routed, RouteError> {
         if let Some(e) = self.cached(text) {
-            return self.route_cached(index, text, e).await;
+            // a cache hit still searches and decides, here: a tenth of a forward pass
+            return decide_cached(index, text, &e);
+        }
+        if let Some(routed) = self.route_here(index, text) {
+            return routed;
         }
         self.submit(index, text)?
             .await
@@ -465,7 +484,7 @@ impl Engine {
         for (p, text) in pending.into_iter().zip(texts) {
             out.push(match p {
                 Ok(rx) => rx.await.map_err(|_| RouteError::ShuttingDown)??,
-                Err(e) => self.route_cached(index, text.as_ref(), e).await?,
+                Err(e) => decide_cached(index, text.as_ref(), &e)?,
             });
         }
         Ok(out)
@@ -614,7 +633,7 @@ fn estimate_tokens(text: &str, max_tokens: usize) -> usize {
 }
 
 /// Leaves the queue when its worker ends, by returning or by panicking.
-struct Leave<'a>(&'a Queue<Job>);
+struct Leave<'a>(&'a Queue<Job, Session>);
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
@@ -622,15 +641,74 @@ impl Drop for Leave<'_> {
     }
 }
 
-fn worker<E: Embedder>(
-    mut embedder: E,
+/// A session lent to a caller, given back when dropped (also when the caller panics).
+struct Lent<'a> {
+    queue: &'a Queue<Job, Session>,
+    idle: Option<Idle<Session>>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(idle) = self.idle.take() {
+            self.queue.give_back(idle);
+        }
+    }
+}
+
+/// Embeds the texts of `jobs` (text, index snapshot, when it was submitted) in one call from
+/// `started`, and decides each on its own snapshot: one result per job, in order. Embeddings go
+/// into the cache.
+fn route_batch(
+    embedder: &mut dyn Embedder,
+    shared: &Shared,
+    jobs: &[(&str, &Arc<Index>, Instant)],
+    started: Instant,
+) -> Vec<Result<Routed, RouteError>> {
+    let texts: Vec<&str> = jobs.iter().map(|j| j.0).collect();
+    let embedded = embedder.embed(&texts);
+    let embed_ms = ms(started.elapsed());
+    let size = jobs.len();
+    let vectors = match embedded {
+        Ok(vectors) => vectors,
+        Err(e) => {
+            let reason = e.to_string();
+            return jobs
+                .iter()
+                .map(|_| Err(EmbedError::Inference(reason.clone()).into()))
+                .collect();
+        }
+    };
+    jobs.iter()
+        .zip(vectors)
+        .map(|(&(text, index, submitted), e)| {
+            if let Some(cache) = &shared.cache {
+                cache.put(text, e.clone());
+            }
+            let search_start = Instant::now();
+            decide(index, text, &e).map(|mut routed| {
+                routed.timings = Timings {
+                    queue_ms: ms(started.duration_since(submitted)),
+                    embed_ms,
+                    search_ms: ms(search_start.elapsed()),
+                    total_ms: ms(submitted.elapsed()),
+                    batch_size: size,
+                    cached: false,
+                };
+                routed
+            })
+        })
+        .collect()
+}
+
+fn worker(
+    mut session: Session,
     shared: Arc<Shared>,
-    jobs: Arc<Queue<Job>>,
+    jobs: Arc<Queue<Job, Session>>,
     options: EngineOptions,
 ) {
     let max_tokens = shared.model.max_tokens;
     // an embedder that runs texts one by one answers each as soon as it is done
-    let max_batch = if embedder.batches() {
+    let max_batch = if session.batches() {
         options.max_batch
     } else {
         1
@@ -651,48 +729,25 @@ fn worker<E: Embedder>(
                 .unwrap_or(0);
             longest * (batch.len() + 1) <= options.max_batch_tokens
         };
-        let Some(mut batch) = jobs.take(&bell, share, fits) else {
+        // the session stays in the queue while the worker waits, and comes back with the jobs
+        let Some((mut batch, back)) = jobs.take(&bell, session, share, fits) else {
             return;
         };
+        session = back;
         // callers that went away (timed out, disconnected) cost nothing more
         batch.retain(|job| !job.reply.is_closed());
         if batch.is_empty() {
             continue;
         }
         let started = Instant::now();
-        let texts: Vec<&str> = batch.iter().map(|j| j.text.as_str()).collect();
-        let embedded = embedder.embed(&texts);
-        let embed_ms = ms(started.elapsed());
-        let size = batch.len();
-        match embedded {
-            Err(e) => {
-                let reason = e.to_string();
-                for job in batch {
-                    let _ = job
-                        .reply
-                        .send(Err(EmbedError::Inference(reason.clone()).into()));
-                }
-            }
-            Ok(vectors) => {
-                for (job, e) in batch.into_iter().zip(vectors) {
-                    if let Some(cache) = &shared.cache {
-                        cache.put(&job.text, e.clone());
-                    }
-                    let search_start = Instant::now();
-                    let result = decide(&job.index, &job.text, &e).map(|mut routed| {
-                        routed.timings = Timings {
-                            queue_ms: ms(started.duration_since(job.submitted)),
-                            embed_ms,
-                            search_ms: ms(search_start.elapsed()),
-                            total_ms: ms(job.submitted.elapsed()),
-                            batch_size: size,
-                            cached: false,
-                        };
-                        routed
-                    });
-                    let _ = job.reply.send(result);
-                }
-            }
+        let items: Vec<_> = batch
+            .iter()
+            .map(|j| (j.text.as_str(), &j.index, j.submitted))
+            .collect();
+        let results = route_batch(session.as_mut(), &shared, &items, started);
+        drop(items);
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
         }
     }
 }

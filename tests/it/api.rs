@@ -361,7 +361,9 @@ async fn not_ready_until_the_engine_is_set() {
     assert_eq!(get(&state, "/readyz").await.status, StatusCode::OK);
 }
 
-#[tokio::test]
+// the first request runs on a runtime thread with the idle worker's session (the engine lends it),
+// held there by the fake: the test goes on on the other
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_answers_429_with_retry_after_at_once() {
     let mut fake = FakeEmbedder::new("fake");
     let dir = fake_index(&mut fake);
@@ -376,7 +378,7 @@ async fn overload_answers_429_with_retry_after_at_once() {
     );
     let state = AppState::with_engine(engine.clone(), ServerOptions::default());
     fake.set_open(false);
-    // one request held by the worker, two queued: the queue is full
+    // one request held by the only session, two queued: the queue is full
     let send = |i: usize| {
         let s = state.clone();
         tokio::spawn(async move {
@@ -389,7 +391,7 @@ async fn overload_answers_429_with_retry_after_at_once() {
         })
     };
     let mut held = vec![send(0)];
-    until("the worker to take the first request", || {
+    until("the session to take the first request", || {
         fake.waiting() == 1
     })
     .await;
@@ -442,7 +444,8 @@ async fn repeated_prompts_come_from_the_embedding_cache() {
     assert_eq!(off.cache_stats().hits, 0);
 }
 
-#[tokio::test]
+/// A request waiting in the queue for longer than the request timeout is answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_timeout_answers_503() {
     let mut fake = FakeEmbedder::new("fake");
     let dir = fake_index(&mut fake);
@@ -455,10 +458,20 @@ async fn request_timeout_answers_503() {
         },
     );
     fake.set_open(false);
+    // the only session is held by a first request, on a runtime thread
+    let s = state.clone();
+    let held =
+        tokio::spawn(async move { post(&s, "/v1/route", r#"{"prompt": "good morning"}"#).await });
+    until("the session to take the first request", || {
+        fake.waiting() == 1
+    })
+    .await;
     let r = post(&state, "/v1/route", r#"{"prompt": "hello there"}"#).await;
     fake.set_open(true);
     let msg = r.error(StatusCode::SERVICE_UNAVAILABLE, "timeout");
     assert!(msg.contains("100 ms"), "{msg}");
+    let held = held.await.unwrap();
+    assert_eq!(held.status, StatusCode::OK, "{}", held.text);
 }
 
 #[tokio::test]
