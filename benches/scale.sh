@@ -12,7 +12,11 @@
 # interleaved with two bare embeddings, the reported neighbours' recall and cost (on validation
 # prompts), and the server's resident memory. On the 15,000 table also: requests/s at
 # concurrency 32 against the bare model on every core, and semantic-router 1.1.1 in process
-# (installed into .cache/pointsman/sr-venv from PyPI). Writes OUT_FILE (bench-results/scale.md).
+# (installed into .cache/pointsman/sr-venv from PyPI). Then the concurrency-1 run again, on a
+# fresh server (so again no cache hit) held to the last core while the client is held to the
+# first: the client's own work (two bare embeddings between requests) then no longer runs on
+# the core the server's session last ran on, as with a client on another machine. Writes OUT_FILE
+# (bench-results/scale.md).
 # SECONDS_PER_RUN (default 15) sets the throughput runs' length; PROMPTS (default 500) the count.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -94,5 +98,19 @@ for spec in "${specs[@]}"; do
   } >> "$out"
   kill "$pid"
   wait "$pid" 2>/dev/null || true
+  cores=$(nproc)
+  if [ "$cores" -ge 2 ]; then
+    printf '#!/bin/sh\nexec taskset -c %s "%s" "$@"\n' "$((cores - 1))" "$bin" > "$work/pinned"
+    chmod +x "$work/pinned"
+    start_server "$work/pinned" "$dir/index" --routes "$dir/routes.yaml"
+    {
+      echo "The same, the server held to core $((cores - 1)) and this client to core 0:"
+      echo
+      taskset -c 0 cargo bench --bench scale --locked --quiet -- latency "$addr" "$dir/test.jsonl" "$prompts"
+      echo
+    } >> "$out"
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+  fi
 done
 cat "$out"

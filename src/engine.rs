@@ -442,12 +442,13 @@ impl Engine {
             .map_err(|_| RouteError::ShuttingDown)?
     }
 
-    /// Routes one prompt on the live index without blocking the async runtime.
+    /// Routes one prompt on the live index from async code (see [`Engine::route_async_on`]).
     pub async fn route_async(&self, text: &str) -> Result<Routed, RouteError> {
         self.route_async_on(&self.index(), text).await
     }
 
-    /// Routes one prompt on `index` without blocking the async runtime.
+    /// Routes one prompt on `index` from async code: a short one on this thread while a session
+    /// is idle (a few milliseconds at most), any other by a worker, awaited without blocking.
     pub async fn route_async_on(
         &self,
         index: &Arc<Index>,

@@ -410,6 +410,40 @@ async fn overload_answers_429_with_retry_after_at_once() {
 }
 
 #[tokio::test]
+async fn a_short_prompt_is_embedded_on_the_callers_thread_and_a_long_one_by_a_worker() {
+    let mut fake = FakeEmbedder::new("fake");
+    let dir = fake_index(&mut fake);
+    let engine = fake_engine(
+        &fake,
+        dir.path(),
+        EngineOptions {
+            embed_cache_entries: 0,
+            ..EngineOptions::default()
+        },
+    );
+    // on this thread: not queued at all
+    let short = engine.route_async("hello there").await.unwrap();
+    assert_eq!(short.timings.queue_ms, 0.0, "{:?}", short.timings);
+    // past HERE_MAX_TOKENS: through the queue, to a worker that had to be woken
+    let long = "hello there ".repeat(pointsman::engine::HERE_MAX_TOKENS);
+    let long = engine.route_async(&long).await.unwrap();
+    assert!(long.timings.queue_ms > 0.0, "{:?}", long.timings);
+    assert_eq!(long.decision.route(), short.decision.route());
+    // the worker, done, leaves its session in the queue again (just after it answered): short
+    // prompts run here again
+    let mut here = false;
+    for _ in 0..200 {
+        let again = engine.route_async("hello again").await.unwrap();
+        if again.timings.queue_ms == 0.0 {
+            here = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(here, "the session never came back to the queue");
+}
+
+#[tokio::test]
 async fn repeated_prompts_come_from_the_embedding_cache() {
     let mut fake = FakeEmbedder::new("fake");
     let dir = fake_index(&mut fake);
