@@ -104,7 +104,7 @@ pub struct NeighbourOut {
 /// Where the time of one decision went, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Default, utoipa::ToSchema)]
 pub struct Timings {
-    /// Waiting in the queue for a worker.
+    /// Waiting in the queue for a worker (0 for a prompt routed on the caller's thread).
     pub queue_ms: f64,
     /// The forward pass (shared with the rest of the batch).
     pub embed_ms: f64,
