@@ -15,7 +15,7 @@
 # (installed into .cache/pointsman/sr-venv from PyPI). Then the concurrency-1 run again, on a
 # fresh server (so again no cache hit) held to the last core while the client is held to the
 # first: the client's own work (two bare embeddings between requests) then no longer runs on
-# the core the server's session last ran on, as with a client on another machine. Writes OUT_FILE
+# the core the server's session last ran on, nearer a client on another machine. Writes OUT_FILE
 # (bench-results/scale.md).
 # SECONDS_PER_RUN (default 15) sets the throughput runs' length; PROMPTS (default 500) the count.
 set -euo pipefail
