@@ -406,13 +406,11 @@ impl Engine {
     }
 
     /// Routes one prompt on this thread with an idle worker's session, if it is short, no job
-    /// waits and a worker is idle (see the module's documentation); `None` otherwise.
+    /// waits and a worker is idle (see the module's documentation); `None` otherwise (an empty
+    /// prompt too: `submit` refuses it).
     fn route_here(&self, index: &Arc<Index>, text: &str) -> Option<Result<Routed, RouteError>> {
-        if crate::embed::estimate_tokens(text) > HERE_MAX_TOKENS {
+        if crate::embed::estimate_tokens(text) > HERE_MAX_TOKENS || text.trim().is_empty() {
             return None;
-        }
-        if text.trim().is_empty() {
-            return Some(Err(RouteError::EmptyPrompt));
         }
         let mut lent = Lent {
             queue: &self.jobs,
