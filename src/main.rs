@@ -8,9 +8,9 @@ use pointsman::cli::{self, Cli, Outcome};
 
 /// jemalloc for the whole process: the binary's `malloc` and `free` are jemalloc's, so ONNX
 /// Runtime's allocations (loaded at run time, it calls the process's `malloc`) go to it too.
-/// glibc's allocator spent about 4% of the server's time per request in a profile of `serve`
-/// at concurrency 1 (consolidating its free lists after each forward pass); with jemalloc the
-/// forward pass in the server runs as fast as a bare one (docs/speed.md).
+/// glibc's `malloc` and `free` were 4% of the server's samples in a profile of `serve` at
+/// concurrency 1; with jemalloc a request took about 0.1 ms less (2%, with a wide spread: the
+/// paired runs of `benches/ab.sh` in docs/speed.md), with the same answers.
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
