@@ -3,6 +3,13 @@
 //! digits and timings redacted, so that a snapshot changes only when what a user reads changes. After a
 //! deliberate change, review with `cargo insta review` (or rerun with `INSTA_UPDATE=always`
 //! and read the diff) and commit the `.snap` files.
+//!
+//! A decision's similarities and scores are not pinned: the default model computes in int8, and
+//! ONNX Runtime's int8 kernels give other vectors on a CPU without VNNI (AVX2's multiply-add
+//! saturates) than on one with it: "Where is my order?" is 0.7788 from the prompt on one and
+//! 0.8152 on the other, and the fourth and fifth neighbours swap. A decision's snapshot pins its
+//! fields, the outcome, route, model and selection, the first neighbour and the first listed
+//! route; the entries after the first keep their fields and their number, not their values.
 
 use serde_json::Value;
 
@@ -36,6 +43,49 @@ fn readable(v: Value) -> Value {
     }
 }
 
+/// [`readable`], then every float of a decision but the thresholds (configuration) redacted, and the `neighbours` and `routes`
+/// entries after the first reduced to their fields: what does not hang on the CPU's int8 kernels.
+fn decision(v: Value) -> Value {
+    fn redact_floats(v: Value) -> Value {
+        match v {
+            Value::Number(n) if n.is_f64() => Value::String("[float]".into()),
+            Value::Array(a) => Value::Array(a.into_iter().map(redact_floats).collect()),
+            Value::Object(o) => Value::Object(
+                o.into_iter()
+                    .map(|(k, v)| {
+                        let v = if k == "threshold" {
+                            v
+                        } else {
+                            redact_floats(v)
+                        };
+                        (k, v)
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+    fn fields_only(v: Value) -> Value {
+        match v {
+            Value::Object(o) => Value::Object(
+                o.into_iter()
+                    .map(|(k, _)| (k, Value::String("[value]".into())))
+                    .collect(),
+            ),
+            _ => Value::String("[value]".into()),
+        }
+    }
+    let mut v = redact_floats(readable(v));
+    for list in ["neighbours", "routes"] {
+        if let Some(Value::Array(entries)) = v.get_mut(list) {
+            for e in entries.iter_mut().skip(1) {
+                *e = fields_only(e.take());
+            }
+        }
+    }
+    v
+}
+
 #[test]
 fn a_route_decision() {
     let v = json_of(
@@ -44,7 +94,7 @@ fn a_route_decision() {
             .arg(example_index().dir.path())
             .arg("Where is my order #12345?"),
     );
-    insta::assert_json_snapshot!("route_decision", readable(v));
+    insta::assert_json_snapshot!("route_decision", decision(v));
 }
 
 #[test]
@@ -55,7 +105,7 @@ fn a_rule_decision() {
             .arg(example_index().dir.path())
             .arg("What does this print?\n```\nprint(1 + 1)\n```"),
     );
-    insta::assert_json_snapshot!("rule_decision", readable(v));
+    insta::assert_json_snapshot!("rule_decision", decision(v));
 }
 
 #[test]
