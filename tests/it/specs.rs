@@ -43,8 +43,9 @@ fn readable(v: Value) -> Value {
     }
 }
 
-/// [`readable`], then every float of a decision but the thresholds (configuration) redacted, and the `neighbours` and `routes`
-/// entries after the first reduced to their fields: what does not hang on the CPU's int8 kernels.
+/// [`readable`], then every float of a decision but the thresholds (configuration) redacted,
+/// and the `neighbours` and `routes` entries after the first reduced to their fields: what does
+/// not hang on the CPU's int8 kernels.
 fn decision(v: Value) -> Value {
     fn redact_floats(v: Value) -> Value {
         match v {
