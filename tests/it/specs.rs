@@ -15,25 +15,19 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// `v` with every float rounded to four significant digits and the `timings` redacted.
-fn readable(v: Value) -> Value {
+/// `v` with every float replaced by `float(key, x)`, `key` the field it stands in (an array's
+/// entries stand in their array's field), and the `timings` redacted.
+fn map_floats(v: Value, key: &str, float: &impl Fn(&str, f64) -> Value) -> Value {
     match v {
-        Value::Number(n) if n.is_f64() => {
-            let x = n.as_f64().unwrap();
-            if x == 0.0 {
-                return serde_json::json!(0.0);
-            }
-            let scale = 10f64.powi(3 - x.abs().log10().floor() as i32);
-            serde_json::json!((x * scale).round() / scale)
-        }
-        Value::Array(a) => Value::Array(a.into_iter().map(readable).collect()),
+        Value::Number(n) if n.is_f64() => float(key, n.as_f64().unwrap()),
+        Value::Array(a) => Value::Array(a.into_iter().map(|v| map_floats(v, key, float)).collect()),
         Value::Object(o) => Value::Object(
             o.into_iter()
                 .map(|(k, v)| {
                     let v = if k == "timings" {
                         Value::String("[timings]".into())
                     } else {
-                        readable(v)
+                        map_floats(v, &k, float)
                     };
                     (k, v)
                 })
@@ -43,44 +37,42 @@ fn readable(v: Value) -> Value {
     }
 }
 
-/// [`readable`], then every float of a decision but the thresholds (configuration) redacted,
+/// `x` rounded to four significant digits.
+fn four_digits(x: f64) -> Value {
+    if x == 0.0 {
+        return serde_json::json!(0.0);
+    }
+    let scale = 10f64.powi(3 - x.abs().log10().floor() as i32);
+    serde_json::json!((x * scale).round() / scale)
+}
+
+/// `v` with every float rounded to four significant digits and the `timings` redacted.
+fn readable(v: Value) -> Value {
+    map_floats(v, "", &|_, x| four_digits(x))
+}
+
+/// A decision with the timings and every float but the thresholds (configuration) redacted,
 /// and the `neighbours` and `routes` entries after the first reduced to their fields: what does
 /// not hang on the CPU's int8 kernels.
 fn decision(v: Value) -> Value {
-    fn redact_floats(v: Value) -> Value {
-        match v {
-            Value::Number(n) if n.is_f64() => Value::String("[float]".into()),
-            Value::Array(a) => Value::Array(a.into_iter().map(redact_floats).collect()),
-            Value::Object(o) => Value::Object(
-                o.into_iter()
-                    .map(|(k, v)| {
-                        let v = if k == "threshold" {
-                            v
-                        } else {
-                            redact_floats(v)
-                        };
-                        (k, v)
-                    })
-                    .collect(),
-            ),
-            other => other,
+    let mut v = map_floats(v, "", &|key, x| {
+        if key == "threshold" {
+            four_digits(x)
+        } else {
+            Value::String("[float]".into())
         }
-    }
-    fn fields_only(v: Value) -> Value {
-        match v {
-            Value::Object(o) => Value::Object(
-                o.into_iter()
-                    .map(|(k, _)| (k, Value::String("[value]".into())))
-                    .collect(),
-            ),
-            _ => Value::String("[value]".into()),
-        }
-    }
-    let mut v = redact_floats(readable(v));
+    });
     for list in ["neighbours", "routes"] {
         if let Some(Value::Array(entries)) = v.get_mut(list) {
             for e in entries.iter_mut().skip(1) {
-                *e = fields_only(e.take());
+                *e = match e.take() {
+                    Value::Object(o) => Value::Object(
+                        o.into_iter()
+                            .map(|(k, _)| (k, Value::String("[value]".into())))
+                            .collect(),
+                    ),
+                    _ => Value::String("[value]".into()),
+                };
             }
         }
     }
