@@ -147,6 +147,58 @@ pub struct ModelSpec {
     pub spinning: bool,
 }
 
+/// This CPU, as far as the default model's vectors depend on it: its name and its int8
+/// instruction family. ONNX Runtime picks its integer kernels by the family, and its float
+/// approximations (reciprocal square roots, exponentials) can differ between vendors even on
+/// one family, so the same model file gives other vectors on another kind of CPU. An index's
+/// manifest records where it was built, and a warning names both (see `engine::agreement`).
+pub fn cpu_kind() -> String {
+    let family = int8_family();
+    let name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, name)| name.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|name| !name.is_empty())
+        });
+    match name {
+        Some(name) => format!("{family} ({name})"),
+        None => family,
+    }
+}
+
+fn int8_family() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let family = if std::arch::is_x86_feature_detected!("avx512vnni") {
+            "AVX-512 VNNI"
+        } else if std::arch::is_x86_feature_detected!("avxvnni") {
+            "AVX-VNNI"
+        } else if std::arch::is_x86_feature_detected!("avx2") {
+            "AVX2 without VNNI"
+        } else {
+            "no AVX2"
+        };
+        format!("x86_64 with {family}")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let family = if std::arch::is_aarch64_feature_detected!("i8mm") {
+            "i8mm"
+        } else if std::arch::is_aarch64_feature_detected!("dotprod") {
+            "dotprod without i8mm"
+        } else {
+            "neither dotprod nor i8mm"
+        };
+        format!("aarch64 with {family}")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
 /// Where `scripts/setup.sh` puts the default model, all-MiniLM-L6-v2 with its MatMuls quantised
 /// to int8 (relative to the working directory).
 pub const DEFAULT_MODEL_DIR: &str = ".cache/pointsman/models/all-MiniLM-L6-v2-q8";
@@ -646,7 +698,13 @@ pub(crate) fn estimate_tokens(text: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{padding_groups, quantises_activations};
+    use super::{cpu_kind, padding_groups, quantises_activations};
+
+    #[test]
+    fn the_cpu_kind_names_the_architecture() {
+        let kind = cpu_kind();
+        assert!(kind.starts_with(std::env::consts::ARCH), "{kind}");
+    }
 
     #[test]
     fn models_that_quantise_activations_are_told_by_their_operators() {

@@ -31,8 +31,10 @@ use crate::index::{Hit, Index, IndexError};
 use crate::policy::{self, Decision, Evidence, Vote};
 use crate::{scoring, similarity};
 
+pub mod agreement;
 mod queue;
 
+pub use agreement::Agreement;
 use queue::{Idle, Queue, Refused};
 
 /// The longest prompt, in estimated tokens, routed on the caller's thread (a few milliseconds
@@ -340,6 +342,25 @@ impl Engine {
         let index = Arc::new(index);
         *self.shared.index.write().expect("index lock poisoned") = Arc::clone(&index);
         Ok(index)
+    }
+
+    /// Embeds a few of `index`'s utterances again with this engine's sessions (not through the
+    /// cache, which would not be a new forward pass) and compares them with the stored vectors:
+    /// whether this machine computes the vectors the index was built with (see
+    /// [`agreement`]).
+    pub fn agreement(&self, index: &Arc<Index>) -> Result<Agreement, RouteError> {
+        agreement::check(index, |texts| {
+            texts
+                .iter()
+                .map(|text| {
+                    let routed = self
+                        .submit(index, text)?
+                        .blocking_recv()
+                        .map_err(|_| RouteError::ShuttingDown)??;
+                    Ok(routed.vector)
+                })
+                .collect()
+        })
     }
 
     /// The live index.

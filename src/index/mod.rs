@@ -121,6 +121,10 @@ pub struct Manifest {
     pub built_at_unix: u64,
     /// The embedding model the vectors come from.
     pub model: ModelInfo,
+    /// The CPU the vectors were computed on ([`crate::embed::cpu_kind`]); absent in an index
+    /// built before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_on: Option<String>,
     /// Canonical hash of the route table (see [`RouteTable::canonical_hash`]).
     pub route_table_sha256: String,
     /// Number of vectors.

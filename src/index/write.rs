@@ -240,6 +240,7 @@ pub(super) fn write_generation(
         pointsman_version: env!("CARGO_PKG_VERSION").to_string(),
         built_at_unix,
         model: input.model.clone(),
+        built_on: Some(crate::embed::cpu_kind()),
         route_table_sha256: input.table.canonical_hash(),
         vectors: n,
         params: IndexParams {

@@ -186,6 +186,72 @@ fn serve_refuses_stale_corrupted_or_foreign_indexes() {
     );
 }
 
+/// An index's vectors as another kind of CPU computed them (the default model's int8 kernels
+/// differ with and without VNNI) are found by embedding some of its utterances again: `route`
+/// and `eval` still run, with a warning that says so and what to do. Here the other CPU is
+/// played by shifting the first stored vector, the checksum made to match.
+#[test]
+fn an_index_whose_vectors_this_machine_does_not_compute_is_used_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    build(&example_routes(), dir.path());
+    let warned = |args: &[&str]| {
+        let out = pointsman()
+            .args(args)
+            .arg("--index")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        err.contains("embeds its utterances differently")
+            .then_some(err)
+    };
+    let data = repo().join("examples/customer-support.jsonl");
+    let data = data.to_str().unwrap();
+    assert_eq!(warned(&["route", "Where is my order?"]), None);
+
+    let generation = pointsman::index::current_generation(dir.path()).unwrap();
+    let path = generation.join("vectors.f32");
+    let mut v: Vec<f32> = std::fs::read(&path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let dim = 384;
+    for i in 0..dim {
+        v[i] += 0.3 * v[dim + i];
+    }
+    let norm = v[..dim].iter().map(|x| x * x).sum::<f32>().sqrt();
+    v[..dim].iter_mut().for_each(|x| *x /= norm);
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let manifest_path = generation.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert!(
+        manifest["built_on"]
+            .as_str()
+            .unwrap()
+            .starts_with(std::env::consts::ARCH)
+    );
+    manifest["files"]["vectors.f32"]["xxh3"] =
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)).into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+
+    for args in [
+        &["route", "Where is my order?"][..],
+        &["eval", "--data", data][..],
+    ] {
+        let err = warned(args).unwrap_or_else(|| panic!("no warning from {args:?}"));
+        assert!(
+            err.contains("lowest cosine 0.9")
+                && err.contains(&format!("built on {}", pointsman::embed::cpu_kind()))
+                && err.contains("Rebuild the index on this kind of machine"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn eval_and_calibrate_on_the_example_labelled_set() {
     let data = repo().join("examples/customer-support.jsonl");

@@ -203,6 +203,18 @@ fn the_reference_model_batches_by_length_and_matches_single_embeddings() {
     }
 }
 
+/// The check that warns when an index's vectors come from another kind of CPU finds this
+/// machine's build and serve in agreement, to float rounding.
+#[test]
+fn this_machine_embeds_the_example_utterances_as_its_build_did() {
+    let engine = example_engine();
+    let index = engine.index();
+    let agreement = engine.agreement(&index).unwrap();
+    assert_eq!(agreement.checked, pointsman::engine::agreement::SAMPLE);
+    assert!(agreement.lowest_cosine > 0.99999, "{agreement:?}");
+    assert_eq!(agreement.warning(&index), None);
+}
+
 #[test]
 fn an_index_built_with_another_model_is_refused() {
     let mut fake = FakeEmbedder::new("other-model");
