@@ -354,20 +354,9 @@ pub(super) fn open_engine(
     let embedders = OnnxEmbedder::load_many(&model.spec(workers), workers)
         .context("cannot load the embedding model")?;
     let engine = Engine::with_index(index, embedders, options)?;
-    warn_unless_agreed(&engine.index(), &engine.agreement(&engine.index())?);
+    let index = engine.index();
+    engine.agreement(&index)?.warn_unless_held(&index);
     Ok(engine)
-}
-
-/// Warns when this machine does not compute the vectors `index` was built with (see
-/// [`crate::engine::agreement`]); the index still serves.
-pub(super) fn warn_unless_agreed(index: &Index, agreement: &crate::engine::Agreement) {
-    if let Some(warning) = agreement.warning(index) {
-        tracing::warn!(
-            lowest_cosine = agreement.lowest_cosine,
-            checked = agreement.checked,
-            "{warning}"
-        );
-    }
 }
 
 /// A progress bar on stderr when it is a terminal, hidden otherwise.

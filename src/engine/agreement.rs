@@ -17,6 +17,7 @@
 
 use crate::embed::cpu_kind;
 use crate::index::Index;
+use crate::similarity::similarity;
 
 /// Utterances embedded again: a few forward passes, spread over the table.
 pub const SAMPLE: usize = 8;
@@ -43,6 +44,17 @@ impl Agreement {
     /// Whether this machine computes the index's vectors.
     pub fn holds(&self) -> bool {
         self.lowest_cosine >= MIN_COSINE
+    }
+
+    /// Logs [`Agreement::warning`], if there is one; the index is used all the same.
+    pub fn warn_unless_held(&self, index: &Index) {
+        if let Some(warning) = self.warning(index) {
+            tracing::warn!(
+                lowest_cosine = self.lowest_cosine,
+                checked = self.checked,
+                "{warning}"
+            );
+        }
     }
 
     /// What to tell the user when the vectors disagree, naming both machines' CPUs.
@@ -89,7 +101,8 @@ pub fn check<E>(
     let embedded = embed(&texts)?;
     let mut lowest: Option<(f32, u32)> = None;
     for (&id, here) in ids.iter().zip(&embedded) {
-        let cosine = cosine(index.vector(id), here);
+        // both are L2-normalised, as every vector here is: the cosine is their dot product
+        let cosine = similarity(index.vector(id), here);
         if lowest.is_none_or(|(c, _)| cosine < c) {
             lowest = Some((cosine, id));
         }
@@ -99,30 +112,4 @@ pub fn check<E>(
         lowest_cosine: lowest.map_or(1.0, |(c, _)| c),
         utterance: lowest.map(|(_, id)| index.utterance(id).text.clone()),
     })
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    if aa == 0.0 || bb == 0.0 {
-        return 0.0;
-    }
-    (ab / (aa.sqrt() * bb.sqrt())) as f32
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cosine_is_one_for_a_vector_and_its_multiple_and_zero_for_nothing() {
-        assert!((cosine(&[0.6, 0.8], &[1.2, 1.6]) - 1.0).abs() < 1e-6);
-        assert!((cosine(&[1.0, 0.0], &[0.0, 1.0])).abs() < 1e-6);
-        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
-    }
 }

@@ -86,14 +86,13 @@ pub async fn reload_index(state: &AppState) -> Result<serde_json::Value, ApiErro
                 .inspect(|index| {
                     // the new index serves already: a failed check is only reported
                     match engine.agreement(index) {
-                        Ok(a) => {
-                            if let Some(warning) = a.warning(index) {
-                                tracing::warn!(lowest_cosine = a.lowest_cosine, checked = a.checked, "{warning}");
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot compare the new index's vectors with this machine's"),
+                        Ok(agreement) => agreement.warn_unless_held(index),
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "cannot compare the new index's vectors with this machine's"
+                        ),
                     }
-                    })
+                })
                 .map_err(|e| e.to_string())
         })
         .await

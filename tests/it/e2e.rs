@@ -211,13 +211,16 @@ fn an_index_whose_vectors_this_machine_does_not_compute_is_used_with_a_warning()
     assert_eq!(warned(&["route", "Where is my order?"]), None);
 
     let generation = pointsman::index::current_generation(dir.path()).unwrap();
+    let manifest_path = generation.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let dim = manifest["model"]["dimension"].as_u64().unwrap() as usize;
     let path = generation.join("vectors.f32");
     let mut v: Vec<f32> = std::fs::read(&path)
         .unwrap()
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    let dim = 384;
     for i in 0..dim {
         v[i] += 0.3 * v[dim + i];
     }
@@ -225,9 +228,6 @@ fn an_index_whose_vectors_this_machine_does_not_compute_is_used_with_a_warning()
     v[..dim].iter_mut().for_each(|x| *x /= norm);
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(&path, &bytes).unwrap();
-    let manifest_path = generation.join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
     assert!(
         manifest["built_on"]
             .as_str()
