@@ -694,7 +694,19 @@ fn route_batch(
     started: Instant,
 ) -> Vec<Result<Routed, RouteError>> {
     let texts: Vec<&str> = jobs.iter().map(|j| j.0).collect();
-    let embedded = embedder.embed(&texts);
+    // a panicking model fails these jobs, not the caller's connection nor the worker
+    let embedded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| embedder.embed(&texts)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(EmbedError::Inference(format!(
+                    "the embedding model panicked ({what}); this prompt was not routed"
+                )))
+            });
     let embed_ms = ms(started.elapsed());
     let size = jobs.len();
     let vectors = match embedded {

@@ -44,8 +44,11 @@ pub mod word_hash {
     }
 }
 
+/// A prompt containing this makes [`FakeEmbedder`] panic, as a model's code might.
+pub const FAKE_PANICS_ON: &str = "make the embedder panic";
+
 /// An embedder for tests of the machinery around the model: it hashes words into a small
-/// vector, and can be paused to hold its worker busy.
+/// vector, can be paused to hold its worker busy, and panics on [`FAKE_PANICS_ON`].
 #[derive(Clone)]
 pub struct FakeEmbedder {
     info: ModelInfo,
@@ -100,6 +103,10 @@ impl Embedder for FakeEmbedder {
         }
         gate.waiting -= 1;
         drop(gate);
+        assert!(
+            !texts.iter().any(|t| t.contains(FAKE_PANICS_ON)),
+            "the fake embedder panics on request"
+        );
         Ok(texts.iter().map(|t| word_hash::embed(t)).collect())
     }
 }

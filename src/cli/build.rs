@@ -23,7 +23,9 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = IndexParams::default().hnsw_min_vectors)]
     pub hnsw_min_vectors: usize,
     /// Skip the build when the current index already comes from these routes, this model and
-    /// these parameters, and opens whole (a damaged or older-format index is rebuilt).
+    /// these parameters, opens whole, and this machine embeds its utterances as the build did (a
+    /// damaged or older-format index, or one built on a kind of CPU that computes other
+    /// vectors, is rebuilt).
     #[arg(long)]
     pub if_changed: bool,
     /// Graded outcomes (JSON lines: a prompt and each model's quality in [0, 1]) to train a
@@ -68,15 +70,41 @@ pub(super) fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
     } else {
         Some(indexer::Outcomes::read(&args.outcomes)?)
     };
-    if args.if_changed && index_is_current(&args, &table, &params, outcomes.as_ref()) {
-        println!(
-            "{} is up to date with {}",
-            args.out.display(),
-            args.routes.display()
-        );
-        return Ok(Outcome::Success);
-    }
+    let current = if args.if_changed {
+        current_index(&args, &table, &params, outcomes.as_ref())
+    } else {
+        None
+    };
     let mut embedder = args.model.offline_sessions()?;
+    if let Some(index) = current {
+        // built from these files, but perhaps on another kind of CPU, whose vectors this
+        // machine's prompts would not match
+        let agreement = crate::engine::agreement::check(&index, |texts| {
+            crate::embed::Embedder::embed(&mut embedder, texts)
+                .map(|e| e.into_iter().map(|e| e.vector).collect())
+        })?;
+        if agreement.holds() {
+            println!(
+                "{} is up to date with {}",
+                args.out.display(),
+                args.routes.display()
+            );
+            return Ok(Outcome::Success);
+        }
+        println!(
+            "{} comes from {}, but this machine embeds its utterances differently (lowest \
+             cosine {:.4}; built on {}, running on {}): rebuilding it",
+            args.out.display(),
+            args.routes.display(),
+            agreement.lowest_cosine,
+            index
+                .manifest()
+                .built_on
+                .as_deref()
+                .unwrap_or("a machine the index does not name"),
+            crate::embed::cpu_kind()
+        );
+    }
     let bar = progress_bar(table.utterance_count(), "embedding utterances");
     let built = indexer::build_with(
         &table,
@@ -120,21 +148,21 @@ pub(super) fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// Whether the current index in `args.out` was built from `table` with the model files and
-/// parameters given (reads the model's files to hash them, without loading the model), and
+/// The current index in `args.out`, opened, if it was built from `table` with the model files
+/// and parameters given (reads the model's files to hash them, without loading the model), and
 /// opens whole: every file verified against its manifest, in this build's format. A damaged or
 /// older index is rebuilt rather than kept.
-pub(super) fn index_is_current(
+pub(super) fn current_index(
     args: &BuildArgs,
     table: &config::RouteTable,
     params: &IndexParams,
     outcomes: Option<&indexer::Outcomes>,
-) -> bool {
+) -> Option<crate::index::Index> {
     let (Ok(m), Ok(files)) = (
         crate::index::read_manifest(&args.out),
         ModelFiles::read(&args.model.model_dir),
     ) else {
-        return false;
+        return None;
     };
     let built_from_these = m.route_table_sha256 == table.canonical_hash()
         && m.model.model_sha256 == files.model_sha256
@@ -148,14 +176,15 @@ pub(super) fn index_is_current(
     };
     let same_outcomes = sums(m.quality.as_ref().map_or(&[], |q| &q.outcomes))
         == sums(outcomes.map_or(&[], |o| &o.files));
-    built_from_these
-        && same_outcomes
-        && crate::index::Index::open(&args.out)
-            .and_then(|index| index.wait_for_graph())
-            .inspect_err(
-                |e| tracing::warn!(error = %e, "the current index does not open; rebuilding it"),
-            )
-            .is_ok()
+    if !(built_from_these && same_outcomes) {
+        return None;
+    }
+    crate::index::Index::open(&args.out)
+        .and_then(|index| index.wait_for_graph().map(|()| index))
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "the current index does not open; rebuilding it"),
+        )
+        .ok()
 }
 
 /// The starter route file written by `init`.

@@ -59,6 +59,36 @@ fn real_state() -> AppState {
     AppState::with_engine(example_engine(), ServerOptions::default())
 }
 
+// on the caller's thread (an idle session lent) and on a worker (a batch goes through the queue)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_model_fails_its_request_with_500_and_the_router_goes_on() {
+    let (engine, _dir) = fake_engine_for(FAKE_ROUTES);
+    let state = AppState::with_engine(engine, ServerOptions::default());
+    let boom = pointsman::test_util::FAKE_PANICS_ON;
+    for _ in 0..2 {
+        let r = post(&state, "/v1/route", &json!({ "prompt": boom }).to_string()).await;
+        // the detail (the panic's message) goes to the log, as every internal error's does
+        r.error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+        let r = post(
+            &state,
+            "/v1/route/batch",
+            &json!({ "prompts": [boom, "hello there"] }).to_string(),
+        )
+        .await;
+        r.error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+        // the session and the worker are still there
+        let r = post(&state, "/v1/route", r#"{"prompt": "hello there"}"#).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let r = post(
+            &state,
+            "/v1/route/batch",
+            r#"{"prompts": ["hello there", "good morning"]}"#,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+}
+
 #[tokio::test]
 async fn route_returns_decision_scores_neighbours_and_timings() {
     let state = real_state();

@@ -191,7 +191,7 @@ fn serve_refuses_stale_corrupted_or_foreign_indexes() {
 /// and `eval` still run, with a warning that says so and what to do. Here the other CPU is
 /// played by shifting the first stored vector, the checksum made to match.
 #[test]
-fn an_index_whose_vectors_this_machine_does_not_compute_is_used_with_a_warning() {
+fn an_index_this_machine_embeds_otherwise_warns_and_is_rebuilt_if_changed() {
     let dir = tempfile::tempdir().unwrap();
     build(&example_routes(), dir.path());
     let warned = |args: &[&str]| {
@@ -250,6 +250,32 @@ fn an_index_whose_vectors_this_machine_does_not_compute_is_used_with_a_warning()
             "{err}"
         );
     }
+
+    // `build --if-changed` does not keep it: the same routes and model, other vectors
+    let rebuild = || {
+        let out = pointsman()
+            .arg("build")
+            .arg(example_routes())
+            .arg("--out")
+            .arg(dir.path())
+            .arg("--if-changed")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let said = rebuild();
+    assert!(
+        said.contains("embeds its utterances differently") && said.contains("rebuilding"),
+        "{said}"
+    );
+    assert_ne!(
+        pointsman::index::current_generation(dir.path()).unwrap(),
+        generation
+    );
+    assert_eq!(warned(&["route", "Where is my order?"]), None);
+    let said = rebuild();
+    assert!(said.contains("is up to date"), "{said}");
 }
 
 #[test]
