@@ -7,7 +7,8 @@ minutes) cancels out of, where two runs one after the other do not.
 PROMPTS is a JSON-lines file with a `text` field; each of the first N prompts goes once to each
 server (so neither answers from its embedding cache), A first on even prompts and B first on odd
 ones. Prints each server's p50 round trip and its own timings, then the p50 and mean of B's
-round trip less A's for the same prompt. Run by benches/ab.sh.
+round trip less A's for the same prompt, and how the two answers differ: the prompts routed
+elsewhere, and the largest difference in a listed route's similarity. Run by benches/ab.sh.
 """
 
 import http.client
@@ -25,7 +26,7 @@ def main() -> None:
     with open(prompts, encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line in f if line.strip()][:n]
     conns = [http.client.HTTPConnection(urlsplit(u).hostname, urlsplit(u).port) for u in urls]
-    trip, total, search = ([[], []] for _ in range(3))
+    trip, total, search, answers = ([[], []] for _ in range(4))
     for i, text in enumerate(texts):
         body = json.dumps({"prompt": text}).encode()
         for k in (0, 1) if i % 2 == 0 else (1, 0):
@@ -33,10 +34,11 @@ def main() -> None:
             conns[k].request("POST", "/v1/route", body=body,
                              headers={"content-type": "application/json"})
             response = conns[k].getresponse()
-            response.read()
+            answer = json.loads(response.read())
             if response.status != 200:
                 sys.exit(f"{urls[k]} answered {response.status} to {text!r}")
             trip[k].append((time.perf_counter() - start) * 1e3)
+            answers[k].append(answer)
             total[k].append(float(response.getheader("x-pointsman-total-ms")))
             search[k].append(float(response.getheader("x-pointsman-search-ms")))
     print(f"{len(texts)} prompts, each once to each server, alternating which goes first (ms):")
@@ -49,6 +51,13 @@ def main() -> None:
     diff = [b - a for a, b in zip(trip[0], trip[1])]
     print(f"\nB less A, the same prompt: p50 {statistics.median(diff):+.3f} ms, "
           f"mean {statistics.mean(diff):+.3f} ms")
+    elsewhere = sum(a["route"] != b["route"] for a, b in zip(*answers))
+    score_diff = max((abs(x["similarity"] - y["similarity"])
+                      for a, b in zip(*answers)
+                      for x, y in zip(a["routes"], b["routes"]) if x["route"] == y["route"]),
+                     default=0.0)
+    print(f"answers: {elsewhere} of {len(texts)} prompts routed elsewhere; largest difference "
+          f"in a listed route's similarity {score_diff:.2e}")
 
 
 if __name__ == "__main__":
