@@ -107,14 +107,16 @@ impl DecisionLog {
         })
     }
 
-    /// Queues one line; drops it (and counts it) when the writer is behind.
-    pub fn record(&self, line: &serde_json::Value) {
+    /// Queues one line; drops it (and counts it) when the writer is behind. Whether it was
+    /// queued.
+    pub fn record(&self, line: &serde_json::Value) -> bool {
         if let Some(lines) = &self.lines
             && lines.try_send(line.to_string()).is_ok()
         {
-            return;
+            return true;
         }
         self.dropped.fetch_add(1, Ordering::Relaxed);
+        false
     }
 
     /// Lines dropped because the writer was behind.
@@ -138,6 +140,41 @@ impl Drop for DecisionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // the writer held up by a pipe nobody reads: the queue fills, and a line is then refused
+    #[test]
+    fn a_line_the_queue_cannot_take_is_refused_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let reader = {
+            let path = path.clone();
+            std::thread::spawn(move || File::open(path).unwrap())
+        };
+        let log = DecisionLog::open(LogOptions {
+            path: path.clone(),
+            max_bytes: u64::MAX,
+            keep: 1,
+        })
+        .unwrap();
+        let mut reader = reader.join().unwrap();
+        let line = serde_json::json!({"pad": "x".repeat(200)});
+        let queued = (0..QUEUE_LINES * 4)
+            .take_while(|_| log.record(&line))
+            .count();
+        assert!(queued >= QUEUE_LINES, "{queued}");
+        assert!(queued < QUEUE_LINES * 4, "the queue never filled");
+        assert_eq!(log.dropped(), 1);
+        // the reader drains the pipe, so the writer can finish
+        let drain =
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()).unwrap());
+        drop(log);
+        assert!(drain.join().unwrap() >= (queued * 200) as u64);
+    }
 
     #[test]
     fn writes_json_lines_and_rotates_by_size() {

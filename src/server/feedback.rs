@@ -47,13 +47,14 @@ impl OutcomeLog {
             .put(id.to_string(), (prompt.to_string(), model.to_string()));
     }
 
-    /// Appends an outcome line: `prompt` graded `quality` on `model`.
-    pub fn append(&self, id: &str, prompt: &str, model: &str, quality: f64) {
+    /// Queues an outcome line, `prompt` graded `quality` on `model`: whether the writer's queue
+    /// took it (a line it cannot take is dropped and counted).
+    pub fn append(&self, id: &str, prompt: &str, model: &str, quality: f64) -> bool {
         self.log.record(&serde_json::json!({
             "prompt": prompt,
             "quality": {model: quality},
             "id": id,
-        }));
+        }))
     }
 
     fn lookup(&self, id: &str) -> Option<(String, String)> {
@@ -86,7 +87,8 @@ pub struct Feedback {
 
 /// Grades a routed request; the grade becomes an outcome line for the next `build --outcomes`.
 #[utoipa::path(post, path = "/v1/feedback", tag = "routing", request_body = Feedback,
-    responses((status = 200, description = "Recorded", body = serde_json::Value),
+    responses((status = 200, description = "Recorded (queued for the outcome log)", body = serde_json::Value),
+        (status = 429, description = "The outcome log's writer is behind: not recorded; see Retry-After", body = ErrorBody),
         (status = 404, description = "No recent decision has this request id", body = ErrorBody),
         (status = 403, description = "The outcome log is off", body = ErrorBody),
         (status = 422, description = "Quality outside [0, 1], or an unknown model", body = ErrorBody)))]
@@ -126,7 +128,13 @@ pub(super) async fn feedback(
         }
         None => chosen,
     };
-    outcomes.append(&f.request_id, &prompt, &model, f.quality);
+    if !outcomes.append(&f.request_id, &prompt, &model, f.quality) {
+        return Err(ApiError::Overloaded(format!(
+            "the outcome log's writer is behind (the disk is slow or full): this grade was not \
+             recorded; send it again shortly ({} lines dropped so far)",
+            outcomes.dropped()
+        )));
+    }
     Ok(Json(serde_json::json!({
         "recorded": true,
         "request_id": f.request_id,

@@ -273,6 +273,69 @@ async fn feedback_appends_an_outcome_line_the_next_build_reads() {
     assert_eq!(graded[0].id.as_deref(), Some("req-42"));
 }
 
+// the log's writer held up by a pipe nobody reads: once its queue is full a grade is refused
+// with 429, not answered `recorded` and dropped
+#[tokio::test]
+async fn feedback_the_outcome_log_cannot_take_is_refused_with_429() {
+    let (work, index, fake) = built();
+    let engine = fake_engine(&fake, index.path(), Default::default());
+    let log_path = work.path().join("outcomes.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&log_path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = {
+        let path = log_path.clone();
+        std::thread::spawn(move || std::fs::File::open(path).unwrap())
+    };
+    let log = pointsman::decision_log::DecisionLog::open(pointsman::decision_log::LogOptions {
+        path: log_path.clone(),
+        max_bytes: u64::MAX,
+        keep: 1,
+    })
+    .unwrap();
+    let mut reader = reader.join().unwrap();
+    let state = AppState::with_engine(engine, ServerOptions::default()).with_outcome_log(log);
+    let req = Request::post("/v1/route")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-request-id", "req-7")
+        .body(Body::from(r#"{"prompt": "is it raining outside"}"#))
+        .unwrap();
+    assert_eq!(
+        app(state.clone()).oneshot(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let mut refused = None;
+    for sent in 0..20_000 {
+        let req = Request::post("/v1/feedback")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"request_id": "req-7", "quality": 1.0}"#))
+            .unwrap();
+        let res = app(state.clone()).oneshot(req).await.unwrap();
+        if res.status() != StatusCode::OK {
+            refused = Some((sent, res));
+            break;
+        }
+    }
+    let (sent, res) = refused.expect("the outcome log never refused a line");
+    assert!(sent >= 4096, "refused after {sent}");
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+    let body: Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("not recorded"),
+        "{body}"
+    );
+    // the reader drains the pipe, so that the writer can finish
+    let drain = std::thread::spawn(move || {
+        std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
+    });
+    drop(state);
+    drain.join().unwrap();
+}
+
 #[tokio::test]
 async fn feedback_is_refused_while_the_outcome_log_is_off() {
     let (engine, _dir) = fake_engine_for(FAKE_ROUTES);
