@@ -756,6 +756,20 @@ async fn what_cannot_be_translated_goes_only_to_a_provider_of_the_clients_api() 
         message.contains("a `document` content block cannot be translated for provider `chat`"),
         "{message}"
     );
+    // to the chat model alone it cannot go at all: the request's fault, not an upstream's
+    let mut alone = body.clone();
+    alone["model"] = json!("gpt");
+    let before = s.upstream.received().len();
+    let (status, _, bytes) = send(&s.state, post(Client::Messages, &alone)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no candidate model's provider can take this request")
+            && message.contains("a `document` content block cannot be translated"),
+        "{message}"
+    );
+    assert_eq!(s.upstream.received().len(), before, "nothing goes upstream");
     // without the PDF the chat model answers, without the server tool
     body["messages"][0]["content"] = json!("summarise this");
     s.upstream

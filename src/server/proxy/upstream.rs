@@ -93,6 +93,7 @@ pub(super) async fn attempt(
     let table = plan.snapshot.table();
     let mut failures = Vec::new();
     let mut over_budget = 0;
+    let mut untranslatable = 0;
     for (position, candidate) in plan.models.iter().enumerate().skip(start) {
         let model = &candidate.model;
         let provider = config.provider_for(model, table).ok_or_else(|| {
@@ -115,6 +116,7 @@ pub(super) async fn attempt(
             Err(reason) => {
                 tracing::warn!(%model, %reason, "the request cannot go to this model's provider");
                 failures.push(format!("{model}: {reason}"));
+                untranslatable += 1;
                 run.spend.release(candidate);
                 continue;
             }
@@ -197,6 +199,13 @@ pub(super) async fn attempt(
                 failures.join("; ")
             )));
         }
+    }
+    // no candidate's provider could even be sent the request: the request's, not an upstream's
+    if untranslatable == plan.models.len() - start {
+        return Err(ApiError::Validation(format!(
+            "no candidate model's provider can take this request: {}",
+            failures.join("; ")
+        )));
     }
     if over_budget > 0 && over_budget == plan.models.len() - start {
         return Err(ApiError::BudgetExhausted(format!(
