@@ -200,8 +200,9 @@ pub(super) async fn attempt(
             )));
         }
     }
-    // no candidate's provider could even be sent the request: the request's, not an upstream's
-    if untranslatable == plan.models.len() - start {
+    // no candidate's provider could even be sent the request: the request's fault, not an
+    // upstream's (an escalation that finds none keeps the upstream error below)
+    if start == 0 && untranslatable == plan.models.len() {
         return Err(ApiError::Validation(format!(
             "no candidate model's provider can take this request: {}",
             failures.join("; ")
