@@ -22,11 +22,19 @@ if ! "$venv/bin/python" -c 'import openai, anthropic, sys; sys.exit(openai.__ver
   }
   "$venv/bin/pip" install -q --disable-pip-version-check openai==3.57.0 anthropic==2.15.0
 fi
+# and the unmodified `litellm` package, in a venv of its own (it pins its own `openai`)
+litellm_venv=".cache/pointsman/litellm-venv"
+if ! "$litellm_venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("litellm") != "1.110.2")' 2>/dev/null; then
+  echo "test: installing the litellm Python package into $litellm_venv" >&2
+  python3 -m venv "$litellm_venv"
+  "$litellm_venv/bin/pip" install -q --disable-pip-version-check litellm==1.110.2
+fi
 if [ ! -d tests/node/node_modules/openai ]; then
   echo "test: installing the Node openai package into tests/node" >&2
   (cd tests/node && npm ci --silent --no-audit --no-fund)
 fi
 export POINTSMAN_PYTHON="$root/$venv/bin/python"
+export POINTSMAN_LITELLM_PYTHON="$root/$litellm_venv/bin/python"
 cargo test --locked "$@"
 # the playground page in a real browser (Debian's Chromium, driven by Playwright)
 scripts/browser-test.sh

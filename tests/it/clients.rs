@@ -1,8 +1,8 @@
-//! The unmodified client SDKs users run (the `openai` and `anthropic` Python packages, the Node
-//! `openai` package) against the real binary serving the example routes through
+//! The unmodified client SDKs users run (the `openai`, `anthropic` and `litellm` Python packages,
+//! the Node `openai` package) against the real binary serving the example routes through
 //! `examples/proxy.yaml` as shipped, but with every provider's `base_url` on the fake upstream
 //! and every provider speaking OpenAI chat completions there. `scripts/test.sh` installs the
-//! packages and sets `POINTSMAN_PYTHON`; without them these tests fail, they do not skip.
+//! packages and sets `POINTSMAN_PYTHON` and `POINTSMAN_LITELLM_PYTHON`; without them these tests fail, they do not skip.
 
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,8 @@ async fn run(program: String, script: std::path::PathBuf, base: &str) -> Value {
     let base = base.to_string();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&program)
+            // litellm would fetch its price list from GitHub when imported
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
             .arg(&script)
             .arg(&base)
             .arg("client-key")
@@ -96,6 +98,12 @@ async fn run(program: String, script: std::path::PathBuf, base: &str) -> Value {
 fn python() -> String {
     std::env::var("POINTSMAN_PYTHON").unwrap_or_else(|_| {
         panic!("POINTSMAN_PYTHON is not set: run scripts/test.sh, which installs the `openai` and `anthropic` packages and sets it")
+    })
+}
+
+fn litellm_python() -> String {
+    std::env::var("POINTSMAN_LITELLM_PYTHON").unwrap_or_else(|_| {
+        panic!("POINTSMAN_LITELLM_PYTHON is not set: run scripts/test.sh, which installs the `litellm` package and sets it")
     })
 }
 
@@ -255,4 +263,41 @@ async fn the_node_openai_package_works_end_to_end() {
     assert_eq!(seen["responses_stream"]["text"], SMALL);
     assert_eq!(seen["responses_stream"]["last"], "response.completed");
     assert_eq!(seen["responses_stream_helper"], SMALL);
+}
+
+// litellm as its OpenAI provider and as its Anthropic provider, each a whole answer, a stream,
+// an unknown model and a wrong key
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_litellm_package_works_end_to_end_through_both_its_providers() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, base) = serve_examples(&upstream, dir.path()).await;
+    let seen = run(
+        litellm_python(),
+        repo().join("tests/python/litellm_client.py"),
+        &base,
+    )
+    .await;
+    for provider in ["openai", "anthropic"] {
+        let p = &seen[provider];
+        assert_eq!(p["content"], SMALL, "{provider}: {seen}");
+        assert_eq!(
+            p["usage"],
+            serde_json::json!([PROMPT_TOKENS, COMPLETION_TOKENS]),
+            "{provider}"
+        );
+        assert_eq!(p["route_header"], "order_status", "{provider}: {seen}");
+        assert_eq!(p["model_header"], "llama-3.1-8b-instruct", "{provider}");
+        assert_eq!(p["streamed"], SMALL, "{provider}");
+        assert_eq!(p["not_found"], 404, "{provider}");
+        assert_eq!(p["wrong_key"], 401, "{provider}");
+    }
+    // both reached the upstream through pointsman, with the provider's key
+    let received = upstream.received();
+    assert!(received.len() >= 4, "{}", received.len());
+    assert!(
+        received
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {UPSTREAM_KEY}")))
+    );
 }

@@ -1,0 +1,94 @@
+"""The unmodified `litellm` package talking to pointsman's proxy, as its OpenAI provider
+(`openai/...` to `/v1/chat/completions`) and as its Anthropic provider (`anthropic/...` to
+`/v1/messages`).
+
+Run by tests/it/clients.rs against a running `pointsman serve --proxy ...` whose providers point
+at the test's fake upstream. Prints one JSON object with what the client saw; the Rust test
+checks it. Exits non-zero on anything unexpected. LITELLM_LOCAL_MODEL_COST_MAP must be set (the
+test sets it): litellm otherwise fetches its price list from GitHub when imported.
+
+    python litellm_client.py BASE_URL API_KEY
+"""
+
+import importlib.metadata
+import json
+import sys
+
+import litellm
+
+# its help banners go to stdout, where this script's JSON goes
+litellm.suppress_debug_info = True
+base, key = sys.argv[1], sys.argv[2]
+seen = {"litellm_version": importlib.metadata.version("litellm")}
+order = [{"role": "user", "content": "Where is my order #12345?"}]
+
+
+def header(response, name):
+    """A response header as litellm keeps it (prefixed `llm_provider-` in its hidden params)."""
+    headers = (getattr(response, "_hidden_params", None) or {}).get("additional_headers") or {}
+    for k, v in headers.items():
+        if k.lower() in (name, f"llm_provider-{name}"):
+            return v
+    return None
+
+
+for provider, api_base in (("openai", f"{base}/v1"), ("anthropic", base)):
+    response = litellm.completion(
+        model=f"{provider}/auto",
+        api_base=api_base,
+        api_key=key,
+        messages=order,
+        max_tokens=200,
+        num_retries=0,
+        timeout=20,
+    )
+    pieces = []
+    for chunk in litellm.completion(
+        model=f"{provider}/auto",
+        api_base=api_base,
+        api_key=key,
+        messages=[{"role": "user", "content": "How do I reset my password?"}],
+        max_tokens=200,
+        stream=True,
+        num_retries=0,
+        timeout=20,
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+    try:
+        litellm.completion(
+            model=f"{provider}/no-such-model",
+            api_base=api_base,
+            api_key=key,
+            messages=order,
+            max_tokens=200,
+            num_retries=0,
+            timeout=20,
+        )
+        not_found = None
+    except litellm.NotFoundError as e:
+        not_found = e.status_code
+    try:
+        litellm.completion(
+            model=f"{provider}/auto",
+            api_base=api_base,
+            api_key="wrong-key",
+            messages=order,
+            max_tokens=200,
+            num_retries=0,
+            timeout=20,
+        )
+        wrong_key = None
+    except litellm.AuthenticationError as e:
+        wrong_key = e.status_code
+    seen[provider] = {
+        "content": response.choices[0].message.content,
+        "usage": [response.usage.prompt_tokens, response.usage.completion_tokens],
+        "route_header": header(response, "x-pointsman-route"),
+        "model_header": header(response, "x-pointsman-model"),
+        "streamed": "".join(pieces),
+        "not_found": not_found,
+        "wrong_key": wrong_key,
+    }
+
+print(json.dumps(seen))
