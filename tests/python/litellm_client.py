@@ -25,11 +25,7 @@ order = [{"role": "user", "content": "Where is my order #12345?"}]
 
 def header(response, name):
     """A response header as litellm keeps it (prefixed `llm_provider-` in its hidden params)."""
-    headers = (getattr(response, "_hidden_params", None) or {}).get("additional_headers") or {}
-    for k, v in headers.items():
-        if k.lower() in (name, f"llm_provider-{name}"):
-            return v
-    return None
+    return response._hidden_params["additional_headers"].get(f"llm_provider-{name}")
 
 
 for provider, api_base in (("openai", f"{base}/v1"), ("anthropic", base)):
