@@ -15,7 +15,8 @@
 #   scripts/replicas.sh [DURATION]
 #
 # DURATION defaults to 60 s (at least 30). CONNECTIONS (default 16) sets wrk's concurrency;
-# CARGO_LOCK, if set, names a lock file held (flock) around the cargo build.
+# CARGO_LOCK, if set, names a lock file held (flock) around the cargo build; POINTSMAN_BIN, if
+# set, is the binary to run instead of the release build's.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -38,8 +39,14 @@ out_file="${OUT_FILE:-bench-results/replicas.md}"
 key="replicas-$$-$RANDOM"
 cap_usd=0.2
 
-build_release
-bin="$root/target/release/pointsman"
+# POINTSMAN_BIN: a binary already built (scripts/test.sh passes the test build's); otherwise
+# the release build
+if [ -n "${POINTSMAN_BIN:-}" ]; then
+  bin="$POINTSMAN_BIN"
+else
+  build_release
+  bin="$root/target/release/pointsman"
+fi
 work="$(mktemp -d)"
 chmod 755 "$work"
 pids=()

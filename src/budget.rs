@@ -546,11 +546,15 @@ impl RedisStore {
     }
 }
 
-/// Where spend is counted: memory, or Redis with memory as the fallback.
+/// Where spend is counted: memory, or Redis with memory as the fallback. What is counted in
+/// memory while Redis does not answer is written to Redis once it answers again (before the next
+/// reservation there), so that the other replicas count it too.
 #[derive(Debug)]
 pub struct Ledger {
     memory: MemoryStore,
     redis: Option<RedisStore>,
+    /// Spend counted in memory during an outage, by counter, not yet in Redis.
+    unshared: Mutex<HashMap<String, (CapKey, f64)>>,
 }
 
 impl Ledger {
@@ -559,6 +563,7 @@ impl Ledger {
         Ledger {
             memory: MemoryStore::default(),
             redis: None,
+            unshared: Mutex::default(),
         }
     }
 
@@ -567,6 +572,7 @@ impl Ledger {
         Ledger {
             memory: MemoryStore::default(),
             redis: Some(store),
+            unshared: Mutex::default(),
         }
     }
 
@@ -577,7 +583,10 @@ impl Ledger {
         }
         match &self.redis {
             None => (self.memory.reserve(caps, cost), Counted::Memory),
-            Some(r) => match r.reserve(caps, cost).await {
+            Some(r) => match match self.share(r).await {
+                Ok(()) => r.reserve(caps, cost).await,
+                Err(e) => Err(e),
+            } {
                 Ok(Reserved::Charged(totals)) => {
                     self.memory.mirror(caps.iter().zip(totals));
                     (Ok(()), Counted::Redis)
@@ -590,8 +599,12 @@ impl Ledger {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "budget store unavailable; counting in memory");
+                    let reserved = self.memory.reserve(caps, cost);
+                    if reserved.is_ok() {
+                        self.keep_unshared(caps, cost);
+                    }
                     (
-                        self.memory.reserve(caps, cost),
+                        reserved,
                         Counted::Degraded {
                             reason: e.to_string(),
                         },
@@ -599,6 +612,42 @@ impl Ledger {
                 }
             },
         }
+    }
+
+    /// Notes spend counted in memory only, for [`Ledger::share`].
+    fn keep_unshared(&self, caps: &[CapKey], delta: f64) {
+        let mut unshared = self.unshared.lock().expect("unshared spend lock");
+        for cap in caps {
+            unshared
+                .entry(cap.counter.clone())
+                .or_insert_with(|| (cap.clone(), 0.0))
+                .1 += delta;
+        }
+    }
+
+    /// Writes the spend counted in memory during an outage to Redis; what Redis does not take
+    /// is kept for the next try.
+    async fn share(&self, redis: &RedisStore) -> Result<(), RedisError> {
+        let pending: Vec<(CapKey, f64)> = {
+            let mut unshared = self.unshared.lock().expect("unshared spend lock");
+            if unshared.is_empty() {
+                return Ok(());
+            }
+            unshared.drain().map(|(_, v)| v).collect()
+        };
+        for (i, (cap, delta)) in pending.iter().enumerate() {
+            if let Err(e) = redis.adjust(std::slice::from_ref(cap), *delta).await {
+                for (cap, delta) in &pending[i..] {
+                    self.keep_unshared(std::slice::from_ref(cap), *delta);
+                }
+                return Err(e);
+            }
+        }
+        tracing::info!(
+            counters = pending.len(),
+            "spend counted in memory while Redis was away is now in Redis"
+        );
+        Ok(())
     }
 
     /// Adjusts counters by `delta` (actual minus estimated spend).
@@ -612,6 +661,7 @@ impl Ledger {
                 Ok(()) => Counted::Redis,
                 Err(e) => {
                     self.memory.adjust(caps, delta);
+                    self.keep_unshared(caps, delta);
                     Counted::Degraded {
                         reason: e.to_string(),
                     }

@@ -429,6 +429,40 @@ async fn marks_made_while_redis_is_away_are_kept_here_and_shared_once_it_is_back
     assert_eq!(decided_model(&a).await, "cheap");
 }
 
+// Redis restarts empty here (no persistence): what a counted during the outage reaches it
+// once it is back, and b, which never saw it, is held to the cap
+#[tokio::test]
+async fn spend_counted_while_redis_is_away_reaches_redis_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let caps = caps("acme");
+    let a = Ledger::with_redis(RedisStore::connect(&redis.url, "test:").await.unwrap());
+    let b = replica(&redis.url).await;
+    redis.stop();
+    let (r, counted) = a.reserve(&caps, 0.7).await;
+    assert!(r.is_ok() && matches!(counted, Counted::Degraded { .. }));
+    a.adjust(&caps, -0.1).await;
+    let _redis = RedisServer::start_on(port).expect("redis-server again on its port");
+    // (every reservation until then would be counted in memory, and written later, too)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for replica in [&a, &b] {
+        while replica.adjust(&caps, 0.0).await != Counted::Redis {
+            assert!(
+                Instant::now() < deadline,
+                "a replica never reached Redis again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // a's next reservation writes the 0.6 first
+    let (r, counted) = a.reserve(&caps, 0.1).await;
+    assert!(r.is_ok() && counted == Counted::Redis, "{r:?} {counted:?}");
+    let (r, counted) = b.reserve(&caps, 0.4).await;
+    assert_eq!(counted, Counted::Redis);
+    let refusal = r.expect_err("0.6 + 0.1 + 0.4 is over the cap");
+    assert!((refusal.spent_usd - 0.7).abs() < 1e-9, "{refusal:?}");
+}
+
 #[tokio::test]
 async fn a_cap_reached_across_replicas_stays_reached_while_redis_is_away() {
     let mut redis = RedisServer::start();
