@@ -188,8 +188,9 @@ fn serve_refuses_stale_corrupted_or_foreign_indexes() {
 
 /// An index's vectors as another kind of CPU computed them (the default model's int8 kernels
 /// differ with and without VNNI) are found by embedding some of its utterances again: `route`
-/// and `eval` still run, with a warning that says so and what to do. Here the other CPU is
-/// played by shifting the first stored vector, the checksum made to match.
+/// and `eval` still run, with a warning that says so and what to do, and `build --if-changed`
+/// rebuilds the index instead of keeping it. Here the other CPU is played by shifting the first
+/// stored vector, the checksum made to match.
 #[test]
 fn an_index_this_machine_embeds_otherwise_warns_and_is_rebuilt_if_changed() {
     let dir = tempfile::tempdir().unwrap();
