@@ -29,51 +29,33 @@ def header(response, name):
 
 
 for provider, api_base in (("openai", f"{base}/v1"), ("anthropic", base)):
-    response = litellm.completion(
-        model=f"{provider}/auto",
-        api_base=api_base,
-        api_key=key,
-        messages=order,
-        max_tokens=200,
-        num_retries=0,
-        timeout=20,
-    )
+
+    def call(model="auto", api_key=key, messages=order, **more):
+        return litellm.completion(
+            model=f"{provider}/{model}",
+            api_base=api_base,
+            api_key=api_key,
+            messages=messages,
+            max_tokens=200,
+            num_retries=0,
+            timeout=20,
+            **more,
+        )
+
+    response = call()
     pieces = []
-    for chunk in litellm.completion(
-        model=f"{provider}/auto",
-        api_base=api_base,
-        api_key=key,
-        messages=[{"role": "user", "content": "How do I reset my password?"}],
-        max_tokens=200,
-        stream=True,
-        num_retries=0,
-        timeout=20,
+    for chunk in call(
+        messages=[{"role": "user", "content": "How do I reset my password?"}], stream=True
     ):
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
     try:
-        litellm.completion(
-            model=f"{provider}/no-such-model",
-            api_base=api_base,
-            api_key=key,
-            messages=order,
-            max_tokens=200,
-            num_retries=0,
-            timeout=20,
-        )
+        call(model="no-such-model")
         not_found = None
     except litellm.NotFoundError as e:
         not_found = e.status_code
     try:
-        litellm.completion(
-            model=f"{provider}/auto",
-            api_base=api_base,
-            api_key="wrong-key",
-            messages=order,
-            max_tokens=200,
-            num_retries=0,
-            timeout=20,
-        )
+        call(api_key="wrong-key")
         wrong_key = None
     except litellm.AuthenticationError as e:
         wrong_key = e.status_code
