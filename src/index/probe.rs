@@ -138,9 +138,8 @@ impl Partitions {
         let parts = self.offsets.len() - 1;
         let mut order: Vec<(f32, usize)> =
             (0..parts).map(|p| (self.centroids.dot(p, &q), p)).collect();
-        order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut ranked: Vec<(f32, usize)> = Vec::with_capacity(budget.min(self.members.len()));
-        for &(_, p) in &order {
+        for p in best_first(&mut order) {
             if ranked.len() >= budget.max(k) {
                 break;
             }
@@ -167,6 +166,26 @@ impl Partitions {
             .collect();
         best(hits, k)
     }
+}
+
+/// The partitions of `scored` (score, partition), best score first, ties by partition: the
+/// order of sorting them all, but put in order a few at a time as the caller takes them (a
+/// search takes the first few of hundreds).
+fn best_first(scored: &mut [(f32, usize)]) -> impl Iterator<Item = usize> + '_ {
+    let cmp = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    let mut in_order = 0;
+    (0..scored.len()).map(move |next| {
+        if next == in_order {
+            let rest = &mut scored[in_order..];
+            let take = (in_order * 2).max(8).min(rest.len());
+            if take < rest.len() {
+                rest.select_nth_unstable_by(take - 1, cmp);
+            }
+            rest[..take].sort_unstable_by(cmp);
+            in_order += take;
+        }
+        scored[next].1
+    })
 }
 
 /// The unit mean of `ids`' rows.
@@ -283,6 +302,25 @@ mod tests {
         assert_eq!(p.members.len(), 60_000);
         // about n log n dot products: a route this large must not hold up opening the index
         assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn partitions_come_best_first_as_a_full_sort_orders_them() {
+        for n in [0, 1, 7, 8, 9, 40, 300, 1_000] {
+            // ties on purpose: a few distinct scores
+            let scored: Vec<(f32, usize)> = (0..n)
+                .map(|p| (((p * 7919) % 13) as f32 / 13.0, p))
+                .collect();
+            let mut sorted = scored.clone();
+            sorted.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let want: Vec<usize> = sorted.iter().map(|s| s.1).collect();
+            let mut lazy = scored.clone();
+            assert_eq!(best_first(&mut lazy).collect::<Vec<_>>(), want, "{n}");
+            // and a prefix, as a search takes it
+            let mut lazy = scored.clone();
+            let some: Vec<usize> = best_first(&mut lazy).take(n / 3).collect();
+            assert_eq!(some, want[..n / 3], "{n}");
+        }
     }
 
     #[test]
