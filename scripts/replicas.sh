@@ -39,7 +39,7 @@ out_file="${OUT_FILE:-bench-results/replicas.md}"
 key="replicas-$$-$RANDOM"
 cap_usd=0.2
 
-# POINTSMAN_BIN: a binary already built (scripts/test.sh passes the test build's); otherwise
+# POINTSMAN_BIN: a binary already built (the debug build of `cargo test`, say); otherwise
 # the release build
 if [ -n "${POINTSMAN_BIN:-}" ]; then
   bin="$POINTSMAN_BIN"
