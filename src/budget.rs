@@ -583,10 +583,7 @@ impl Ledger {
         }
         match &self.redis {
             None => (self.memory.reserve(caps, cost), Counted::Memory),
-            Some(r) => match match self.share(r).await {
-                Ok(()) => r.reserve(caps, cost).await,
-                Err(e) => Err(e),
-            } {
+            Some(r) => match self.reserve_in_redis(r, caps, cost).await {
                 Ok(Reserved::Charged(totals)) => {
                     self.memory.mirror(caps.iter().zip(totals));
                     (Ok(()), Counted::Redis)
@@ -612,6 +609,17 @@ impl Ledger {
                 }
             },
         }
+    }
+
+    /// Reserves in Redis, after writing there what was counted in memory while it was away.
+    async fn reserve_in_redis(
+        &self,
+        redis: &RedisStore,
+        caps: &[CapKey],
+        cost: f64,
+    ) -> Result<Reserved, RedisError> {
+        self.share(redis).await?;
+        redis.reserve(caps, cost).await
     }
 
     /// Notes spend counted in memory only, for [`Ledger::share`].

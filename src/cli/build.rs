@@ -79,10 +79,7 @@ pub(super) fn build(args: BuildArgs) -> anyhow::Result<Outcome> {
     if let Some(index) = current {
         // built from these files, but perhaps on another kind of CPU, whose vectors this
         // machine's prompts would not match
-        let agreement = crate::engine::agreement::check(&index, |texts| {
-            crate::embed::Embedder::embed(&mut embedder, texts)
-                .map(|e| e.into_iter().map(|e| e.vector).collect())
-        })?;
+        let agreement = crate::engine::agreement::check_embedder(&index, &mut embedder)?;
         if agreement.holds() {
             println!(
                 "{} is up to date with {}",

@@ -111,11 +111,7 @@ fn embedded_set<T>(
     let items = read(&index)?;
     let mut embedder = model.offline_sessions()?;
     crate::engine::check_compatible(&index, crate::embed::Embedder::info(&embedder))?;
-    crate::engine::agreement::check(&index, |texts| {
-        crate::embed::Embedder::embed(&mut embedder, texts)
-            .map(|e| e.into_iter().map(|e| e.vector).collect())
-    })?
-    .warn_unless_held(&index);
+    crate::engine::agreement::check_embedder(&index, &mut embedder)?.warn_unless_held(&index);
     let texts: Vec<&str> = items.iter().map(text).collect();
     let vectors = embed_all(&mut embedder, &texts)?;
     Ok((index, items, vectors))

@@ -15,7 +15,7 @@
 //! float rounding: above 0.99999 on the example index with the default model, which embeds every
 //! text alone; a batching model's padding moves a vector by rounding only.
 
-use crate::embed::cpu_kind;
+use crate::embed::{EmbedError, Embedder, cpu_kind};
 use crate::index::Index;
 use crate::similarity::similarity;
 
@@ -111,5 +111,14 @@ pub fn check<E>(
         checked: ids.len().min(embedded.len()),
         lowest_cosine: lowest.map_or(1.0, |(c, _)| c),
         utterance: lowest.map(|(_, id)| index.utterance(id).text.clone()),
+    })
+}
+
+/// [`check`] with `embedder`'s own forward passes (the offline commands' sessions).
+pub fn check_embedder(index: &Index, embedder: &mut dyn Embedder) -> Result<Agreement, EmbedError> {
+    check(index, |texts| {
+        embedder
+            .embed(texts)
+            .map(|e| e.into_iter().map(|e| e.vector).collect())
     })
 }
