@@ -11,12 +11,13 @@
 //! The codes the scan ranks by are of the vectors projected onto their [`Projection`]: half as
 //! many directions, those that carry most of the vectors' energy, so the scan reads half the
 //! bytes. It reads them from memory, not from caches (the forward pass has just filled those),
-//! and its cost is their size: at 100,050 utterances the probe took 75 µs instead of 96 after the
-//! caches were flushed, for a recall@5 of 0.963 instead of 0.966 (`benches/scale.rs search`).
+//! and its cost is their size: at 100,050 utterances the probe took 73 µs instead of 96 after the
+//! caches were flushed, for a recall@5 of 0.942 instead of 0.947 (`benches/scale.rs search`, 1,000
+//! CLINC150 validation prompts; at 15,000, 71 µs instead of 85, recall 0.986 instead of 0.987).
 //!
 //! The result is approximate: a true neighbour in a partition whose centroid ranks low is
 //! missed. Recall of the reported neighbours against the exact scan, on CLINC150 validation
-//! prompts (`benches/scale.sh`): 0.987 at 15,000 utterances, 0.950 at 100,000 (docs/speed.md).
+//! prompts (`benches/scale.sh`): 0.986 at 15,000 utterances, 0.942 at 100,050 (docs/speed.md).
 //! Tables whose method decides on neighbours (`neighbours`) keep the exact scan or the HNSW
 //! graph and build no partitions; the others only report neighbours, and report these.
 
@@ -90,8 +91,11 @@ fn quantise(v: &[f32]) -> (Vec<i8>, f32) {
     (codes, scale)
 }
 
-/// Vectors of at least this many dimensions are ranked by codes of half as many.
+/// Vectors of at least this many dimensions are ranked by codes of half as many...
 const PROJECT_FROM_DIM: usize = 256;
+/// ...in a table of more than this many: in a smaller one the probe reads most of the codes
+/// anyway, few bytes, and opening it need not find directions.
+const PROJECT_FROM_VECTORS: usize = 4 * PROBE_VECTORS;
 /// Vectors sampled to find a [`Projection`]'s directions.
 const PROJECTION_SAMPLE: usize = 8192;
 /// Rounds of orthogonal iteration that find them.
@@ -100,7 +104,7 @@ const PROJECTION_ROUNDS: usize = 24;
 /// A linear map of the vectors onto fewer orthonormal directions: the principal directions of
 /// their second moment about zero, which lose the least of dot products with them (a query and
 /// a vector both projected have nearly the dot product they had). The identity below
-/// [`PROJECT_FROM_DIM`] dimensions.
+/// [`PROJECT_FROM_DIM`] dimensions or [`PROJECT_FROM_VECTORS`] vectors.
 #[derive(Debug, Clone, Default)]
 struct Projection {
     /// Row-major, `out_dim × dim`: exact, to project what the index stores.
@@ -112,12 +116,19 @@ struct Projection {
 
 impl Projection {
     fn new(vectors: &[f32], dim: usize) -> Self {
-        let out = dim / 2;
-        let directions = if dim >= PROJECT_FROM_DIM && !vectors.is_empty() {
-            principal_directions(vectors, dim, out)
+        if dim >= PROJECT_FROM_DIM && vectors.len() / dim > PROJECT_FROM_VECTORS {
+            Projection::fitted(vectors, dim)
         } else {
-            Vec::new()
-        };
+            Projection::from_directions(Vec::new(), dim)
+        }
+    }
+
+    /// Onto `dim / 2` principal directions of `vectors`, whatever their number.
+    fn fitted(vectors: &[f32], dim: usize) -> Self {
+        Projection::from_directions(principal_directions(vectors, dim, dim / 2), dim)
+    }
+
+    fn from_directions(directions: Vec<f32>, dim: usize) -> Self {
         let mut codes = Codes::new(dim);
         for d in directions.chunks_exact(dim) {
             codes.push(d);
@@ -217,11 +228,20 @@ const RESCORED_PER_NEIGHBOUR: usize = 4;
 impl Partitions {
     /// Partitions row-major `vectors` whose rows belong to `labels` (one route each).
     pub(super) fn new(vectors: &[f32], dim: usize, labels: &[usize], routes: usize) -> Self {
+        Partitions::projected(vectors, dim, labels, routes, Projection::new(vectors, dim))
+    }
+
+    fn projected(
+        vectors: &[f32],
+        dim: usize,
+        labels: &[usize],
+        routes: usize,
+        projection: Projection,
+    ) -> Self {
         let mut by_route: Vec<Vec<u32>> = vec![Vec::new(); routes];
         for (id, &route) in labels.iter().enumerate() {
             by_route[route].push(id as u32);
         }
-        let projection = Projection::new(vectors, dim);
         let mut out = Partitions {
             offsets: vec![0],
             centroids: Codes::new(projection.out_dim()),
@@ -440,7 +460,7 @@ mod tests {
     fn a_projection_keeps_the_dot_products_of_vectors_near_their_principal_directions() {
         let dim = PROJECT_FROM_DIM;
         let (vectors, _) = clustered(4_000, 30, dim);
-        let p = Projection::new(&vectors, dim);
+        let p = Projection::fitted(&vectors, dim);
         assert_eq!(p.out_dim(), dim / 2);
         // orthonormal rows
         for (i, a) in p.directions.chunks_exact(dim).enumerate() {
@@ -465,10 +485,13 @@ mod tests {
         }
         assert!(worst < 0.05, "worst error {worst}");
         // the same vectors, the same directions
-        assert_eq!(Projection::new(&vectors, dim).directions, p.directions);
-        // small vectors are not projected
+        assert_eq!(Projection::fitted(&vectors, dim).directions, p.directions);
+        // small vectors, and small tables, are not projected; large tables are
         let (small, _) = clustered(500, 5, 64);
         assert_eq!(Projection::new(&small, 64).out_dim(), 64);
+        assert_eq!(Projection::new(&vectors, dim).out_dim(), dim);
+        let (large, _) = clustered(PROJECT_FROM_VECTORS + 1, 30, dim);
+        assert_eq!(Projection::new(&large, dim).out_dim(), dim / 2);
     }
 
     #[test]
@@ -509,7 +532,8 @@ mod tests {
         // dot products are the exact ones but for rounding, and the re-score sets them right
         let dim = PROJECT_FROM_DIM;
         let (vectors, labels) = clustered(100, 4, dim);
-        let p = Partitions::new(&vectors, dim, &labels, 4);
+        let projection = Projection::fitted(&vectors, dim);
+        let p = Partitions::projected(&vectors, dim, &labels, 4, projection);
         assert_eq!(p.projection.out_dim(), dim / 2);
         for q in vectors.chunks_exact(dim).step_by(7) {
             assert_eq!(
