@@ -228,13 +228,7 @@ async fn feedback_appends_an_outcome_line_the_next_build_reads() {
         keep: 1,
     })
     .unwrap();
-    let state = AppState::with_engine(engine, ServerOptions::default()).with_outcome_log(log);
-    let req = Request::post("/v1/route")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", "req-42")
-        .body(Body::from(r#"{"prompt": "is it raining outside"}"#))
-        .unwrap();
-    let res = app(state.clone()).oneshot(req).await.unwrap();
+    let (state, res) = decided_with_outcome_log(engine, log, "req-42").await;
     assert_eq!(res.status(), StatusCode::OK);
     let decided: Value =
         serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
@@ -273,6 +267,23 @@ async fn feedback_appends_an_outcome_line_the_next_build_reads() {
     assert_eq!(graded[0].id.as_deref(), Some("req-42"));
 }
 
+/// A server over `engine` that appends graded outcomes to `log`, and its decision of one prompt
+/// sent as `request_id` (the id a grade names).
+async fn decided_with_outcome_log(
+    engine: std::sync::Arc<pointsman::engine::Engine>,
+    log: pointsman::decision_log::DecisionLog,
+    request_id: &str,
+) -> (AppState, axum::response::Response) {
+    let state = AppState::with_engine(engine, ServerOptions::default()).with_outcome_log(log);
+    let req = Request::post("/v1/route")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-request-id", request_id)
+        .body(Body::from(r#"{"prompt": "is it raining outside"}"#))
+        .unwrap();
+    let res = app(state.clone()).oneshot(req).await.unwrap();
+    (state, res)
+}
+
 // the log's writer held up by a pipe nobody reads: once its queue is full a grade is refused
 // with 429, not answered `recorded` and dropped
 #[tokio::test]
@@ -296,16 +307,8 @@ async fn feedback_the_outcome_log_cannot_take_is_refused_with_429() {
     })
     .unwrap();
     let mut reader = reader.join().unwrap();
-    let state = AppState::with_engine(engine, ServerOptions::default()).with_outcome_log(log);
-    let req = Request::post("/v1/route")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", "req-7")
-        .body(Body::from(r#"{"prompt": "is it raining outside"}"#))
-        .unwrap();
-    assert_eq!(
-        app(state.clone()).oneshot(req).await.unwrap().status(),
-        StatusCode::OK
-    );
+    let (state, res) = decided_with_outcome_log(engine, log, "req-7").await;
+    assert_eq!(res.status(), StatusCode::OK);
     let mut refused = None;
     for sent in 0..20_000 {
         let req = Request::post("/v1/feedback")
