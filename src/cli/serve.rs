@@ -227,6 +227,7 @@ pub(super) async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Resu
         header_timeout: timeout_flag("header-read-timeout-s", args.header_read_timeout_s)?,
         idle_timeout: timeout_flag("idle-timeout-s", args.idle_timeout_s)?,
         max_connections: args.max_connections.unwrap_or(default_cap),
+        connection_threads: super::cores(),
     };
     if door.max_connections == 0 {
         bail!("--max-connections must be at least 1");

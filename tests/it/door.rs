@@ -42,6 +42,8 @@ fn short() -> DoorOptions {
         header_timeout: Duration::from_millis(600),
         idle_timeout: Duration::from_millis(2500),
         max_connections: 1000,
+        // as `serve` runs them (the proxy's tests serve on the caller's runtime)
+        connection_threads: 2,
     }
 }
 

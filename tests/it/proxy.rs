@@ -850,6 +850,7 @@ async fn a_long_quiet_stream_is_not_cut_by_the_front_doors_timeouts() {
         header_timeout: short,
         idle_timeout: short,
         max_connections: 100,
+        connection_threads: 0,
     };
     let metrics = p.state.metrics();
     tokio::spawn(pointsman::server::serve_connections(
