@@ -132,8 +132,10 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
     if workers == 0 {
         bail!("--workers must be at least 1");
     }
+    // one worker: connections are served on it and on a thread of their own for each further
+    // core (`server::door`'s `Fronts`)
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -227,7 +229,7 @@ pub(super) async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Resu
         header_timeout: timeout_flag("header-read-timeout-s", args.header_read_timeout_s)?,
         idle_timeout: timeout_flag("idle-timeout-s", args.idle_timeout_s)?,
         max_connections: args.max_connections.unwrap_or(default_cap),
-        connection_threads: super::cores(),
+        connection_threads: super::cores().saturating_sub(1),
     };
     if door.max_connections == 0 {
         bail!("--max-connections must be at least 1");

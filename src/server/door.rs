@@ -42,9 +42,9 @@ pub struct DoorOptions {
     pub idle_timeout: Duration,
     /// Most connections open at once; beyond it new ones are refused.
     pub max_connections: usize,
-    /// Threads that serve the connections, each its own single-threaded runtime, connections
-    /// dealt to them in turn; 0 serves them on the runtime that calls [`serve`]. See
-    /// [`Fronts`] for why.
+    /// Threads that serve connections beside the runtime that calls [`serve`] (which should
+    /// have one worker thread: see [`Fronts`]), each its own single-threaded runtime; a new
+    /// connection goes to the one with the fewest open, the caller's first.
     pub connection_threads: usize,
 }
 
@@ -111,8 +111,8 @@ async fn refuse(mut stream: TcpStream) {
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, asks every
 /// connection to finish its request in flight, and returns once they all have. Connections
-/// are served on [`DoorOptions::connection_threads`] threads of their own, or on the caller's
-/// runtime.
+/// are served on the caller's runtime and on [`DoorOptions::connection_threads`] threads of
+/// their own.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -164,14 +164,18 @@ pub async fn serve(
         }
         let guard = open.enter(&metrics);
         let (app, metrics, stopping) = (app.clone(), Arc::clone(&metrics), stopping.clone());
-        let Some(fronts) = &fronts else {
+        let (front, on_front) = match &fronts {
+            Some(fronts) => fronts.place(),
+            None => (None, None),
+        };
+        let Some(front) = front else {
             tokio::spawn(async move {
                 connection(stream, app, options, &metrics, stopping).await;
-                drop(guard);
+                drop((guard, on_front));
             });
             continue;
         };
-        // the socket moves to the front's own reactor
+        // the socket moves to the other thread's own reactor
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(e) => {
@@ -179,7 +183,6 @@ pub async fn serve(
                 continue;
             }
         };
-        let (front, on_front) = fronts.least_busy();
         front.spawn(async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => connection(stream, app, options, &metrics, stopping).await,
@@ -196,27 +199,29 @@ pub async fn serve(
     }
 }
 
-/// The threads that serve connections, each a single-threaded tokio runtime.
+/// The threads that serve connections beside the caller's runtime, each a single-threaded
+/// tokio runtime.
 ///
 /// On a runtime of several threads, a task woken while it runs is queued behind the others and
 /// another thread is woken to take it. Every request with a body does that to its connection's
 /// task (hyper's body channel wakes it from inside its own poll, when the handler takes the
 /// body), so each answer ended with the wake-up of a second thread, at the moment the client
-/// was being woken on the other core: 0.064 ms more a request at concurrency 1 on this 2-core
-/// machine (`benches/ab.sh`, 600 prompts, 100,050 utterances). A single-threaded runtime runs
-/// such a task again itself. A connection stays on its thread, so a new one goes to the thread
-/// with the fewest open: while one thread runs a forward pass, the others go on serving theirs.
+/// was being woken on the other core: 0.05-0.07 ms more a request at concurrency 1 on this
+/// 2-core machine (`benches/ab.sh`, 600 prompts). A runtime of one thread runs such a task again
+/// itself. So `serve` runs on one runtime thread and serves connections there and on these
+/// threads, one a core in all. A connection stays on its thread; a new one goes where the
+/// fewest are open (the caller's runtime first: a connection handed to another thread costs
+/// that thread's wake-up), so that while one thread runs a forward pass the others go on
+/// serving theirs.
 struct Fronts {
     runtimes: Vec<tokio::runtime::Handle>,
-    /// Connections open on each thread.
+    /// Connections open: on the caller's runtime, then on each thread.
     open: Vec<Arc<AtomicUsize>>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    /// Where the search for the least busy thread starts, so that ties are dealt in turn.
-    turn: AtomicUsize,
 }
 
-/// A connection counted on its thread until it is dropped.
+/// A connection counted where it is served until it is dropped.
 struct OnFront(Arc<AtomicUsize>);
 
 impl Drop for OnFront {
@@ -229,12 +234,11 @@ impl Fronts {
     fn start(n: usize) -> io::Result<Self> {
         let mut fronts = Fronts {
             runtimes: Vec::with_capacity(n),
-            open: Vec::with_capacity(n),
+            open: vec![Arc::default()],
             stops: Vec::with_capacity(n),
             threads: Vec::with_capacity(n),
-            turn: AtomicUsize::new(0),
         };
-        for i in 0..n {
+        for i in 1..=n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -254,16 +258,15 @@ impl Fronts {
         Ok(fronts)
     }
 
-    /// The thread with the fewest connections open, and the new connection counted on it.
-    fn least_busy(&self) -> (&tokio::runtime::Handle, OnFront) {
-        let n = self.runtimes.len();
-        let start = self.turn.fetch_add(1, Ordering::Relaxed);
-        let i = (0..n)
-            .map(|k| (start + k) % n)
+    /// Where a new connection is served: the thread with the fewest open (`None`: the caller's
+    /// runtime, which wins ties), and the connection counted there.
+    fn place(&self) -> (Option<&tokio::runtime::Handle>, Option<OnFront>) {
+        let i = (0..self.open.len())
             .min_by_key(|&i| self.open[i].load(Ordering::Relaxed))
-            .expect("at least one connection thread");
+            .expect("the caller's runtime is counted");
         self.open[i].fetch_add(1, Ordering::Relaxed);
-        (&self.runtimes[i], OnFront(Arc::clone(&self.open[i])))
+        let on = OnFront(Arc::clone(&self.open[i]));
+        (i.checked_sub(1).map(|t| &self.runtimes[t]), Some(on))
     }
 
     /// Stops the threads (their connections have ended) and waits for them.
@@ -684,52 +687,46 @@ impl http_body::Body for SilenceBound {
 mod tests {
     use super::*;
 
+    fn counts(fronts: &Fronts) -> Vec<usize> {
+        fronts
+            .open
+            .iter()
+            .map(|o| o.load(Ordering::Relaxed))
+            .collect()
+    }
+
     #[test]
-    fn a_new_connection_goes_to_the_thread_with_the_fewest_open() {
+    fn a_new_connection_goes_where_the_fewest_are_open_the_callers_runtime_first() {
         let fronts = Fronts::start(2).unwrap();
-        let thread_of = |on: &OnFront| {
-            fronts
-                .open
-                .iter()
-                .position(|o| Arc::ptr_eq(o, &on.0))
-                .unwrap()
-        };
-        let (_, a) = fronts.least_busy();
-        let (_, b) = fronts.least_busy();
-        assert_ne!(thread_of(&a), thread_of(&b), "one each");
-        let (_, c) = fronts.least_busy();
-        let (_, d) = fronts.least_busy();
-        assert_ne!(thread_of(&c), thread_of(&d), "two each");
-        // two end on one thread: the next two go there, whatever the turn
-        let emptied = thread_of(&a);
-        let (_, e) = if thread_of(&c) == emptied {
-            drop((a, c));
-            fronts.least_busy()
-        } else {
-            drop((a, d));
-            fronts.least_busy()
-        };
-        let (_, f) = fronts.least_busy();
-        assert_eq!((thread_of(&e), thread_of(&f)), (emptied, emptied));
-        assert_eq!(
-            fronts
-                .open
-                .iter()
-                .map(|o| o.load(Ordering::Relaxed))
-                .collect::<Vec<_>>(),
-            vec![2, 2]
-        );
-        drop((b, e, f));
+        let (at, a) = fronts.place();
+        assert!(at.is_none(), "a tie: the caller's runtime");
+        let (at, b) = fronts.place();
+        assert!(at.is_some());
+        let (_, c) = fronts.place();
+        assert_eq!(counts(&fronts), [1, 1, 1]);
+        let (at, d) = fronts.place();
+        assert!(at.is_none());
+        assert_eq!(counts(&fronts), [2, 1, 1]);
+        // connections that end leave room where they were
+        drop((b, c));
+        let (_, e) = fronts.place();
+        let (_, f) = fronts.place();
+        assert_eq!(counts(&fronts), [2, 1, 1]);
+        drop((a, d, e, f));
+        assert_eq!(counts(&fronts), [0, 0, 0]);
     }
 
     #[test]
     fn the_connection_threads_run_what_they_are_given_and_stop() {
         let fronts = Fronts::start(2).unwrap();
+        // the caller's runtime takes one first
+        let (at, here) = fronts.place();
+        assert!(at.is_none());
         let (tx, rx) = std::sync::mpsc::channel();
         for _ in 0..2 {
-            let (front, on) = fronts.least_busy();
+            let (at, on) = fronts.place();
             let tx = tx.clone();
-            front.spawn(async move {
+            at.expect("a connection thread").spawn(async move {
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 tx.send(std::thread::current().name().map(str::to_string))
                     .unwrap();
@@ -740,7 +737,8 @@ mod tests {
             .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["pointsman-http-0", "pointsman-http-1"]);
+        assert_eq!(names, ["pointsman-http-1", "pointsman-http-2"]);
+        drop(here);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
