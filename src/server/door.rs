@@ -375,9 +375,8 @@ async fn connection(
         conn.as_mut().graceful_shutdown();
     }
     // The deadline is looked at again after every poll of the connection: every change to it
-    // (a head begun, a request begun or answered) happens in that poll, on this task. (Being
-    // woken for them instead, by the connection's own task, cost a wake-up of another runtime
-    // thread per request: on two cores, the core the client was waking on.)
+    // (a head begun, a request begun or answered) happens in that poll, on this task, so no
+    // wake-up is needed for it (a `Notify` did that, waking this task from inside its own poll).
     let mut deadline = Deadline {
         activity: &activity,
         options: &options,
