@@ -42,7 +42,8 @@ fn short() -> DoorOptions {
         header_timeout: Duration::from_millis(600),
         idle_timeout: Duration::from_millis(2500),
         max_connections: 1000,
-        // as `serve` runs them (the proxy's tests serve on the caller's runtime)
+        // threads of their own beside the test's runtime, as `serve` has (the proxy's test
+        // serves on the caller's runtime alone)
         connection_threads: 2,
     }
 }
