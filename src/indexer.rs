@@ -340,7 +340,8 @@ pub fn build_with(
             let labels: Vec<usize> = utterances.iter().map(|u| u.route as usize).collect();
             Classifier::train(&vectors, dim, &labels, table.routes.len())
         });
-    let hnsw = total >= params.hnsw_min_vectors;
+    // only the `neighbours` method searches the vectors when it decides (see ArtifactInput::graph)
+    let hnsw = table.defaults.method == Method::Neighbours && total >= params.hnsw_min_vectors;
     let t = Instant::now();
     let (quality, quality_report) = match outcomes {
         Some(o) => {
@@ -359,6 +360,7 @@ pub fn build_with(
             utterances,
             vectors,
             params,
+            graph: hnsw,
             classifier,
             quality,
         },

@@ -84,6 +84,7 @@ pub fn write_synthetic(dir: &std::path::Path, vectors: &[f32], params: IndexPara
                 .collect(),
             vectors: vectors.to_vec(),
             params,
+            graph: true,
             classifier: None,
             quality: None,
         },

@@ -19,7 +19,8 @@ pub struct BuildArgs {
     /// Index directory to write (the previous index in it stays live if the build fails).
     #[arg(long, env = "POINTSMAN_INDEX", default_value = "index")]
     pub out: PathBuf,
-    /// From this many utterances on, build an HNSW graph instead of relying on an exact scan.
+    /// From this many utterances on, a `neighbours` table gets an HNSW graph instead of an exact
+    /// scan (the other methods build none: they never search when they decide).
     #[arg(long, default_value_t = IndexParams::default().hnsw_min_vectors)]
     pub hnsw_min_vectors: usize,
     /// Skip the build when the current index already comes from these routes, this model and

@@ -34,6 +34,11 @@ pub struct ArtifactInput<'a> {
     pub vectors: Vec<f32>,
     /// Search parameters.
     pub params: IndexParams,
+    /// Whether to build the HNSW graph (if the table has at least `params.hnsw_min_vectors`
+    /// utterances). `build` asks for it only for the `neighbours` method, the only one whose
+    /// decision searches: the others report neighbours from the route partitions, and an index
+    /// with a graph they do not use still opens (the graph verified, not loaded).
+    pub graph: bool,
     /// The trained classifier, for the `classifier` method.
     pub classifier: Option<Classifier>,
     /// The quality predictor trained on outcomes (`build --outcomes`).
@@ -208,7 +213,7 @@ pub(super) fn write_generation(
     }
 
     let n = input.utterances.len();
-    let search = if n >= input.params.hnsw_min_vectors {
+    let search = if input.graph && n >= input.params.hnsw_min_vectors {
         let basename = build_graph(
             staging,
             &input.vectors,

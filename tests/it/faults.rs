@@ -262,29 +262,40 @@ fn garbage_in_the_index_directory_is_refused_and_the_open_index_keeps_serving() 
     let root = tempfile::tempdir().unwrap();
     let index = example_index_in(root.path());
     let live = pointsman::index::current_generation(&index).unwrap();
-    // the same routes with an HNSW graph, whose files are verified apart from the others
-    let hnsw = root.path().join("hnsw");
-    let out = pointsman()
-        .arg("build")
-        .arg(example_routes())
-        .arg("--out")
-        .arg(&hnsw)
-        .args(["--hnsw-min-vectors", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hnsw_live = pointsman::index::current_generation(&hnsw).unwrap();
-    assert!(
-        listing(&hnsw_live)
-            .iter()
-            .any(|f| f.ends_with(".hnsw.data")),
-        "{:?}",
-        listing(&hnsw_live)
-    );
+    // the example routes build no HNSW graph however low the switch: their classifier never
+    // searches the vectors...
+    let build_with_graph_from = |routes: &Path, out: &Path| {
+        let run = pointsman()
+            .arg("build")
+            .arg(routes)
+            .arg("--out")
+            .arg(out)
+            .args(["--hnsw-min-vectors", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let live = pointsman::index::current_generation(out).unwrap();
+        let has_graph = listing(&live).iter().any(|f| f.ends_with(".hnsw.data"));
+        (live, has_graph)
+    };
+    let (_, classifier_graph) = build_with_graph_from(&example_routes(), &root.path().join("c"));
+    assert!(!classifier_graph);
+    // ...while the same routes decided by their neighbours get one, whose files are verified
+    // apart from the others
+    let neighbour_routes = root.path().join("neighbour-routes");
+    std::fs::create_dir(&neighbour_routes).unwrap();
+    for f in listing(&example_routes()) {
+        let text = std::fs::read_to_string(example_routes().join(&f)).unwrap();
+        let text = text.replace("method: classifier", "method: neighbours");
+        std::fs::write(neighbour_routes.join(f), text).unwrap();
+    }
+    let (hnsw_live, neighbours_graph) =
+        build_with_graph_from(&neighbour_routes, &root.path().join("hnsw"));
+    assert!(neighbours_graph, "{:?}", listing(&hnsw_live));
 
     let mut server = Server::start(&index, &[]);
     server.assert_serving();
