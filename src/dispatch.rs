@@ -71,6 +71,10 @@ pub struct Request<'a> {
     /// The model the request's sticky session is on: it is kept unless this turn's own choice
     /// is stronger (see [`SessionStep`]).
     pub session: Option<&'a str>,
+    /// When the request counts against the spend caps: the one moment whose day and month
+    /// windows everything it reserves, gives back and settles is counted in, even when that
+    /// happens after midnight.
+    pub at: SystemTime,
 }
 
 impl<'a> Request<'a> {
@@ -84,6 +88,7 @@ impl<'a> Request<'a> {
             whole_text_bytes: 0,
             explain: false,
             session: None,
+            at: SystemTime::now(),
         }
     }
 }
@@ -369,12 +374,14 @@ pub async fn dispatch_embedded(
 }
 
 /// Decides several prompts from one caller on one snapshot; they share forward passes. Fails
-/// as a whole, giving back what the earlier prompts reserved.
+/// as a whole, giving back what the earlier prompts reserved. Everything is counted in the
+/// windows of the moment `at` (see [`Request::at`]).
 pub async fn dispatch_many(
     cx: &Context<'_>,
     texts: &[String],
     who: &Identity,
     capabilities: &[String],
+    at: SystemTime,
 ) -> Result<Vec<Decided>, DispatchError> {
     let snapshot = cx.engine.index();
     let routed = timed(cx.embed_timeout, cx.engine.route_many_on(&snapshot, texts)).await?;
@@ -389,6 +396,7 @@ pub async fn dispatch_many(
             whole_text_bytes: 0,
             explain: false,
             session: None,
+            at,
         };
         match select(
             cx.health,
@@ -403,7 +411,7 @@ pub async fn dispatch_many(
             Ok(d) => out.push(d),
             Err(e) => {
                 if let Spend::Reserve(ledger) = cx.spend {
-                    let caps = caps_for(&snapshot.table().budgets, who, SystemTime::now());
+                    let caps = caps_for(&snapshot.table().budgets, who, at);
                     for reserved in &out {
                         if let (Some(cost), Some(_)) = (
                             reserved.selection.estimated_cost_usd,
@@ -487,10 +495,7 @@ async fn select(
         .session
         .map(|model| stick(table, &mut lists, model, &needs, health));
     let (ledger, caps): (Option<&Ledger>, Vec<CapKey>) = match spend {
-        Spend::Reserve(ledger) => (
-            Some(ledger),
-            caps_for(&table.budgets, req.who, SystemTime::now()),
-        ),
+        Spend::Reserve(ledger) => (Some(ledger), caps_for(&table.budgets, req.who, req.at)),
         Spend::DryRun => (None, Vec::new()),
     };
     // with no cap to check, the ledger is never asked: a dry run needs one only to type-check

@@ -364,7 +364,14 @@ pub(super) async fn route_batch(
         }
         let who = identity(&headers);
         let cx = state.context()?;
-        let result = dispatch::dispatch_many(&cx, &body.prompts, &who, &body.capabilities).await;
+        let result = dispatch::dispatch_many(
+            &cx,
+            &body.prompts,
+            &who,
+            &body.capabilities,
+            SystemTime::now(),
+        )
+        .await;
         match &result {
             Ok(decided) => decided.iter().for_each(|d| state.log_decision(&who, Ok(d))),
             Err(e) => state.log_decision(&who, Err(e)),

@@ -497,3 +497,46 @@ async fn the_decision_log_explains_every_decision_without_the_prompt() {
     assert_eq!(second["error"]["type"], "no_candidate");
     assert_eq!(second["route"], "bye");
 }
+
+/// A batch that fails gives back what its earlier prompts reserved to the windows they were
+/// reserved in: a batch begun a second before midnight and refunded after it leaves neither
+/// day's counter wrong.
+#[tokio::test]
+async fn a_failed_batch_gives_back_its_reservations_in_the_day_they_were_made() {
+    use pointsman::budget::{Identity, Ledger, caps_for};
+    use pointsman::dispatch::{Context, DispatchError, Spend, dispatch_many};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let (engine, _dir) = fake_engine_for(COST_ROUTES);
+    let (health, ledger) = (pointsman::health::Health::default(), Ledger::in_memory());
+    let cx = Context {
+        engine: &engine,
+        health: &health,
+        spend: Spend::Reserve(&ledger),
+        embed_timeout: None,
+    };
+    let who = Identity {
+        tenant: Some("t".into()),
+        ..Identity::default()
+    };
+    // 2026-01-01T23:59:59Z
+    let before_midnight = UNIX_EPOCH + Duration::from_secs(1_767_311_999);
+    // premium thrice (0.75), then mid (0.875, the cap), then nothing fits
+    let texts = vec!["hello there".to_string(); 5];
+    let failed = dispatch_many(&cx, &texts, &who, &[], before_midnight).await;
+    assert!(
+        matches!(failed, Err(DispatchError::NoCandidate { .. })),
+        "{failed:?}"
+    );
+    let snapshot = engine.index();
+    let budgets = &snapshot.table().budgets;
+    let (that_day, today) = (
+        caps_for(budgets, &who, before_midnight),
+        caps_for(budgets, &who, SystemTime::now()),
+    );
+    assert_ne!(that_day[0].counter, today[0].counter);
+    // the whole cap is free again on the day of the batch...
+    assert!(ledger.reserve(&that_day, 0.875).await.0.is_ok());
+    // ...and today's counter was not pushed below zero
+    assert!(ledger.reserve(&today, 0.875).await.0.is_ok());
+    assert!(ledger.reserve(&today, 0.0625).await.0.is_err());
+}

@@ -309,7 +309,9 @@ async fn plan(
     // the one snapshot of the live index this request reads, to its end
     let snapshot = state.engine()?.index();
     let table = snapshot.table();
-    let caps = caps_for(&table.budgets, who, std::time::SystemTime::now());
+    // reserved, given back and settled in the windows of this one moment
+    let at = std::time::SystemTime::now();
+    let caps = caps_for(&table.budgets, who, at);
     let routed_name = request.model == "auto" || table.route(&request.model).is_some();
     if !routed_name {
         if proxy.config.provider_for(&request.model, table).is_none() {
@@ -373,6 +375,7 @@ async fn plan(
         whole_text_bytes: request.text_bytes(),
         explain: false,
         session: session_model.as_deref(),
+        at,
     };
     let cx = state.context()?;
     let result = dispatch::dispatch_on(&cx, Arc::clone(&snapshot), &req).await;
