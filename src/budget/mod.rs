@@ -11,7 +11,7 @@
 //! answers instead and the decision says it is degraded.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -202,6 +202,9 @@ pub struct Ledger {
     redis: Option<RedisStore>,
     /// Spend counted in memory during an outage, by counter, not yet in Redis.
     unshared: Mutex<HashMap<String, (CapKey, f64)>>,
+    /// Adjustments begun off the requests' path ([`Ledger::adjust_in_background`]), which a
+    /// stopping server waits for ([`Ledger::written`]).
+    writes: tokio_util::task::TaskTracker,
 }
 
 impl Ledger {
@@ -211,6 +214,7 @@ impl Ledger {
             memory: MemoryStore::default(),
             redis: None,
             unshared: Mutex::default(),
+            writes: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -220,6 +224,7 @@ impl Ledger {
             memory: MemoryStore::default(),
             redis: Some(store),
             unshared: Mutex::default(),
+            writes: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -323,6 +328,71 @@ impl Ledger {
                 }
             },
         }
+    }
+
+    /// [`Ledger::adjust`] without waiting for it, then `then` (on the current runtime; nothing
+    /// outside one). A stopping server waits for it: see [`Ledger::written`].
+    pub fn adjust_in_background(
+        self: &Arc<Self>,
+        caps: Vec<CapKey>,
+        delta: f64,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                delta,
+                "a spend adjustment outside the async runtime was not counted"
+            );
+            return;
+        };
+        let ledger = Arc::clone(self);
+        self.writes.spawn_on(
+            async move {
+                if delta != 0.0 && !caps.is_empty() {
+                    ledger.adjust(&caps, delta).await;
+                }
+                then();
+            },
+            &runtime,
+        );
+    }
+
+    /// For a server that stops: waits up to `within` for the adjustments begun in background,
+    /// then writes to Redis what was counted in memory while it was away, so that the other
+    /// replicas count it (each write bounded by the store's own timeout). What could not be
+    /// written is logged, with its counters and amounts. Whether everything was written.
+    pub async fn written(&self, within: Duration) -> bool {
+        self.writes.close();
+        let settled = tokio::time::timeout(within, self.writes.wait())
+            .await
+            .is_ok();
+        self.writes.reopen();
+        if !settled {
+            tracing::warn!(
+                pending = self.writes.len(),
+                "spend adjustments still being written when the server stopped are lost"
+            );
+        }
+        let Some(redis) = &self.redis else {
+            return settled;
+        };
+        // not cancelled halfway: what it does not write it puts back
+        if let Err(e) = self.share(redis).await {
+            let unshared: Vec<(String, f64)> = self
+                .unshared
+                .lock()
+                .expect("unshared spend lock")
+                .iter()
+                .map(|(counter, (_, delta))| (counter.clone(), *delta))
+                .collect();
+            tracing::warn!(
+                ?unshared,
+                error = %e,
+                "spend counted in memory while Redis was away is not in Redis: the other replicas will not count it"
+            );
+            return false;
+        }
+        settled
     }
 
     /// The Redis store, when counting there.

@@ -11,6 +11,9 @@ use super::{ModelArgs, Outcome, default_workers, open_engine};
 use crate::engine::EngineOptions;
 use crate::server::{self, AppState, ServerOptions};
 
+/// Longest a stopping server waits for the spend adjustments its requests left being written.
+const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -367,6 +370,7 @@ pub(super) async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Resu
     println!("pointsman listening on http://{addr}");
     tracing::info!(%addr, max_connections = door.max_connections, "listening");
     // on a worker thread: the one calling block_on would be woken for every accept by another
+    let ledger = state.ledger();
     let serving = tokio::spawn(server::serve_connections(
         listener,
         app,
@@ -377,6 +381,9 @@ pub(super) async fn serve_async(args: ServeArgs, workers: usize) -> anyhow::Resu
                 _ = server::shutdown_signal() => {},
                 _ = stop.notified() => {},
             }
+        },
+        async move {
+            ledger.written(SETTLE_WITHIN).await;
         },
     ));
     serving.await.context("the server stopped abnormally")?;

@@ -110,15 +110,17 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, asks every
-/// connection to finish its request in flight, and returns once they all have. Connections
-/// are served on the caller's runtime and on [`DoorOptions::connection_threads`] threads of
-/// their own.
+/// connection to finish its request in flight, and once they all have, runs `settle` (what the
+/// requests left running: spend still being written) before the connection threads stop.
+/// Connections are served on the caller's runtime and on [`DoorOptions::connection_threads`]
+/// threads of their own.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     options: DoorOptions,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
+    settle: impl Future<Output = ()>,
 ) {
     let fronts = match options.connection_threads {
         0 => None,
@@ -194,6 +196,8 @@ pub async fn serve(
     drop(listener);
     let _ = stop.send(true);
     open.drained().await;
+    // tasks the requests spawned on the connection threads end with them
+    settle.await;
     if let Some(fronts) = fronts {
         fronts.stop().await;
     }

@@ -208,6 +208,11 @@ impl AppState {
         self
     }
 
+    /// Where spend is counted.
+    pub fn ledger(&self) -> Arc<Ledger> {
+        Arc::clone(&self.ledger)
+    }
+
     /// The server's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)

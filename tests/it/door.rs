@@ -33,6 +33,7 @@ async fn door(options: DoorOptions, body_timeout: Duration) -> (String, AppState
         options,
         metrics,
         std::future::pending(),
+        async {},
     ));
     (addr, state)
 }

@@ -859,6 +859,7 @@ async fn a_long_quiet_stream_is_not_cut_by_the_front_doors_timeouts() {
         door,
         metrics,
         std::future::pending(),
+        async {},
     ));
     let body = streaming("auto", "hello there", false).to_string();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

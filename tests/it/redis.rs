@@ -542,3 +542,69 @@ async fn a_sticky_session_moved_up_on_one_replica_stays_up_on_the_others() {
     assert_eq!(keys.lines().count(), 1, "{keys}");
     assert!(!keys.contains("conversation-42"), "{keys}");
 }
+
+/// A server that stops waits for the spend adjustments its requests left being written (here
+/// held up by a Redis paused for 300 ms), and writes to Redis what it counted in memory while
+/// Redis was away before it goes, so that the other replicas count both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_replica_writes_its_pending_spend_to_redis_first() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let caps = caps("acme");
+    let a = Arc::new(Ledger::with_redis(store(&redis.url).await));
+    let b = replica(&redis.url).await;
+    let mut pauser = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .arg("ALL")
+        .query_async::<()>(&mut pauser)
+        .await
+        .unwrap();
+    let (started, done) = (Instant::now(), Arc::new(AtomicBool::new(false)));
+    let then = Arc::clone(&done);
+    a.adjust_in_background(caps.clone(), 0.25, move || {
+        then.store(true, Ordering::SeqCst)
+    });
+    assert!(a.written(Duration::from_secs(5)).await);
+    assert!(done.load(Ordering::SeqCst));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "written before Redis answered"
+    );
+    let (r, counted) = b.reserve(&caps, 0.8).await;
+    assert_eq!(counted, Counted::Redis);
+    let refusal = r.expect_err("0.25 + 0.8 is over the cap");
+    assert!((refusal.spent_usd - 0.25).abs() < 1e-9, "{refusal:?}");
+
+    // spend counted in memory while Redis is away (the production timeout, so it gives up fast)
+    let c = Ledger::with_redis(RedisStore::connect(&redis.url, "test:").await.unwrap());
+    redis.stop();
+    let (r, counted) = c.reserve(&caps, 0.5).await;
+    assert!(r.is_ok() && matches!(counted, Counted::Degraded { .. }));
+    // a replica that stops while Redis is still away says so
+    assert!(!c.written(Duration::from_secs(1)).await);
+    // Redis restarts empty (no persistence); this time it is back when the replica stops
+    let _redis = RedisServer::start_on(port).expect("redis-server again on its port");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.written(Duration::from_secs(1)).await {
+        assert!(Instant::now() < deadline, "the spend never reached Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(c);
+    // b's connection broke with the restart
+    while b.adjust(&caps, 0.0).await != Counted::Redis {
+        assert!(Instant::now() < deadline, "b never reached Redis again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (r, counted) = b.reserve(&caps, 0.6).await;
+    assert_eq!(counted, Counted::Redis);
+    let refusal = r.expect_err("0.5 + 0.6 is over the cap");
+    assert!((refusal.spent_usd - 0.5).abs() < 1e-9, "{refusal:?}");
+}

@@ -66,18 +66,14 @@ impl Spend {
     /// Moves the spend counters by `delta` (off the caller's path), then counts `costs` in the
     /// metrics, so that what the metrics show the counters hold.
     pub(super) fn adjust(&self, delta: f64, costs: Vec<(String, f64)>) {
-        let (ledger, caps) = (Arc::clone(&self.state.ledger), self.caps.clone());
         let metrics = Arc::clone(&self.state.metrics);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if delta != 0.0 && !caps.is_empty() {
-                    ledger.adjust(&caps, delta).await;
-                }
+        self.state
+            .ledger
+            .adjust_in_background(self.caps.clone(), delta, move || {
                 for (model, cost) in costs {
                     metrics.usage(&model, cost);
                 }
             });
-        }
     }
 
     /// The real cost of `usage` on `model` (0 without a catalog price).
