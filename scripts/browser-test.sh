@@ -10,14 +10,8 @@ cd "$root"
 # (assigned first: `eval "$(...)"` would ignore setup failing)
 setup_env="$(scripts/setup.sh)"
 eval "$setup_env"
-if ! command -v chromium >/dev/null; then
-  echo "browser-test: installing chromium" >&2
-  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
-fi
-if ! command -v npm >/dev/null; then
-  echo "browser-test: installing Node.js and npm" >&2
-  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
-fi
+need chromium chromium
+need npm nodejs npm
 # npm ci reinstalls from scratch: only when the lock file changed since the last install
 lock_sum="$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)"
 stamp=tests/browser/node_modules/.pointsman-lock-sha256

@@ -1,5 +1,5 @@
-# Shared by the scripts that run a server: source it. `need CMD PACKAGE` installs Debian's
-# PACKAGE when CMD is missing; `build_release` builds the binary;
+# Shared by the scripts that run a server or install what they use: source it. `need CMD PACKAGE...`
+# installs Debian's PACKAGEs when CMD is missing; `build_release` builds the binary;
 # `start_server BIN INDEX [ARGS...]` sets $pid and $addr (http://127.0.0.1:PORT) once /readyz answers; logs go to $work/serve.*.
 start_server() {
   local bin="$1" index="$2"
@@ -26,7 +26,11 @@ build_release() {
   fi
 }
 
-# Installs Debian's package $2 unless the command $1 is already there.
+# Installs Debian's packages $2... unless the command $1 is already there.
 need() {
-  command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }
+  local cmd="$1"
+  shift
+  command -v "$cmd" >/dev/null && return 0
+  echo "$(basename "$0"): installing $* (Debian) for $cmd" >&2
+  apt-get update -qq && apt-get install -y -qq "$@" >/dev/null
 }

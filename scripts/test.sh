@@ -4,14 +4,12 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+. scripts/lib.sh
 # (assigned first: `eval "$(...)"` would ignore setup failing)
 setup_env="$(scripts/setup.sh)"
 eval "$setup_env"
 # the Redis tests start their own redis-server (Debian's) on a free loopback port
-if ! command -v redis-server >/dev/null; then
-  echo "test: installing redis-server" >&2
-  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
-fi
+need redis-server redis-server
 # the proxy's end-to-end tests drive pointsman with the unmodified `openai` and `anthropic`
 # Python packages and the Node `openai` package
 venv=".cache/pointsman/venv"
@@ -30,6 +28,7 @@ if ! "$litellm_venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exi
   "$litellm_venv/bin/pip" install -q --disable-pip-version-check litellm==1.110.2
 fi
 if [ ! -d tests/node/node_modules/openai ]; then
+  need npm nodejs npm
   echo "test: installing the Node openai package into tests/node" >&2
   (cd tests/node && npm ci --silent --no-audit --no-fund)
 fi
