@@ -7,6 +7,8 @@
 # prompts once to each, alternating which goes first (benches/ab.py): the paired difference of
 # the round trips measures a change the machine's drift would hide between two separate runs.
 # Keep a copy of the binary before the change (cp target/release/pointsman /tmp/before).
+# Run it twice, the second time with BIN_A and BIN_B swapped: the server started first can do a
+# little better, and the same binary as A and B differs by up to ±0.03 ms p50 (docs/speed.md).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -107,17 +107,27 @@ pub struct NeighbourOut {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Default, utoipa::ToSchema)]
 pub struct Timings {
     /// Waiting in the queue for a worker (0 for a prompt routed on the caller's thread).
+    #[serde(serialize_with = "to_the_microsecond")]
     pub queue_ms: f64,
     /// The forward pass (shared with the rest of the batch).
+    #[serde(serialize_with = "to_the_microsecond")]
     pub embed_ms: f64,
     /// Nearest-neighbour search and decision.
+    #[serde(serialize_with = "to_the_microsecond")]
     pub search_ms: f64,
     /// Submission to answer.
+    #[serde(serialize_with = "to_the_microsecond")]
     pub total_ms: f64,
     /// How many prompts shared the forward pass (0 when the embedding came from the cache).
     pub batch_size: usize,
     /// Whether the embedding came from the cache.
     pub cached: bool,
+}
+
+/// Milliseconds written to the microsecond, as the timing headers are (`4.667`, not
+/// `4.6670169999999995`): finer digits are the clock's noise.
+fn to_the_microsecond<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((ms * 1000.0).round() / 1000.0)
 }
 
 /// One routed prompt: the decision and what it rests on.

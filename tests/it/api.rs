@@ -110,6 +110,10 @@ async fn route_returns_decision_scores_neighbours_and_timings() {
     assert_eq!(v["truncated"], false);
     for key in ["queue_ms", "embed_ms", "search_ms", "total_ms"] {
         assert!(v["timings"][key].as_f64().unwrap() >= 0.0, "{key}");
+        // to the microsecond, as the headers are
+        let written = v["timings"][key].to_string();
+        let decimals = written.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 3, "{key}: {written}");
     }
     for h in [
         "x-pointsman-embed-ms",
