@@ -403,3 +403,75 @@ fn twelve_thousand_slow_connections_do_not_hold_the_server_shut() {
     drop(slow);
     drop(server);
 }
+
+/// What requests leave running on the connection threads (the proxy's spend settlements) is
+/// waited for: `settle` runs once the connections have ended and before their threads stop, so
+/// a task a request spawned there finishes instead of being dropped with its thread's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_requests_leave_on_the_connection_threads_finish_before_they_stop() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tracker, finished) = (
+        tokio_util::task::TaskTracker::new(),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (t, f) = (tracker.clone(), Arc::clone(&finished));
+    let router = axum::Router::new().route(
+        "/work",
+        axum::routing::get(move || {
+            let (t, f) = (t.clone(), Arc::clone(&f));
+            async move {
+                // on the runtime serving this connection
+                t.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    f.fetch_add(1, Ordering::SeqCst);
+                });
+                "spawned"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = AppState::new(ServerOptions::default()).metrics();
+    let settle_tracker = tracker.clone();
+    let serving = tokio::spawn(serve_connections(
+        listener,
+        router,
+        short(),
+        metrics,
+        async move {
+            let _ = stopped.await;
+        },
+        async move {
+            settle_tracker.close();
+            settle_tracker.wait().await;
+        },
+    ));
+    // three connections open at once: the caller's runtime and both threads serve one each
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    for stream in &mut streams {
+        let request = format!("GET /work HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+    }
+    for stream in &mut streams {
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.ends_with("spawned"), "{answer}");
+    }
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "the tasks are still running"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the server stopped")
+        .unwrap();
+    assert_eq!(finished.load(Ordering::SeqCst), 3, "a task was dropped");
+}
