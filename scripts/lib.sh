@@ -31,6 +31,6 @@ need() {
   local cmd="$1"
   shift
   command -v "$cmd" >/dev/null && return 0
-  echo "$(basename "$0"): installing $* (Debian) for $cmd" >&2
+  echo "${0##*/}: installing $* (Debian) for $cmd" >&2
   apt-get update -qq && apt-get install -y -qq "$@" >/dev/null
 }

@@ -193,6 +193,10 @@ impl MemoryStore {
     }
 }
 
+/// How often a stopping server tries again to write the spend counted while Redis was away
+/// (a little more than the store's rest after a failure).
+const RETRY_SHARE: Duration = Duration::from_millis(1100);
+
 /// Where spend is counted: memory, or Redis with memory as the fallback. What is counted in
 /// memory while Redis does not answer is written to Redis once it answers again (before the next
 /// reservation there), so that the other replicas count it too.
@@ -359,11 +363,13 @@ impl Ledger {
 
     /// For a server that stops: waits up to `within` for the adjustments begun in background,
     /// then writes to Redis what was counted in memory while it was away, so that the other
-    /// replicas count it (each write bounded by the store's own timeout). What could not be
-    /// written is logged, with its counters and amounts. Whether everything was written.
+    /// replicas count it, trying again until `within` is over (each try bounded by the store's
+    /// own timeout, a call for each counter). What could not be written is logged, with its
+    /// counters and amounts. Whether everything was written.
     pub async fn written(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
         self.writes.close();
-        let settled = tokio::time::timeout(within, self.writes.wait())
+        let settled = tokio::time::timeout_at(deadline, self.writes.wait())
             .await
             .is_ok();
         self.writes.reopen();
@@ -376,8 +382,14 @@ impl Ledger {
         let Some(redis) = &self.redis else {
             return settled;
         };
-        // not cancelled halfway: what it does not write it puts back
-        if let Err(e) = self.share(redis).await {
+        // not cancelled halfway: what it does not write it puts back. A Redis resting after a
+        // failure is tried again once the rest is over, while the deadline allows.
+        let mut shared = self.share(redis).await;
+        while shared.is_err() && tokio::time::Instant::now() + RETRY_SHARE < deadline {
+            tokio::time::sleep(RETRY_SHARE).await;
+            shared = self.share(redis).await;
+        }
+        if let Err(e) = shared {
             let unshared: Vec<(String, f64)> = self
                 .unshared
                 .lock()

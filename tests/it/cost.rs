@@ -539,4 +539,17 @@ async fn a_failed_batch_gives_back_its_reservations_in_the_day_they_were_made() 
     // ...and today's counter was not pushed below zero
     assert!(ledger.reserve(&today, 0.875).await.0.is_ok());
     assert!(ledger.reserve(&today, 0.0625).await.0.is_err());
+    // a batch that succeeds is charged to its own day, not to today
+    let ledger = Ledger::in_memory();
+    let cx = Context {
+        spend: Spend::Reserve(&ledger),
+        ..cx
+    };
+    let done = dispatch_many(&cx, &texts[..1], &who, &[], before_midnight).await;
+    assert_eq!(done.unwrap()[0].selection.model, "premium");
+    assert!(
+        ledger.reserve(&that_day, 0.75).await.0.is_err(),
+        "0.25 + 0.75"
+    );
+    assert!(ledger.reserve(&today, 0.875).await.0.is_ok());
 }

@@ -412,19 +412,29 @@ async fn tasks_requests_leave_on_the_connection_threads_finish_before_they_stop(
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (tracker, finished) = (
-        tokio_util::task::TaskTracker::new(),
-        Arc::new(AtomicUsize::new(0)),
+    use tokio::sync::{Barrier, Semaphore};
+    let tracker = tokio_util::task::TaskTracker::new();
+    let finished = Arc::new(AtomicUsize::new(0));
+    // the tasks finish only once the test lets them, after the server was told to stop
+    let release = Arc::new(Semaphore::new(0));
+    // every request waits for the other two: the three connections are open together, so each
+    // is served on a runtime of its own (the caller's and the two threads)
+    let together = Arc::new(Barrier::new(3));
+    let (t, f, r, b) = (
+        tracker.clone(),
+        Arc::clone(&finished),
+        Arc::clone(&release),
+        Arc::clone(&together),
     );
-    let (t, f) = (tracker.clone(), Arc::clone(&finished));
     let router = axum::Router::new().route(
         "/work",
         axum::routing::get(move || {
-            let (t, f) = (t.clone(), Arc::clone(&f));
+            let (t, f, r, b) = (t.clone(), Arc::clone(&f), Arc::clone(&r), Arc::clone(&b));
             async move {
+                b.wait().await;
                 // on the runtime serving this connection
                 t.spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = r.acquire().await.expect("not closed");
                     f.fetch_add(1, Ordering::SeqCst);
                 });
                 "spawned"
@@ -449,26 +459,22 @@ async fn tasks_requests_leave_on_the_connection_threads_finish_before_they_stop(
             settle_tracker.wait().await;
         },
     ));
-    // three connections open at once: the caller's runtime and both threads serve one each
     let mut streams = Vec::new();
     for _ in 0..3 {
-        streams.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-    }
-    for stream in &mut streams {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let request = format!("GET /work HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
+        streams.push(stream);
     }
     for stream in &mut streams {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
         assert!(answer.ends_with("spawned"), "{answer}");
     }
-    assert_eq!(
-        finished.load(Ordering::SeqCst),
-        0,
-        "the tasks are still running"
-    );
     stop.send(()).unwrap();
+    // long enough for threads stopped too early to have dropped their tasks
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release.add_permits(3);
     tokio::time::timeout(Duration::from_secs(10), serving)
         .await
         .expect("the server stopped")

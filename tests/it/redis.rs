@@ -544,7 +544,7 @@ async fn a_sticky_session_moved_up_on_one_replica_stays_up_on_the_others() {
 }
 
 /// A server that stops waits for the spend adjustments its requests left being written (here
-/// held up by a Redis paused for 300 ms), and writes to Redis what it counted in memory while
+/// held up by a Redis paused for 1 s), and writes to Redis what it counted in memory while
 /// Redis was away before it goes, so that the other replicas count both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_replica_writes_its_pending_spend_to_redis_first() {
@@ -560,22 +560,23 @@ async fn a_stopping_replica_writes_its_pending_spend_to_redis_first() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    let (started, done) = (Instant::now(), Arc::new(AtomicBool::new(false)));
     redis::cmd("CLIENT")
         .arg("PAUSE")
-        .arg(300)
+        .arg(1000)
         .arg("ALL")
         .query_async::<()>(&mut pauser)
         .await
         .unwrap();
-    let (started, done) = (Instant::now(), Arc::new(AtomicBool::new(false)));
     let then = Arc::clone(&done);
     a.adjust_in_background(caps.clone(), 0.25, move || {
         then.store(true, Ordering::SeqCst)
     });
     assert!(a.written(Duration::from_secs(5)).await);
     assert!(done.load(Ordering::SeqCst));
+    // (the pause began after `started`: it ends about 1 s after it)
     assert!(
-        started.elapsed() >= Duration::from_millis(250),
+        started.elapsed() >= Duration::from_millis(900),
         "written before Redis answered"
     );
     let (r, counted) = b.reserve(&caps, 0.8).await;
