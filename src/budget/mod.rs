@@ -299,13 +299,13 @@ impl Ledger {
             }
             unshared.drain().map(|(_, v)| v).collect()
         };
-        for (i, (cap, delta)) in pending.iter().enumerate() {
-            if let Err(e) = redis.adjust(std::slice::from_ref(cap), *delta).await {
-                for (cap, delta) in &pending[i..] {
-                    self.keep_unshared(std::slice::from_ref(cap), *delta);
-                }
-                return Err(e);
+        // one transaction: all of it is written, or none and all is kept
+        let each: Vec<(&CapKey, f64)> = pending.iter().map(|(cap, delta)| (cap, *delta)).collect();
+        if let Err(e) = redis.adjust_each(&each).await {
+            for (cap, delta) in &pending {
+                self.keep_unshared(std::slice::from_ref(cap), *delta);
             }
+            return Err(e);
         }
         tracing::info!(
             counters = pending.len(),
@@ -363,8 +363,8 @@ impl Ledger {
 
     /// For a server that stops: waits up to `within` for the adjustments begun in background,
     /// then writes to Redis what was counted in memory while it was away, so that the other
-    /// replicas count it, trying again until `within` is over (each try bounded by the store's
-    /// own timeout, a call for each counter). What could not be written is logged, with its
+    /// replicas count it, trying again until `within` is over (each try one transaction, bounded
+    /// by the store's own timeout). What could not be written is logged, with its
     /// counters and amounts. Whether everything was written.
     pub async fn written(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;

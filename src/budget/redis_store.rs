@@ -344,9 +344,15 @@ impl RedisStore {
 
     /// Adds `delta` to every cap's counter.
     pub async fn adjust(&self, caps: &[CapKey], delta: f64) -> Result<(), RedisError> {
+        let each: Vec<(&CapKey, f64)> = caps.iter().map(|cap| (cap, delta)).collect();
+        self.adjust_each(&each).await
+    }
+
+    /// Adds each delta to its cap's counter, all in one transaction: all are added or none.
+    pub async fn adjust_each(&self, deltas: &[(&CapKey, f64)]) -> Result<(), RedisError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for cap in caps {
+        for &(cap, delta) in deltas {
             let key = self.key(&cap.counter);
             pipe.cmd("INCRBYFLOAT")
                 .arg(&key)

@@ -589,6 +589,9 @@ async fn a_stopping_replica_writes_its_pending_spend_to_redis_first() {
     redis.stop();
     let (r, counted) = c.reserve(&caps, 0.5).await;
     assert!(r.is_ok() && matches!(counted, Counted::Degraded { .. }));
+    // another tenant's counter, written in the same transaction
+    let other = self::caps("beta");
+    assert!(c.reserve(&other, 0.75).await.0.is_ok());
     // a replica that stops while Redis is still away says so
     assert!(!c.written(Duration::from_secs(1)).await);
     // Redis restarts empty (no persistence); this time it is back when the replica stops
@@ -608,4 +611,6 @@ async fn a_stopping_replica_writes_its_pending_spend_to_redis_first() {
     assert_eq!(counted, Counted::Redis);
     let refusal = r.expect_err("0.5 + 0.6 is over the cap");
     assert!((refusal.spent_usd - 0.5).abs() < 1e-9, "{refusal:?}");
+    let refusal = b.reserve(&other, 0.3).await.0.expect_err("0.75 + 0.3");
+    assert!((refusal.spent_usd - 0.75).abs() < 1e-9, "{refusal:?}");
 }
